@@ -1,0 +1,251 @@
+"""Dataclass configs for every stage (data, images, model, train, index, serve), TOML I/O, presets.
+
+Every field has a default and a one-line comment; code paths read these fields instead of
+holding magic constants. A TOML file on disk mirrors the nesting of :class:`Config`
+(``[data]``, ``[images]``, ``[model]``, ``[train]``, ``[index]``, ``[serve]``); unknown
+keys are refused with the section and key named, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid; the message names the file, section and key."""
+
+
+@dataclass
+class DataConfig:
+    """Catalog loading, mocked queries, splits and evaluation sets (``vlsearch prepare``)."""
+
+    seed: int = 13  # drives product/query splits and the mocked-query generator
+    limit: int | None = None  # load at most this many catalog rows (None: all)
+    heldout_product_fraction: float = 0.1  # products never seen in training (cold-start eval)
+    valid_query_fraction: float = 0.05  # share of distinct query attribute-sets kept for validation
+    test_query_fraction: float = 0.05  # share of distinct query attribute-sets kept for test
+    queries_per_product: int = 4  # mocked queries generated from each product
+    typo_rate: float = 0.03  # chance that a generated query gets one typo
+    max_eval_queries: int = 2000  # cap on queries per BEIR eval split (sampled with the seed)
+    brand_min_products: int = 2  # a title prefix must start this many titles to count as a brand
+    sort_terms: bool = True  # sort query/title terms lexicographically (as in the papers)
+    max_query_chars: int = 256  # longer queries are refused at serving time
+
+
+@dataclass
+class ImageConfig:
+    """Frozen CNN backbone that turns each product image into a grid of patch vectors."""
+
+    backbone: str = "efficientnet-lite0"  # name in the backbone registry (vlsearch.images)
+    width: int = 96  # input width in pixels (images are resized to width x height)
+    height: int = 128  # input height in pixels; 96x128 gives a 3x4 grid at stride 32
+    batch_size: int = 64  # images per forward pass during extraction
+    chunk_size: int = 512  # images between two durable progress records (resume granularity)
+    num_threads: int = 0  # torch CPU threads for extraction (0: torch's default)
+
+
+@dataclass
+class ModelConfig:
+    """Towers, fusion and similarity (MAKE / Delving); baselines are settings of these fields."""
+
+    architecture: str = "make"  # make | uni-encoder | dual-encoder | mixed-encoder
+    init: str = "minilm"  # minilm (packaged all-MiniLM-L6-v2) | random | PATH to a local BERT dir
+    hidden_size: int = 384  # transformer width (ignored when init loads a checkpoint)
+    num_layers: int = 6  # text transformer depth (ignored when init loads a checkpoint)
+    num_heads: int = 12  # attention heads (ignored when init loads a checkpoint)
+    intermediate_size: int = 1536  # feed-forward width (ignored when init loads a checkpoint)
+    image_layers: int = 2  # depth of the image transformer over projected patch vectors
+    embed_dim: int = 256  # size of the L2-normalised output vectors
+    max_query_len: int = 24  # query tokens (plus keyword segment) after tokenization
+    max_title_len: int = 40  # title tokens after tokenization
+    use_images: bool = True  # False: title-only product tower (ablation)
+    modal_adaptation: bool = True  # per-product softmax weights over title/image/fused vectors
+    keyword_enhancement: bool = True  # enrich short queries with click-log keywords
+    keywords_per_query: int = 4  # keywords appended to a query by Keyword Enhancement
+    keyword_max_query_terms: int = 3  # only queries with at most this many terms are enhanced
+    init_temperature: float = 0.05  # initial tau of the matching softmax (learnable)
+    dropout: float = 0.1  # dropout inside the towers
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, objectives, negative sampling and checkpoints (``vlsearch train``)."""
+
+    seed: int = 13  # drives data order, masking and random init
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 64  # (query, product) pairs per step and per process
+    lr: float = 5e-5  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_fraction: float = 0.05  # share of steps with linear warm-up, then linear decay
+    grad_clip: float = 1.0  # max global gradient norm
+    # objective weights (0 switches an objective off)
+    w_qpm: float = 1.0  # query-product matching (contrastive)
+    w_mpm: float = 0.1  # masked patch modeling
+    w_mlm: float = 0.1  # masked language modeling on queries and titles
+    w_qpc: float = 0.1  # query-product classification (AM-Softmax over categories)
+    mpm_kind: str = "contrastive"  # contrastive (Delving) | regression (MAKE)
+    mpm_mask_ratio: float = 0.25  # share of image patches masked for MPM
+    mpm_init_temperature: float = 0.1  # initial tau_m of contrastive MPM (learnable)
+    mlm_probability: float = 0.15  # share of tokens selected for MLM (80/10/10)
+    qpc_margin: float = 0.35  # AM-Softmax additive margin
+    qpc_scale: float = 30.0  # AM-Softmax scale
+    logq_correction: bool = True  # subtract log Q(p) from matching logits
+    memory_bank: bool = True  # MBNS: FIFO queue of recent product vectors as negatives
+    memory_bank_batches: int = 16  # queue size in batches
+    memory_bank_start: float = 0.3  # fraction of training after which MBNS is used
+    memory_bank_weight: float = 0.5  # alpha: weight of memory-bank negatives in the denominator
+    cross_device: bool = True  # CDNS: product vectors of other ranks as negatives
+    cross_device_start: float = 0.3  # fraction of training after which CDNS is used
+    cross_device_weight: float = 1.0  # beta: weight of cross-device negatives (beta > alpha)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    eval_every: int = 200  # steps between validation Recall@K (0: only at the end)
+    eval_k: int = 100  # K of validation Recall@K
+    eval_max_products: int = 5000  # validation corpus cap (sampled, relevant ones kept)
+    checkpoint_every: int = 200  # steps between atomic checkpoints
+    keep_checkpoints: int = 2  # checkpoints kept on disk
+    num_threads: int = 0  # torch CPU threads (0: torch's default)
+
+
+@dataclass
+class IndexConfig:
+    """Offline export and indexing (``vlsearch index``)."""
+
+    kind: str = "ivf"  # flat | ivf | hnsw
+    nlist: int = 0  # IVF coarse clusters (0: about 4*sqrt(N))
+    nprobe: int = 16  # IVF clusters visited per search
+    hnsw_m: int = 32  # HNSW graph degree
+    hnsw_ef_search: int = 128  # HNSW search breadth
+    export_batch_size: int = 256  # products encoded per batch during export
+    export_dtype: str = "float32"  # float32 | float16 on disk
+    qid_top_k: int = 200  # products stored per logged query in the qid table
+    recall_sample_queries: int = 500  # queries used to report ANN recall@100 against exact
+    keep_versions: int = 3  # published index versions kept on disk
+
+
+@dataclass
+class ServeConfig:
+    """Online engine and HTTP service (``vlsearch serve``)."""
+
+    default_k: int = 100  # results per query when k is not given
+    max_k: int = 1000  # largest k accepted
+    max_query_chars: int = 256  # longer queries get a 4xx
+    channels: tuple[str, ...] = ("embedding", "lexical")  # retrieval channels merged
+    lexical_weight: float = 0.3  # weight of the lexical channel in the merge
+    filter_selective_fraction: float = 0.05  # filters matching less than this share run inside ANN
+    overfetch_factor: int = 4  # broad filters: fetch k*factor from ANN, then post-filter
+    host: str = "127.0.0.1"  # bind address
+    port: int = 8000  # bind port
+
+
+@dataclass
+class Config:
+    """All settings of one run; ``Config.load(path)`` reads TOML, ``save`` writes it."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    images: ImageConfig = field(default_factory=ImageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    @classmethod
+    def load(cls, path: str | Path, base: Config | None = None) -> Config:
+        """Read a TOML file over ``base`` (default: all defaults)."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return update(base or cls(), raw, source=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(tomli_w.dumps(to_dict(self)), encoding="utf-8")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Dataclass to plain dict, dropping None (TOML has no null) and tuples to lists."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(asdict(obj))
+
+
+def update(obj: Any, raw: dict[str, Any], source: str = "config") -> Any:
+    """Return a copy of dataclass ``obj`` with ``raw`` applied; unknown keys raise ConfigError."""
+    known = {f.name: f for f in fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown key {key!r} in [{type(obj).__name__}]; "
+                f"expected one of {sorted(known)}"
+            )
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{key}] must be a table")
+            changes[key] = update(current, value, f"{source} [{key}]")
+        else:
+            changes[key] = _coerce(current, value, f"{source}: {key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(current: Any, value: Any, where: str) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(value)
+    if current is not None and not isinstance(value, type(current)):
+        raise ConfigError(f"{where} must be {type(current).__name__}, got {value!r}")
+    return value
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # random init, 2 small layers: unit tests and smoke runs
+    "tiny": {
+        "model": {
+            "init": "random", "hidden_size": 64, "num_layers": 2, "num_heads": 2,
+            "intermediate_size": 128, "image_layers": 1, "embed_dim": 64,
+        },
+        "train": {"batch_size": 32, "lr": 1e-3, "steps": 200, "memory_bank_batches": 4},
+    },
+    # CPU default: query and title towers from all-MiniLM-L6-v2, small image transformer
+    "minilm": {"model": {"init": "minilm", "image_layers": 2, "embed_dim": 256}},
+    # the papers' size, for GPUs
+    "paper": {
+        "model": {
+            "init": "random", "hidden_size": 768, "num_layers": 12, "num_heads": 12,
+            "intermediate_size": 3072, "image_layers": 12, "embed_dim": 256,
+        },
+        "train": {"batch_size": 256, "lr": 1e-4},
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """A named preset (tiny, minilm, paper) applied over the defaults."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return update(Config(), PRESETS[name], source=f"preset {name}")
