@@ -41,9 +41,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any
 
 from vlsearch.errors import InputError
 
@@ -126,7 +126,9 @@ def read_beir_queries(path: PathLike) -> list[EvalQuery]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: expected a JSON object, got invalid JSON ({exc.msg})") from None
+            raise InputError(
+                f"{where}: expected a JSON object, got invalid JSON ({exc.msg})"
+            ) from None
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         qid = obj.get("_id")
@@ -141,9 +143,13 @@ def read_beir_queries(path: PathLike) -> list[EvalQuery]:
         if metadata is None:
             metadata = {}
         if not isinstance(metadata, dict):
-            raise InputError(f"{where} [metadata]: expected a JSON object, got {type(metadata).__name__}")
+            raise InputError(
+                f"{where} [metadata]: expected a JSON object, got {type(metadata).__name__}"
+            )
         if qid in first_line:
-            raise InputError(f"{where} [_id]: duplicate query id {qid!r} (first on line {first_line[qid]})")
+            raise InputError(
+                f"{where} [_id]: duplicate query id {qid!r} (first on line {first_line[qid]})"
+            )
         first_line[qid] = number
         queries.append(EvalQuery(id=qid, text=text, metadata=metadata))
     return queries
@@ -184,7 +190,9 @@ def read_qrels(path: PathLike) -> Qrels:
         try:
             grade = int(grade_text)
         except ValueError:
-            raise InputError(f"{where} [score]: expected an integer grade, got {grade_text!r}") from None
+            raise InputError(
+                f"{where} [score]: expected an integer grade, got {grade_text!r}"
+            ) from None
         if (qid, doc) in first_line:
             raise InputError(
                 f"{where}: duplicate judgement for query {qid!r} and product {doc!r} "
@@ -220,7 +228,9 @@ def read_trec_run(path: PathLike) -> tuple[Run, dict[str, list[float]]]:
         try:
             rank = int(rank_text)
         except ValueError:
-            raise InputError(f"{where} [rank]: expected an integer rank, got {rank_text!r}") from None
+            raise InputError(
+                f"{where} [rank]: expected an integer rank, got {rank_text!r}"
+            ) from None
         try:
             score = float(score_text)
         except ValueError:
@@ -240,21 +250,29 @@ def read_trec_run(path: PathLike) -> tuple[Run, dict[str, list[float]]]:
 def _check_token(value: str, what: str) -> None:
     """A TREC column must be non-empty and free of whitespace, or the file cannot be read back."""
     if not value or any(character.isspace() for character in value):
-        raise ValueError(f"{what} {value!r} cannot be written to a TREC run: it is empty or has whitespace")
+        raise ValueError(
+            f"{what} {value!r} cannot be written to a TREC run: it is empty or has whitespace"
+        )
 
 
-def _trec_lines(run: Mapping[str, Sequence[str]], scores: Mapping[str, Sequence[float]] | None, tag: str) -> Iterator[str]:
+def _trec_lines(
+    run: Mapping[str, Sequence[str]], scores: Mapping[str, Sequence[float]] | None, tag: str
+) -> Iterator[str]:
     _check_token(tag, "run tag")
     for qid, docs in run.items():
         _check_token(qid, "query id")
         if scores is None:
-            query_scores: Sequence[float] = [float(len(docs) - position) for position in range(len(docs))]
+            query_scores: Sequence[float] = [
+                float(len(docs) - position) for position in range(len(docs))
+            ]
         else:
             if qid not in scores:
                 raise ValueError(f"no scores for query {qid!r}")
             query_scores = scores[qid]
             if len(query_scores) != len(docs):
-                raise ValueError(f"query {qid!r}: {len(docs)} product ids but {len(query_scores)} scores")
+                raise ValueError(
+                    f"query {qid!r}: {len(docs)} product ids but {len(query_scores)} scores"
+                )
         previous = math.inf
         for position, (doc, score) in enumerate(zip(docs, query_scores)):
             _check_token(doc, f"product id (query {qid!r})")
@@ -387,7 +405,9 @@ def _ndcg(run: Run, qrels: Qrels, k: int) -> tuple[float | None, int]:
     skipped = 0
     for qid, judged in qrels.items():
         ideal_grades = sorted((grade for grade in judged.values() if grade > 0), reverse=True)[:k]
-        ideal = sum(_gain(grade) * _discount(position) for position, grade in enumerate(ideal_grades))
+        ideal = sum(
+            _gain(grade) * _discount(position) for position, grade in enumerate(ideal_grades)
+        )
         if ideal <= 0:
             skipped += 1
             continue
@@ -410,12 +430,16 @@ def ndcg_at_k(run: Run, qrels: Qrels, k: int = DEFAULT_NDCG_K) -> float | None:
     return value
 
 
-def _share_at_k(run: Run, qids: Iterable[str], k: int, good: Callable[[str, str], bool]) -> float | None:
+def _share_at_k(
+    run: Run, qids: Iterable[str], k: int, good: Callable[[str, str], bool]
+) -> float | None:
     """Mean over ``qids`` of the share of the top k for which ``good(qid, doc)`` holds."""
     values: list[float] = []
     for qid in qids:
         retrieved = top_k(run.get(qid, ()), k)
-        values.append(sum(good(qid, doc) for doc in retrieved) / len(retrieved) if retrieved else 0.0)
+        values.append(
+            sum(good(qid, doc) for doc in retrieved) / len(retrieved) if retrieved else 0.0
+        )
     return _mean(values)
 
 
@@ -474,7 +498,9 @@ def strict_relevance_at_k(
 
 def _intent(query: EvalQuery) -> set[str]:
     """The query's intent categories: ``metadata.category``, else ``metadata.attributes.category``."""
-    category = query.metadata.get("category") or (query.metadata.get("attributes") or {}).get("category")
+    category = query.metadata.get("category") or (query.metadata.get("attributes") or {}).get(
+        "category"
+    )
     return {category} if category else set()
 
 
@@ -500,10 +526,13 @@ def _evaluate_subset(
         grade >= CLICK_GRADE for judged in sub_qrels.values() for grade in judged.values()
     )
     without_relevant = sum(
-        not any(grade >= RELEVANT_GRADE for grade in judged.values()) for judged in sub_qrels.values()
+        not any(grade >= RELEVANT_GRADE for grade in judged.values())
+        for judged in sub_qrels.values()
     )
     product_category = (
-        {pid: product.category for pid, product in products.items()} if products is not None else None
+        {pid: product.category for pid, product in products.items()}
+        if products is not None
+        else None
     )
     metrics: dict[str, float | None] = {}
     for k in ks:
@@ -511,7 +540,9 @@ def _evaluate_subset(
         metrics[f"set_recall@{k}"] = set_recall_at_k(run, sub_qrels, k)
         metrics[f"ndcg@{k}"] = ndcg_at_k(run, sub_qrels, k)
         metrics[f"category_consistency@{k}"] = (
-            category_consistency_at_k(run, intents, product_category, k) if product_category is not None else None
+            category_consistency_at_k(run, intents, product_category, k)
+            if product_category is not None
+            else None
         )
         metrics[f"strict_relevance@{k}"] = (
             strict_relevance_at_k(run, attributes, products, k) if products is not None else None
@@ -556,7 +587,9 @@ def evaluate(
     query_ids = {query.id for query in queries}
     subsets: dict[str, list[EvalQuery]] = {
         SUBSET_ALL: list(queries),
-        SUBSET_COLOUR_ONLY_IN_IMAGE: [q for q in queries if q.metadata.get("colour_only_in_image") is True],
+        SUBSET_COLOUR_ONLY_IN_IMAGE: [
+            q for q in queries if q.metadata.get("colour_only_in_image") is True
+        ],
     }
     if heldout is not None:
         held = set(heldout)
@@ -566,7 +599,8 @@ def evaluate(
         "qrels_queries_not_in_queries": sum(qid not in query_ids for qid in qrels),
         "run_queries_not_in_queries": sum(qid not in query_ids for qid in run),
         "subsets": {
-            name: _evaluate_subset(run, qrels, members, products, ks) for name, members in subsets.items()
+            name: _evaluate_subset(run, qrels, members, products, ks)
+            for name, members in subsets.items()
         },
     }
 
@@ -604,9 +638,9 @@ def evaluate_files(
 __all__ = [
     "CLICK_GRADE",
     "DEFAULT_KS",
+    "RELEVANT_GRADE",
     "EvalQuery",
     "Qrels",
-    "RELEVANT_GRADE",
     "Run",
     "category_consistency_at_k",
     "evaluate",

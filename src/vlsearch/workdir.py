@@ -1,0 +1,402 @@
+"""The prepared work directory: its layout, its manifest, and the `prepare` pipeline that fills it.
+
+``prepare(catalog, out, config)`` runs catalog loading, brand mining, query mocking (or a
+real click log), splits, sampling probabilities, BEIR export and image-feature extraction
+into ``out``. It is idempotent: every stage records a fingerprint of its inputs in
+``manifest.json``, and a second run over the same inputs does no work. Image extraction
+resumes where a killed run stopped (see :mod:`vlsearch.images`).
+
+``Workdir.open(path)`` is the read side used by training, indexing and evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlsearch.config import Config, DataConfig, ImageConfig, update
+from vlsearch.errors import WorkdirError
+from vlsearch.io import atomic_write, atomic_write_json, read_json
+
+FORMAT_VERSION = 1
+EVAL_SPLITS = ("valid", "test", "heldout")
+
+
+def _fingerprint(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def catalog_signature(catalog: Path) -> dict[str, Any]:
+    """What identifies a catalog's contents cheaply: paths, sizes and modification times."""
+    catalog = catalog.resolve()
+    files = [catalog / "styles.csv", catalog / "images"] if catalog.is_dir() else [catalog]
+    signature: dict[str, Any] = {"path": str(catalog)}
+    for path in files:
+        if path.exists():
+            stat = path.stat()
+            signature[path.name] = [stat.st_size, stat.st_mtime_ns]
+    return signature
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+@dataclass
+class PrepareSummary:
+    """What `prepare` did and found; printed by the CLI and stored in the manifest."""
+
+    workdir: Path
+    products: int = 0
+    products_with_image: int = 0
+    heldout_products: int = 0
+    brands: int = 0
+    top_brands: list[tuple[str, int]] = field(default_factory=list)
+    categories: int = 0
+    training_clicks: int = 0
+    distinct_training_queries: int = 0
+    eval_queries: dict[str, int] = field(default_factory=dict)
+    image_problems: int = 0
+    catalog_report: str = ""
+    stages_run: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["workdir"] = str(self.workdir)
+        return out
+
+    def format(self) -> str:
+        ran = ", ".join(self.stages_run) if self.stages_run else "nothing (up to date)"
+        lines = [
+            f"work directory   {self.workdir}",
+            f"stages run       {ran}",
+            f"products         {self.products} ({self.products_with_image} with an image, "
+            f"{self.heldout_products} held out for cold-start evaluation)",
+            f"brands mined     {self.brands}; top 10: "
+            + ", ".join(f"{name} ({count})" for name, count in self.top_brands[:10]),
+            f"categories       {self.categories}",
+            f"training clicks  {self.training_clicks} rows, "
+            f"{self.distinct_training_queries} distinct queries",
+            "eval queries     " + ", ".join(f"{k}: {v}" for k, v in self.eval_queries.items()),
+            f"image problems   {self.image_problems}",
+        ]
+        if self.catalog_report:
+            lines.append("catalog report   " + self.catalog_report.replace("\n", "\n                 "))
+        if self.seconds:
+            lines.append(
+                "seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
+            )
+        return "\n".join(lines)
+
+
+class Workdir:
+    """Read access to a prepared work directory (see docs/interfaces.md for the layout)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self.manifest = manifest
+        self.config = update(Config(), manifest.get("config", {}), source=str(path / "manifest.json"))
+        self._products = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> Workdir:
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            raise WorkdirError(
+                f"{path}: not a prepared work directory (no manifest.json); "
+                "run `vlsearch prepare --catalog CATALOG --out DIR` first"
+            )
+        manifest = read_json(manifest_path)
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise WorkdirError(
+                f"{manifest_path}: work directory format version {version!r}, this vlsearch reads "
+                f"version {FORMAT_VERSION}; prepare it again with this version"
+            )
+        missing = [s for s in ("catalog", "queries") if s not in manifest.get("stages", {})]
+        if missing:
+            raise WorkdirError(f"{path}: preparation incomplete (stages missing: {missing})")
+        return cls(path, manifest)
+
+    # --- products -------------------------------------------------------------------------
+    def product_table(self) -> pa.Table:
+        return pq.read_table(self.path / "products.parquet")
+
+    def products(self) -> list:
+        """All products, in feature-row order."""
+        if self._products is None:
+            self._products = products_from_table(self.product_table())
+        return self._products
+
+    def categories(self) -> list[str]:
+        """Sorted distinct product categories (the QPC label set)."""
+        return list(self.manifest["categories"])
+
+    def brands(self) -> list[str]:
+        return list(read_json(self.path / "brands.json").get("brands", []))
+
+    # --- queries --------------------------------------------------------------------------
+    def clicks(self) -> pa.Table:
+        """The training click stream: query, product_id, count, qid."""
+        return pq.read_table(self.path / "clicks" / "train.parquet")
+
+    def eval_dir(self, split: str) -> Path:
+        if split not in EVAL_SPLITS:
+            raise WorkdirError(f"unknown eval split {split!r}; expected one of {EVAL_SPLITS}")
+        return self.path / "eval" / split
+
+    # --- images ---------------------------------------------------------------------------
+    def features(self):
+        from vlsearch.images import FeatureCache
+
+        if "features" not in self.manifest.get("stages", {}):
+            raise WorkdirError(
+                f"{self.path}: no image feature cache; run `vlsearch prepare` to completion "
+                "(it resumes where it stopped)"
+            )
+        return FeatureCache.open(self.path / "features")
+
+
+def products_to_table(products: list, splits: list[str], sampling: dict[str, float]) -> pa.Table:
+    return pa.table(
+        {
+            "id": [p.id for p in products],
+            "title": [p.title for p in products],
+            "brand": [p.brand for p in products],
+            "category": [p.category for p in products],
+            "image_path": [p.image_paths[0] if p.image_paths else None for p in products],
+            "attributes": [json.dumps(p.attributes, ensure_ascii=False) for p in products],
+            "split": splits,
+            "sampling_prob": [float(sampling.get(p.id, 0.0)) for p in products],
+        }
+    )
+
+
+def products_from_table(table: pa.Table) -> list:
+    from vlsearch.catalog import Product
+
+    cols = table.to_pydict()
+    return [
+        Product(
+            id=cols["id"][i],
+            title=cols["title"][i],
+            image_paths=[cols["image_path"][i]] if cols["image_path"][i] else [],
+            brand=cols["brand"][i],
+            category=cols["category"][i],
+            attributes=json.loads(cols["attributes"][i]),
+        )
+        for i in range(table.num_rows)
+    ]
+
+
+# --- prepare ------------------------------------------------------------------------------
+
+
+def prepare(
+    catalog: str | Path,
+    out: str | Path,
+    config: Config | None = None,
+    clicks: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PrepareSummary:
+    """Fill ``out`` from ``catalog`` (and a real click log if given, else mocked queries).
+
+    Stages and their fingerprints:
+      - ``catalog``: catalog signature + DataConfig → products.parquet, brands.json, report
+      - ``queries``: catalog fingerprint + click-log signature → clicks/, eval/
+      - ``features``: catalog fingerprint + ImageConfig → features/ (resumable)
+    """
+    config = config or Config()
+    catalog = Path(catalog)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest: dict[str, Any] = read_json(manifest_path) if manifest_path.exists() else {}
+    if manifest and manifest.get("format_version") != FORMAT_VERSION:
+        log(f"{out}: work directory from format version {manifest.get('format_version')}; rebuilding")
+        manifest = {}
+    stages: dict[str, Any] = manifest.get("stages", {})
+    summary = PrepareSummary(workdir=out)
+
+    def save_manifest() -> None:
+        manifest.update(
+            format_version=FORMAT_VERSION,
+            config=config.to_dict(),
+            stages=stages,
+        )
+        atomic_write_json(manifest_path, manifest)
+
+    data_cfg = config.data
+    catalog_fp = _fingerprint({"catalog": catalog_signature(catalog), "data": data_cfg.__dict__})
+    if stages.get("catalog", {}).get("fingerprint") != catalog_fp:
+        started = time.perf_counter()
+        stages.pop("queries", None)
+        stages.pop("features", None)
+        _merge(manifest, _prepare_catalog(catalog, out, data_cfg))
+        stages["catalog"] = {"fingerprint": catalog_fp}
+        save_manifest()
+        summary.stages_run.append("catalog")
+        summary.seconds["catalog"] = time.perf_counter() - started
+
+    click_sig = catalog_signature(Path(clicks)) if clicks else None
+    queries_fp = _fingerprint({"catalog": catalog_fp, "clicks": click_sig})
+    if stages.get("queries", {}).get("fingerprint") != queries_fp:
+        started = time.perf_counter()
+        _merge(manifest, _prepare_queries(out, data_cfg, Path(clicks) if clicks else None))
+        stages["queries"] = {"fingerprint": queries_fp}
+        save_manifest()
+        summary.stages_run.append("queries")
+        summary.seconds["queries"] = time.perf_counter() - started
+
+    features_fp = _fingerprint({"catalog": catalog_fp, "images": config.images.__dict__})
+    if stages.get("features", {}).get("fingerprint") != features_fp:
+        started = time.perf_counter()
+        _merge(manifest, _prepare_features(out, config.images, progress))
+        stages["features"] = {"fingerprint": features_fp}
+        save_manifest()
+        summary.stages_run.append("features")
+        summary.seconds["features"] = time.perf_counter() - started
+
+    counts = manifest.get("counts", {})
+    summary.products = counts.get("products", 0)
+    summary.products_with_image = manifest.get("products_with_image", 0)
+    summary.heldout_products = counts.get("heldout_products", 0)
+    summary.brands = counts.get("brands", 0)
+    summary.top_brands = [tuple(x) for x in manifest.get("top_brands", [])]
+    summary.categories = len(manifest.get("categories", []))
+    summary.training_clicks = counts.get("training_clicks", 0)
+    summary.distinct_training_queries = counts.get("distinct_training_queries", 0)
+    summary.eval_queries = manifest.get("eval_queries", {})
+    summary.image_problems = manifest.get("image_problems", 0)
+    summary.catalog_report = manifest.get("catalog_summary", "")
+    return summary
+
+
+def _merge(manifest: dict[str, Any], stage_result: dict[str, Any]) -> None:
+    """Record a stage's results; ``counts`` accumulate across stages, other keys are replaced."""
+    manifest.setdefault("counts", {}).update(stage_result.pop("counts", {}))
+    manifest.update(stage_result)
+
+
+def _prepare_catalog(catalog: Path, out: Path, cfg: DataConfig) -> dict[str, Any]:
+    """Load, validate and split the catalog; write products.parquet and brands.json."""
+    from vlsearch.catalog import load_catalog
+    from vlsearch.queries import split_products
+
+    loaded = load_catalog(catalog, limit=cfg.limit, brand_min_products=cfg.brand_min_products)
+    products = loaded.products
+    if not products:
+        raise WorkdirError(f"{catalog}: no usable products\n{loaded.report.summary()}")
+    train_ids, heldout_ids = split_products(products, cfg.heldout_product_fraction, cfg.seed)
+    heldout = set(heldout_ids)
+    splits = ["heldout" if p.id in heldout else "train" for p in products]
+    _write_parquet(out / "products.parquet", products_to_table(products, splits, {}))
+    atomic_write_json(out / "prepare_report.json", loaded.report.to_dict())
+    brand_counts: dict[str, int] = {}
+    for p in products:
+        if p.brand:
+            brand_counts[p.brand] = brand_counts.get(p.brand, 0) + 1
+    top = sorted(brand_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    atomic_write_json(out / "brands.json", {"brands": sorted(brand_counts), "counts": dict(top)})
+    return {
+        "counts": {"products": len(products), "heldout_products": len(heldout), "brands": len(top)},
+        "top_brands": top[:30],
+        "categories": sorted({p.category for p in products if p.category}),
+        "catalog_summary": loaded.report.summary(),
+    }
+
+
+def _prepare_queries(out: Path, cfg: DataConfig, clicks: Path | None) -> dict[str, Any]:
+    """Training click stream, Q(p), and the BEIR evaluation splits."""
+    from vlsearch import queries as q
+    from vlsearch.text import query_ids
+
+    table = pq.read_table(out / "products.parquet")
+    products = products_from_table(table)
+    split_col = table.column("split").to_pylist()
+    heldout_ids = {p.id for p, s in zip(products, split_col) if s == "heldout"}
+    train_products = [p for p, s in zip(products, split_col) if s == "train"]
+    heldout_products = [p for p, s in zip(products, split_col) if s == "heldout"]
+
+    rng_seed = cfg.seed
+    eval_sets: dict[str, list] = {}
+    if clicks is not None:
+        log_rows = q.read_click_log(clicks)
+        known = {p.id for p in products}
+        train_rows = [r for r in log_rows.rows() if r.product_id in known and r.product_id not in heldout_ids]
+        click_query = [r.query for r in train_rows]
+        click_pid = [r.product_id for r in train_rows]
+        click_count = [int(r.count) for r in train_rows]
+    else:
+        mocked_train = q.generate_queries(train_products, cfg, rng_seed)
+        train_q, valid_q, test_q = q.split_queries(
+            mocked_train, cfg.valid_query_fraction, cfg.test_query_fraction, rng_seed
+        )
+        eval_sets["valid"] = valid_q
+        eval_sets["test"] = test_q
+        eval_sets["heldout"] = q.generate_queries(heldout_products, cfg, rng_seed + 1)
+        click_query = [m.text for m in train_q]
+        click_pid = [m.product_id for m in train_q]
+        click_count = [int(m.count) for m in train_q]
+
+    clicks_table = pa.table(
+        {
+            "query": click_query,
+            "product_id": click_pid,
+            "count": pa.array(click_count, type=pa.int64()),
+            "qid": pa.array(query_ids(click_query), type=pa.uint32()),
+        }
+    )
+    _write_parquet(out / "clicks" / "train.parquet", clicks_table)
+
+    # Q(p): each product's share of the training click mass, written into products.parquet.
+    total = float(np.sum(click_count)) or 1.0
+    mass: dict[str, float] = {}
+    for pid, count in zip(click_pid, click_count):
+        mass[pid] = mass.get(pid, 0.0) + count / total
+    table = table.set_column(
+        table.schema.get_field_index("sampling_prob"),
+        "sampling_prob",
+        pa.array([mass.get(p.id, 0.0) for p in products], type=pa.float64()),
+    )
+    _write_parquet(out / "products.parquet", table)
+
+    eval_counts = {}
+    for split, mocked in eval_sets.items():
+        eval_counts[split] = q.export_beir(
+            mocked, products, out / "eval" / split, max_queries=cfg.max_eval_queries, seed=rng_seed
+        )
+    return {
+        "counts": {
+            "training_clicks": len(click_query),
+            "distinct_training_queries": len(set(click_query)),
+        },
+        "eval_queries": eval_counts,
+    }
+
+
+def _prepare_features(out: Path, cfg: ImageConfig, progress: bool) -> dict[str, Any]:
+    from vlsearch.images import extract_features
+
+    table = pq.read_table(out / "products.parquet", columns=["id", "image_path"])
+    ids = table.column("id").to_pylist()
+    paths = table.column("image_path").to_pylist()
+    cache = extract_features(ids, paths, out / "features", cfg, progress=progress, overwrite=True)
+    has_image = cache.has_image(np.arange(cache.n))
+    return {
+        "products_with_image": int(np.sum(has_image)),
+        "image_problems": len(cache.problems),
+    }
