@@ -480,9 +480,11 @@ def strict_relevance_at_k(
     most ``k``); an empty result scores 0. ``None`` when no query has an attribute.
     """
     _check_k(k)
+    qids = [qid for qid, attributes in query_attributes.items() if attributes]
+    if not qids:
+        return None
     if rule is None:
         from vlsearch.queries import relevant as rule
-    qids = [qid for qid, attributes in query_attributes.items() if attributes]
 
     def good(qid: str, doc: str) -> bool:
         product = products.get(doc)
