@@ -38,7 +38,9 @@ class MemoryBank(nn.Module):
     def __init__(self, size: int, dim: int):
         super().__init__()
         if size <= 0 or dim <= 0:
-            raise ValueError(f"MemoryBank size and dim must be positive, got size={size}, dim={dim}")
+            raise ValueError(
+                f"MemoryBank size and dim must be positive, got size={size}, dim={dim}"
+            )
         self.size = size
         self.dim = dim
         self.register_buffer("vectors", torch.zeros(size, dim))
@@ -54,14 +56,20 @@ class MemoryBank(nn.Module):
     def push(self, vectors: Tensor, product_ids: Tensor, log_q: Tensor | None = None) -> None:
         """Append a batch (detached); once full, it overwrites the oldest entries."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"MemoryBank.push: vectors must be [n, {self.dim}], got {tuple(vectors.shape)}")
+            raise ValueError(
+                f"MemoryBank.push: vectors must be [n, {self.dim}], got {tuple(vectors.shape)}"
+            )
         n = vectors.shape[0]
         if product_ids.shape != (n,) or (log_q is not None and log_q.shape != (n,)):
             raise ValueError(f"MemoryBank.push: product_ids and log_q must be [{n}]")
         if log_q is None:
             log_q = torch.zeros(n)
         if n > self.size:  # only the newest `size` entries can survive anyway
-            vectors, product_ids, log_q = vectors[-self.size :], product_ids[-self.size :], log_q[-self.size :]
+            vectors, product_ids, log_q = (
+                vectors[-self.size :],
+                product_ids[-self.size :],
+                log_q[-self.size :],
+            )
             n = self.size
         slots = (int(self.cursor) + torch.arange(n)) % self.size
         slots = slots.to(self.vectors.device)

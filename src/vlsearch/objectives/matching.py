@@ -36,7 +36,9 @@ class Temperature(nn.Module):
     def __init__(self, init: float, learnable: bool = True, min_value: float = 0.01):
         super().__init__()
         if init <= 0 or min_value <= 0:
-            raise ValueError(f"temperature must be positive, got init={init}, min_value={min_value}")
+            raise ValueError(
+                f"temperature must be positive, got init={init}, min_value={min_value}"
+            )
         log_tau = torch.tensor(math.log(init))
         if learnable:
             self.log_tau = nn.Parameter(log_tau)
@@ -75,20 +77,19 @@ class QueryProductMatching(nn.Module):
         super().__init__()
         if memory_weight < 0 or cross_device_weight < 0:
             raise ValueError("memory_weight and cross_device_weight must be >= 0")
-        self.temperature = Temperature(init_temperature, learn_temperature, min_temperature)
+        self.tau = Temperature(init_temperature, learn_temperature, min_temperature)
         self.logq_correction = logq_correction
         self.memory_weight = memory_weight
         self.cross_device_weight = cross_device_weight
 
     def _block(
-        self, q: Tensor, tau: Tensor, vectors: Tensor, ids: Tensor, log_q: Tensor | None,
-        positive_ids: Tensor, log_weight: float,
+        self, q: Tensor, tau: Tensor, candidates: NegativeSet, positive_ids: Tensor, weight: float
     ) -> tuple[Tensor, Tensor]:
-        """Logits of q against one block of candidates, and the mask of same-id candidates."""
-        logits = q @ vectors.to(q).T / tau + log_weight
-        if self.logq_correction and log_q is not None:
-            logits = logits - log_q.to(q)[None, :]
-        same = positive_ids[:, None] == ids.to(positive_ids.device)[None, :]
+        """s' of q against one block of candidates (+ log weight), and the same-id mask."""
+        logits = q @ candidates.vectors.to(q).T / tau + math.log(weight)
+        if self.logq_correction:
+            logits = logits - candidates.log_q.to(q)[None, :]
+        same = positive_ids[:, None] == candidates.product_ids.to(positive_ids.device)[None, :]
         return logits, same
 
     def forward(
@@ -101,37 +102,37 @@ class QueryProductMatching(nn.Module):
         cross_device: NegativeSet | None = None,
     ) -> MatchingOutput:
         batch = q.shape[0]
-        if p.shape != q.shape or product_ids.shape != (batch,):
+        if batch == 0 or p.shape != q.shape or product_ids.shape != (batch,):
             raise ValueError(
-                f"QPM: q {tuple(q.shape)} and p {tuple(p.shape)} must match and product_ids be [{batch}]"
+                f"QPM: q {tuple(q.shape)} and p {tuple(p.shape)} must match (non-empty), "
+                f"product_ids must be [{batch}]"
             )
         q = q.float()
-        tau = self.temperature()
+        tau = self.tau()
+        in_batch = NegativeSet(p, product_ids, torch.zeros(batch) if log_q is None else log_q)
+        logits, same = self._block(q, tau, in_batch, product_ids, 1.0)
         diagonal = torch.eye(batch, dtype=torch.bool, device=q.device)
-        logits, same = self._block(q, tau, p, product_ids, log_q, product_ids, 0.0)
-        blocks, masks = [logits], [same & ~diagonal]  # the positive itself stays
-        counts = {"in_batch": (~masks[0]).sum() - batch}
-        for name, extra, weight in (
-            ("memory", memory, self.memory_weight),
-            ("cross_device", cross_device, self.cross_device_weight),
+        blocks, masks = [logits], [same & ~diagonal]  # the positive itself is never masked
+        counts = [float((~masks[0]).sum() - batch)]
+        for extra, weight in (
+            (memory, self.memory_weight),
+            (cross_device, self.cross_device_weight),
         ):
-            counts[name] = torch.zeros((), device=q.device)
             if extra is None or len(extra) == 0 or weight == 0:
+                counts.append(0.0)
                 continue
-            logits, same = self._block(
-                q, tau, extra.vectors.detach(), extra.product_ids, extra.log_q.detach(),
-                product_ids, math.log(weight),
-            )
+            detached = NegativeSet(extra.vectors.detach(), extra.product_ids, extra.log_q.detach())
+            logits, same = self._block(q, tau, detached, product_ids, weight)
             blocks.append(logits)
             masks.append(same)
-            counts[name] = (~same).sum()
+            counts.append(float((~same).sum()))
         logits = torch.cat(blocks, dim=1).masked_fill(torch.cat(masks, dim=1), float("-inf"))
         loss = F.cross_entropy(logits, torch.arange(batch, device=q.device))
         return MatchingOutput(
             loss=loss,
             logits=logits.detach(),
             temperature=float(tau),
-            neg_in_batch=float(counts["in_batch"]) / batch,
-            neg_memory=float(counts["memory"]) / batch,
-            neg_cross_device=float(counts["cross_device"]) / batch,
+            neg_in_batch=counts[0] / batch,
+            neg_memory=counts[1] / batch,
+            neg_cross_device=counts[2] / batch,
         )
