@@ -38,6 +38,7 @@ score (descending), then by the rank written in the file (ascending), then by pr
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
@@ -368,12 +369,13 @@ def _set_recall(run: Run, qrels: Qrels, k: int) -> tuple[float | None, int]:
     values: list[float] = []
     skipped = 0
     for qid, judged in qrels.items():
-        relevant = {doc for doc, grade in judged.items() if grade >= RELEVANT_GRADE}
-        if not relevant:
+        n_relevant = sum(grade >= RELEVANT_GRADE for grade in judged.values())
+        if not n_relevant:
             skipped += 1
             continue
-        found = sum(doc in relevant for doc in top_k(run.get(qid, ()), k))
-        values.append(found / min(len(relevant), k))
+        retrieved = top_k(run.get(qid, ()), k)
+        found = sum(judged.get(doc, RELEVANT_GRADE - 1) >= RELEVANT_GRADE for doc in retrieved)
+        values.append(found / min(n_relevant, k))
     return _mean(values), skipped
 
 
@@ -404,7 +406,7 @@ def _ndcg(run: Run, qrels: Qrels, k: int) -> tuple[float | None, int]:
     values: list[float] = []
     skipped = 0
     for qid, judged in qrels.items():
-        ideal_grades = sorted((grade for grade in judged.values() if grade > 0), reverse=True)[:k]
+        ideal_grades = heapq.nlargest(k, (grade for grade in judged.values() if grade > 0))
         ideal = sum(
             _gain(grade) * _discount(position) for position, grade in enumerate(ideal_grades)
         )
