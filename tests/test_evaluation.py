@@ -336,6 +336,12 @@ def test_read_qrels_malformed(tmp_path: Path, content: str, line: int, expected:
     assert expected in str(info.value)
 
 
+def test_readers_missing_file(tmp_path: Path):
+    for reader in (read_qrels, read_beir_queries, read_trec_run):
+        with pytest.raises(InputError, match="nowhere.txt"):
+            reader(tmp_path / "nowhere.txt")
+
+
 def test_read_qrels_non_utf8(tmp_path: Path):
     path = tmp_path / "qrels.tsv"
     path.write_bytes(b"q1\tp1\t2\nq\xff2\tp2\t1\n")

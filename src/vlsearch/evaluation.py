@@ -95,7 +95,11 @@ def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
 
     Decoding is done line by line so a bad byte is reported at its own line.
     """
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    with handle:
         for number, raw in enumerate(handle, start=FIRST_LINE):
             try:
                 text = raw.decode("utf-8")
