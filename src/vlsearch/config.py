@@ -71,6 +71,14 @@ class ModelConfig:
     keyword_max_query_terms: int = 3  # only queries with at most this many terms are enhanced
     init_temperature: float = 0.05  # initial tau of the matching softmax (learnable)
     dropout: float = 0.1  # dropout inside the towers
+    pooling: str = "mean"  # text pooling: mean (how MiniLM was trained) | cls (as in the papers)
+    project: bool = True  # linear projection to embed_dim (False: output the pooled hidden state)
+    fusion_layers: int = 1  # transformer layers of the fusion step (make, mixed-encoder)
+    ma_hidden_size: int = 128  # hidden units of the Modal Adaptation MLP
+    keyword_min_term_count: int = 3  # clicks a query term needs before it gets keywords
+    keyword_min_pair_count: int = 2  # clicks a (query term, title term) pair needs to count
+    keywords_per_term: int = 8  # top-PMI keywords stored per query term in keywords.json
+    encode_batch_size: int = 128  # texts/products per forward pass in Retriever.encode_*
 
 
 @dataclass
@@ -110,6 +118,11 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between atomic checkpoints
     keep_checkpoints: int = 2  # checkpoints kept on disk
     num_threads: int = 0  # torch CPU threads (0: torch's default)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    bf16: bool = True  # bf16 autocast on CUDA
+    adam_beta2: float = 0.98  # AdamW second-moment decay (beta1 stays 0.9)
+    eval_at_start: bool = True  # validation Recall@K before the first step (untrained baseline)
+    eval_split: str = "valid"  # work-directory eval split used for validation
 
 
 @dataclass
