@@ -131,7 +131,7 @@ class QueryProductMatching(nn.Module):
         return MatchingOutput(
             loss=loss,
             logits=logits.detach(),
-            temperature=float(tau),
+            temperature=float(tau.detach()),
             neg_in_batch=counts[0] / batch,
             neg_memory=counts[1] / batch,
             neg_cross_device=counts[2] / batch,
