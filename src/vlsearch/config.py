@@ -153,6 +153,10 @@ class ServeConfig:
     lexical_weight: float = 0.3  # weight of the lexical channel in the merge
     filter_selective_fraction: float = 0.05  # filters matching less than this share run inside ANN
     overfetch_factor: int = 4  # broad filters: fetch k*factor from ANN, then post-filter
+    filter_widen_search: bool = True  # selective filters scale nprobe/efSearch by 1/selectivity
+    rrf_k: int = 60  # reciprocal-rank fusion: channel score = weight / (rrf_k + rank)
+    filter_cache_size: int = 256  # constraint sets whose row masks are kept (LRU)
+    reload_check: bool = True  # each search checks whether a new index version was published
     host: str = "127.0.0.1"  # bind address
     port: int = 8000  # bind port
 

@@ -1,0 +1,180 @@
+"""FAISS inner-product index over product vectors: exact (Flat), IVF (k-means coarse
+quantizer, the open counterpart of the paper's hierarchical clustering) or HNSW.
+
+FAISS ids are product-table row numbers. Filtered search passes an ID selector (a bitmap
+over rows) through ``SearchParameters`` so the filter is applied inside the scan; for
+selective filters the caller may widen ``nprobe`` / ``efSearch``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from vlsearch.config import IndexConfig
+from vlsearch.errors import InputError, WorkdirError
+
+KINDS = ("flat", "ivf", "hnsw")
+RECALL_K = 100  # the k of the recall figure the build reports
+MIN_POINTS_PER_CENTROID = 39  # FAISS k-means wants this many training points per cluster
+
+
+@dataclass
+class AnnReport:
+    """What the build measured: recall@100 of this index against exact search, size, time."""
+
+    kind: str
+    n: int
+    dim: int
+    nlist: int
+    recall_at_100: float
+    recall_queries: int
+    size_bytes: int
+    build_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_nlist(n: int, requested: int = 0) -> int:
+    """IVF clusters: ``requested`` or about 4*sqrt(n), capped so each gets enough training points."""
+    nlist = requested or int(round(4 * math.sqrt(n)))
+    return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID or 1))
+
+
+def rows_selector(allowed: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    """A FAISS selector over a boolean row mask; returns the packed bitmap too (keep it alive)."""
+    packed = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+    return faiss.IDSelectorBitmap(packed), packed
+
+
+class AnnIndex:
+    """A FAISS index plus its search settings; ``search`` returns (scores, rows), -1 rows padded."""
+
+    def __init__(self, index: faiss.Index, kind: str, nprobe: int = 16, ef_search: int = 128):
+        self.index = index
+        self.kind = kind
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def nlist(self) -> int:
+        return int(self.index.nlist) if self.kind == "ivf" else 0
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, config: IndexConfig, seed: int = 0) -> AnnIndex:
+        if config.kind not in KINDS:
+            raise InputError(f"index kind {config.kind!r}: expected one of {KINDS}")
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or len(x) == 0:
+            raise InputError(f"product vectors: expected a non-empty [n, d] array, got {x.shape}")
+        n, d = x.shape
+        if config.kind == "flat":
+            index: faiss.Index = faiss.IndexFlatIP(d)
+        elif config.kind == "ivf":
+            nlist = default_nlist(n, config.nlist)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            index.train(x)
+        else:
+            index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.add(x)
+        return cls(index, config.kind, config.nprobe, config.hnsw_ef_search)
+
+    def _params(self, selector, nprobe: int | None, ef_search: int | None):
+        if self.kind == "ivf":
+            probe = min(self.nlist, nprobe or self.nprobe)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=probe) if selector else \
+                faiss.SearchParametersIVF(nprobe=probe)
+        if self.kind == "hnsw":
+            ef = ef_search or self.ef_search
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef) if selector else \
+                faiss.SearchParametersHNSW(efSearch=ef)
+        return faiss.SearchParameters(sel=selector) if selector else None
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product; ``allowed`` (bool mask over rows) restricts the scan."""
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = max(1, min(int(k), self.ntotal))
+        selector, _keep = rows_selector(allowed) if allowed is not None else (None, None)
+        params = self._params(selector, nprobe, ef_search)
+        scores, rows = self.index.search(q, k, params=params)
+        return scores, rows.astype(np.int64)
+
+    def size_bytes(self) -> int:
+        return int(faiss.serialize_index(self.index).nbytes)
+
+    def save(self, path: str | Path) -> None:
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, config: IndexConfig | None = None, kind: str | None = None) -> AnnIndex:
+        config = config or IndexConfig()
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise WorkdirError(f"{path}: cannot read FAISS index ({exc})") from None
+        if kind is None:
+            if isinstance(index, faiss.IndexIVF):
+                kind = "ivf"
+            elif isinstance(index, faiss.IndexHNSW):
+                kind = "hnsw"
+            else:
+                kind = "flat"
+        return cls(index, kind, config.nprobe, config.hnsw_ef_search)
+
+
+def recall_against_exact(
+    ann: AnnIndex, vectors: np.ndarray, queries: np.ndarray, k: int = RECALL_K
+) -> float:
+    """Mean share of the exact top-k (Flat inner product) that ``ann`` also returns."""
+    if len(queries) == 0:
+        return float("nan")
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    k = min(k, len(vectors))
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    _, truth = exact.search(q, k)
+    _, found = ann.search(q, k)
+    hits = [len(set(t[t >= 0]) & set(f[f >= 0])) / max(1, int((t >= 0).sum())) for t, f in zip(truth, found)]
+    return float(np.mean(hits))
+
+
+def build_ann(
+    vectors: np.ndarray, config: IndexConfig, recall_queries: np.ndarray | None = None, seed: int = 0
+) -> tuple[AnnIndex, AnnReport]:
+    """Build the configured index and measure it: recall@100 vs exact on a query sample, bytes."""
+    started = time.perf_counter()
+    ann = AnnIndex.build(vectors, config, seed)
+    seconds = time.perf_counter() - started
+    rng = np.random.default_rng(seed)
+    if recall_queries is None or len(recall_queries) == 0:
+        recall_queries = vectors  # no logged queries: products stand in as queries
+    take = min(config.recall_sample_queries, len(recall_queries))
+    sample = np.asarray(recall_queries)[np.sort(rng.choice(len(recall_queries), take, replace=False))]
+    recall = recall_against_exact(ann, np.asarray(vectors, dtype=np.float32), sample)
+    report = AnnReport(
+        kind=ann.kind, n=ann.ntotal, dim=ann.dim, nlist=ann.nlist, recall_at_100=recall,
+        recall_queries=take, size_bytes=ann.size_bytes(), build_seconds=seconds,
+    )
+    return ann, report

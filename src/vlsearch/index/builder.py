@@ -1,0 +1,298 @@
+"""Build a self-contained index version and publish it atomically.
+
+``OUT/versions/<vNNNNNN-stamp>/`` gets: ``vectors.npy`` (exported product vectors),
+``ann.faiss``, ``qid/`` (qid table), ``lexical/`` (tantivy), ``lexicon.json``,
+``products.parquet`` (product metadata incl. image paths), ``model/`` (the Retriever the
+engine encodes queries with), ``manifest.json`` and last the ``COMPLETE`` marker.
+Publishing points ``OUT/current`` (a relative symlink) at the new version by renaming a
+temporary symlink over it, so a reader resolving ``current`` sees the old complete version
+or the new complete one, never a half-written one. Old versions beyond
+``IndexConfig.keep_versions`` are removed (never the current one). The vector export is
+staged in ``OUT/export/`` and resumes there after a killed build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlsearch.config import IndexConfig
+from vlsearch.errors import WorkdirError
+from vlsearch.index.ann import AnnReport, build_ann
+from vlsearch.index.export import export_vectors
+from vlsearch.index.lexical import build_lexical
+from vlsearch.index.qid_table import QidTable
+from vlsearch.index.understanding import build_lexicon
+from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
+
+FORMAT_VERSION = 1
+COMPLETE = "COMPLETE"
+CURRENT = "current"
+VERSIONS = "versions"
+_VERSION_RE = re.compile(r"^v(\d{6})-")
+
+
+@dataclass
+class IndexReport:
+    """What ``build_index`` built and measured."""
+
+    version: str
+    path: str
+    products: int
+    dim: int
+    ann: AnnReport
+    qid_queries: int
+    qid_top_k: int
+    lexicon_phrases: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    removed_versions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["ann"] = self.ann.to_dict()
+        return out
+
+    def format(self) -> str:
+        a = self.ann
+        return "\n".join([
+            f"index version    {self.version} (published as current) at {self.path}",
+            f"products         {self.products} vectors of dim {self.dim}",
+            f"ANN              {a.kind}" + (f" nlist={a.nlist}" if a.nlist else "")
+            + f", recall@100 vs exact {a.recall_at_100:.4f} on {a.recall_queries} queries, "
+            f"{a.size_bytes / 1e6:.2f} MB",
+            f"qid table        {self.qid_queries} logged queries x top {self.qid_top_k}",
+            f"lexicon          {self.lexicon_phrases} phrases",
+            "seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
+        ])
+
+
+# --- versions and publishing ----------------------------------------------------------------
+
+
+def _new_version_dir(out: Path) -> Path:
+    versions = out / VERSIONS
+    versions.mkdir(parents=True, exist_ok=True)
+    while True:
+        numbers = [int(m.group(1)) for p in versions.iterdir() if (m := _VERSION_RE.match(p.name))]
+        name = f"v{max(numbers, default=0) + 1:06d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        try:
+            (versions / name).mkdir()
+            return versions / name
+        except FileExistsError:  # a concurrent build took the number
+            continue
+
+
+def is_complete(version_dir: Path) -> bool:
+    return (version_dir / COMPLETE).is_file()
+
+
+def publish(out_dir: str | Path, version_dir: str | Path) -> None:
+    """Point ``out_dir/current`` at ``version_dir`` with one atomic rename."""
+    out = Path(out_dir)
+    version_dir = Path(version_dir)
+    if not is_complete(version_dir):
+        raise WorkdirError(f"{version_dir}: not a complete index version; refusing to publish")
+    tmp = out / f".{CURRENT}.{uuid.uuid4().hex}"
+    os.symlink(Path(VERSIONS) / version_dir.name, tmp)
+    try:
+        os.replace(tmp, out / CURRENT)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out)
+
+
+def current_version(index_dir: str | Path) -> Path:
+    """The complete version ``index_dir/current`` points at (or ``index_dir`` if it is one)."""
+    index_dir = Path(index_dir)
+    if is_complete(index_dir):
+        return index_dir
+    link = index_dir / CURRENT
+    if not index_dir.is_dir():
+        raise WorkdirError(f"{index_dir}: index directory not found; build one with `vlsearch index`")
+    try:
+        target = index_dir / os.readlink(link)
+    except FileNotFoundError:
+        raise WorkdirError(
+            f"{index_dir}: no published index (no {CURRENT} link); build one with `vlsearch index`"
+        ) from None
+    except OSError as exc:
+        raise WorkdirError(f"{link}: not an index link ({exc})") from None
+    if not is_complete(target):
+        raise WorkdirError(f"{target}: index version is missing or half-written (no {COMPLETE})")
+    return target
+
+
+def prune_versions(out_dir: str | Path, keep: int) -> list[str]:
+    """Remove complete versions beyond the newest ``keep`` (never the current one)."""
+    out = Path(out_dir)
+    try:
+        current = os.readlink(out / CURRENT)
+    except OSError:
+        current = None
+    complete = sorted(p for p in (out / VERSIONS).iterdir() if _VERSION_RE.match(p.name) and is_complete(p))
+    removed = []
+    for old in complete[: max(0, len(complete) - max(1, keep))]:
+        if current and Path(current).name == old.name:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old.name)
+    return removed
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def products_table(products: Sequence) -> pa.Table:
+    """Product metadata the engine and the web page need, row i = product i."""
+    return pa.table({
+        "id": [str(p.id) for p in products],
+        "title": [p.title for p in products],
+        "brand": [p.brand for p in products],
+        "category": [p.category for p in products],
+        "image_path": [p.image_paths[0] if p.image_paths else None for p in products],
+        "attributes": [json.dumps(p.attributes or {}, ensure_ascii=False) for p in products],
+    })
+
+
+def build_index_from_parts(
+    out_dir: str | Path,
+    products: Sequence,
+    encode_products: Callable[[int, int], np.ndarray],
+    encode_queries: Callable[[list[str]], np.ndarray],
+    queries: Sequence[str],
+    qids: Sequence[int],
+    config: IndexConfig | None = None,
+    model_dir: str | Path | None = None,
+    export_key: dict | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> IndexReport:
+    """Build every part from in-memory inputs, then publish (the testable core of build_index)."""
+    config = config or IndexConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = now - clock
+        clock = now
+
+    staging = out / "export"
+    vectors = export_vectors(
+        encode_products, len(products), staging, config.export_batch_size, config.export_dtype,
+        key=export_key, progress=progress,
+    )
+    lap("export")
+    version = _new_version_dir(out)
+    try:
+        x = np.asarray(vectors, dtype=np.float32)
+        distinct = list(dict.fromkeys(queries))
+        rng = np.random.default_rng(seed)
+        take = min(config.recall_sample_queries, len(distinct))
+        sample = [distinct[i] for i in sorted(rng.choice(len(distinct), take, replace=False))] if take else []
+        recall_q = encode_queries(sample) if sample else None
+        ann, ann_report = build_ann(x, config, recall_q, seed)
+        ann.save(version / "ann.faiss")
+        lap("ann")
+
+        top_k = min(config.qid_top_k, len(products))
+        table = QidTable.build(
+            queries, qids, lambda texts: ann.search(encode_queries(texts), top_k),
+            batch_size=config.export_batch_size, progress=progress,
+        )
+        table.save(version / "qid")
+        lap("qid_table")
+
+        build_lexical(products, version / "lexical")
+        lexicon = build_lexicon(products)
+        atomic_write_json(version / "lexicon.json", lexicon.to_json())
+        lap("lexical")
+
+        atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products), tmp))
+        if model_dir is not None:
+            shutil.copytree(model_dir, version / "model", ignore=shutil.ignore_patterns("checkpoints"))
+        del vectors
+        os.replace(staging / "vectors.npy", version / "vectors.npy")
+        shutil.rmtree(staging, ignore_errors=True)
+        atomic_write_json(version / "manifest.json", {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": asdict(config),
+            "products": len(products),
+            "dim": ann.dim,
+            "ann": ann_report.to_dict(),
+            "qid_queries": len(table),
+            "qid_top_k": top_k,
+            "has_model": model_dir is not None,
+        })
+        lap("metadata")
+        atomic_write_text(version / COMPLETE, "complete\n")
+        fsync_dir(version)
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
+        raise
+    publish(out, version)
+    removed = prune_versions(out, config.keep_versions)
+    return IndexReport(
+        version=version.name, path=str(version), products=len(products), dim=ann.dim, ann=ann_report,
+        qid_queries=len(table), qid_top_k=top_k, lexicon_phrases=len(lexicon.phrases),
+        seconds=seconds, removed_versions=removed,
+    )
+
+
+def build_index(
+    workdir: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    config: IndexConfig | None = None,
+    progress: bool = True,
+) -> IndexReport:
+    """Export vectors with the trained Retriever, build ANN + qid table + tantivy + lexicon,
+    copy the model and product metadata in, and publish the version as ``out_dir/current``."""
+    from vlsearch.model import Retriever
+    from vlsearch.workdir import Workdir
+
+    wd = Workdir.open(workdir)
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise WorkdirError(f"{model_dir}: model directory not found; train one with `vlsearch train`")
+    retriever = Retriever.load(model_dir)
+    products = wd.products()
+    try:
+        features = wd.features()
+    except WorkdirError:
+        features = None  # the retriever runs its backbone on the image files instead
+
+    def encode(start: int, stop: int) -> np.ndarray:
+        rows = np.arange(start, stop)
+        if features is None:
+            return retriever.encode_products(products[start:stop])
+        return retriever.encode_products(
+            products[start:stop], patches=features.patches(rows), has_image=features.has_image(rows)
+        )
+
+    clicks = wd.clicks()
+    model_stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.glob("*")) if p.is_file()]
+    key = {"workdir": str(Path(workdir).resolve()), "manifest": wd.manifest.get("stages", {}),
+           "model": str(model_dir.resolve()), "model_files": model_stamp}
+    return build_index_from_parts(
+        out_dir, products, encode, retriever.encode_queries,
+        clicks.column("query").to_pylist(), clicks.column("qid").to_pylist(),
+        config=config, model_dir=model_dir, export_key=json.loads(json.dumps(key, default=str)),
+        seed=wd.config.data.seed, progress=progress,
+    )

@@ -1,0 +1,100 @@
+"""The qid table: every logged query answered offline into its top-K product rows.
+
+Layout (a directory of numpy ``.npy`` files, memory-mapped on load):
+``qids.npy`` uint32 [n] sorted ascending, ``rows.npy`` int32 [n, K] (-1 padded),
+``scores.npy`` float32 [n, K], ``queries.json`` the query text kept for each qid.
+Lookup is a binary search (``np.searchsorted``) on the sorted qid array: O(log n), a few
+microseconds for millions of queries, and no hash table to build at load time.
+Two logged queries with the same qid (same sorted terms, or a 32-bit collision) keep the
+first one seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vlsearch.errors import WorkdirError
+from vlsearch.io import atomic_write, atomic_write_json, read_json
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(path, write)
+
+
+class QidTable:
+    def __init__(self, qids: np.ndarray, rows: np.ndarray, scores: np.ndarray, queries: list[str]):
+        self.qids, self.rows, self.scores, self.queries = qids, rows, scores, queries
+
+    def __len__(self) -> int:
+        return int(len(self.qids))
+
+    @property
+    def top_k(self) -> int:
+        return int(self.rows.shape[1]) if self.rows.ndim == 2 else 0
+
+    @classmethod
+    def build(
+        cls,
+        queries: Sequence[str],
+        qids: Sequence[int],
+        search: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> QidTable:
+        """Answer each distinct qid's first query with ``search(texts) -> (scores, rows)``."""
+        first: dict[int, str] = {}
+        for text, qid in zip(queries, qids):
+            first.setdefault(int(qid), text)
+        order = sorted(first)
+        texts = [first[q] for q in order]
+        all_scores, all_rows = [], []
+        for start in tqdm(range(0, len(texts), batch_size), desc="qid table", unit="batch",
+                          disable=not progress):
+            scores, rows = search(texts[start:start + batch_size])
+            all_scores.append(np.asarray(scores, dtype=np.float32))
+            all_rows.append(np.asarray(rows, dtype=np.int32))
+        k = all_rows[0].shape[1] if all_rows else 0
+        rows = np.concatenate(all_rows) if all_rows else np.zeros((0, k), np.int32)
+        scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k), np.float32)
+        return cls(np.asarray(order, dtype=np.uint32), rows, scores, texts)
+
+    def lookup(self, qid: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows, scores) stored for ``qid`` (padding removed), or None on a miss."""
+        if len(self.qids) == 0:
+            return None
+        pos = int(np.searchsorted(self.qids, np.uint32(qid)))
+        if pos >= len(self.qids) or int(self.qids[pos]) != int(qid):
+            return None
+        rows = np.asarray(self.rows[pos])
+        keep = rows >= 0
+        return rows[keep].astype(np.int64), np.asarray(self.scores[pos])[keep]
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _save_npy(directory / "qids.npy", self.qids)
+        _save_npy(directory / "rows.npy", self.rows)
+        _save_npy(directory / "scores.npy", self.scores)
+        atomic_write_json(directory / "queries.json", {"queries": self.queries})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> QidTable:
+        directory = Path(directory)
+        try:
+            qids = np.load(directory / "qids.npy", mmap_mode="r")
+            rows = np.load(directory / "rows.npy", mmap_mode="r")
+            scores = np.load(directory / "scores.npy", mmap_mode="r")
+        except (FileNotFoundError, ValueError) as exc:
+            raise WorkdirError(f"{directory}: qid table missing or corrupt ({exc})") from None
+        queries = read_json(directory / "queries.json")["queries"]
+        if not (len(qids) == len(rows) == len(scores) == len(queries)):
+            raise WorkdirError(f"{directory}: qid table arrays disagree in length")
+        return cls(qids, rows, scores, queries)

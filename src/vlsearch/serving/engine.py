@@ -1,0 +1,423 @@
+"""The retrieval engine over a published index version.
+
+``Engine.open(index_dir).search(text, k, filters, channels, auto_constraints)``:
+
+1. Constraints: query understanding (lexicon) gives auto constraints; caller ``filters``
+   add more and replace an auto constraint on the same field; ``off`` drops auto ones by
+   field. All are evaluated once on the inverted index into a row mask (LRU-cached).
+2. Embedding channel: a qid-table hit answers from the stored top-K (post-filtered; used
+   when enough survive or the list covers the catalog); a miss encodes the query and
+   searches the ANN index. A selective filter (< ``filter_selective_fraction`` of the
+   catalog) runs inside the ANN scan via an ID selector with ``nprobe``/``efSearch`` widened
+   by 1/selectivity; a broad one over-fetches ``k * overfetch_factor`` and post-filters.
+   When either returns fewer than min(k, allowed) rows, an exact scan of the allowed rows'
+   vectors completes it.
+3. Lexical channel: BM25 (tantivy) with the same Boolean filter.
+4. Merge: weighted reciprocal-rank fusion, score = sum over channels of
+   w_c / (rrf_k + rank_c), w_lexical = ``lexical_weight``, w_embedding = 1 - lexical_weight;
+   duplicates merge into one hit listing every channel that found it.
+5. Every hit is checked against the row mask: a result never violates an active constraint.
+
+``reload_if_changed()`` (called per request) compares the ``current`` link target with the
+loaded version (one readlink) and swaps in a new version under a lock; a failing load keeps
+serving the old version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from vlsearch.config import IndexConfig, ServeConfig
+from vlsearch.errors import InputError, WorkdirError
+from vlsearch.index.ann import AnnIndex
+from vlsearch.index.builder import current_version
+from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
+from vlsearch.index.qid_table import QidTable
+from vlsearch.index.understanding import Constraint, Lexicon, understand
+from vlsearch.io import read_json
+
+log = logging.getLogger(__name__)
+CHANNELS = ("embedding", "lexical")
+
+
+@dataclass
+class Hit:
+    product_id: str
+    score: float  # fused score (see the module docstring)
+    channels: tuple[str, ...]  # the channels that returned this product
+    title: str
+    brand: str | None
+    category: str | None
+    row: int = -1  # product-table row in the index version
+    channel_scores: dict[str, float] = field(default_factory=dict)  # raw score per channel
+
+    def to_dict(self) -> dict:
+        return {"product_id": self.product_id, "score": self.score, "channels": list(self.channels),
+                "title": self.title, "brand": self.brand, "category": self.category,
+                "channel_scores": self.channel_scores}
+
+
+@dataclass
+class SearchResult:
+    query: str
+    hits: list[Hit]
+    constraints: list[Constraint]  # active constraints (auto and filter)
+    qid: int
+    qid_hit: bool  # the embedding channel was answered from the qid table
+    timings: dict[str, float]  # milliseconds per stage
+    channels: tuple[str, ...] = CHANNELS
+    version: str = ""
+    allowed: int | None = None  # products satisfying the constraints (None: no constraint)
+
+    def to_dict(self) -> dict:
+        return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
+                "constraints": [c.to_dict() for c in self.constraints], "qid": self.qid,
+                "qid_hit": self.qid_hit, "timings": self.timings, "channels": list(self.channels),
+                "version": self.version, "allowed": self.allowed}
+
+
+class _Version:
+    """Everything loaded from one index version."""
+
+    def __init__(self, path: Path, config: ServeConfig, retriever=None):
+        self.path = path
+        self.name = path.name
+        manifest = read_json(path / "manifest.json")
+        index_cfg = IndexConfig(**{k: v for k, v in manifest.get("config", {}).items()
+                                   if k in IndexConfig.__dataclass_fields__})
+        self.ann = AnnIndex.load(path / "ann.faiss", index_cfg)
+        self.vectors = np.load(path / "vectors.npy", mmap_mode="r")
+        self.qid = QidTable.load(path / "qid")
+        self.lexical = LexicalIndex.open(path / "lexical")
+        self.lexicon = Lexicon.from_json(read_json(path / "lexicon.json"))
+        table = pq.read_table(path / "products.parquet").to_pydict()
+        self.ids: list[str] = table["id"]
+        self.titles: list[str] = table["title"]
+        self.brands: list[str | None] = table["brand"]
+        self.categories: list[str | None] = table["category"]
+        self.image_paths: list[str | None] = table["image_path"]
+        self.attributes: list[str] = table["attributes"]
+        self.row_of = {pid: i for i, pid in enumerate(self.ids)}
+        self.n = len(self.ids)
+        if not (self.n == self.ann.ntotal == self.lexical.n == len(self.vectors)):
+            raise WorkdirError(f"{path}: index parts disagree on the number of products")
+        if retriever is None:
+            from vlsearch.model import Retriever
+
+            if not (path / "model").is_dir():
+                raise WorkdirError(f"{path}: index version has no model/ to encode queries with")
+            retriever = Retriever.load(path / "model")
+        self.retriever = retriever
+        self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._mask_lock = threading.Lock()
+        self._cache_size = config.filter_cache_size
+
+    def mask(self, constraints: Sequence[Constraint]) -> np.ndarray:
+        key = tuple(sorted((c.field, c.values) for c in constraints))
+        with self._mask_lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return self._masks[key]
+        mask = self.lexical.filter_mask({c.field: list(c.values) for c in constraints})
+        mask.setflags(write=False)
+        with self._mask_lock:
+            self._masks[key] = mask
+            while len(self._masks) > self._cache_size:
+                self._masks.popitem(last=False)
+        return mask
+
+    def product(self, row: int) -> dict:
+        return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
+                "category": self.categories[row], "attributes": json.loads(self.attributes[row] or "{}"),
+                "has_image": bool(self.image_paths[row])}
+
+
+class Engine:
+    """Thread-safe searcher over ``index_dir/current``; see the module docstring."""
+
+    def __init__(self, index_dir: Path, state: _Version, config: ServeConfig, retriever=None):
+        self.index_dir = index_dir
+        self.config = config
+        self._state = state
+        self._link_target = self._read_link()
+        self._retriever = retriever
+        self._reload_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, index_dir: str | Path, config: ServeConfig | None = None, retriever=None) -> Engine:
+        """Load the published version; ``retriever`` overrides the model copied into it."""
+        index_dir = Path(index_dir)
+        config = config or ServeConfig()
+        state = _Version(current_version(index_dir), config, retriever)
+        return cls(index_dir, state, config, retriever)
+
+    # --- versions ---------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self._state.name
+
+    @property
+    def n_products(self) -> int:
+        return self._state.n
+
+    def _read_link(self) -> str | None:
+        try:
+            return os.readlink(self.index_dir / "current")
+        except OSError:
+            return None
+
+    def reload_if_changed(self) -> bool:
+        """Swap in a newly published version; True when one was loaded. Never raises."""
+        target = self._read_link()
+        if target is None or target == self._link_target:
+            return False
+        if not self._reload_lock.acquire(blocking=False):
+            return False  # another request is loading it; keep serving the current one
+        try:
+            if self._read_link() == self._link_target:
+                return False
+            target = self._read_link()
+            try:
+                state = _Version(current_version(self.index_dir), self.config, self._retriever)
+            except Exception as exc:  # keep serving the loaded version
+                log.warning("index reload from %s failed, keeping %s: %s", self.index_dir, self.version, exc)
+                self._link_target = target
+                return False
+            self._state, self._link_target = state, target
+            log.info("index reloaded: now serving %s", state.name)
+            return True
+        finally:
+            self._reload_lock.release()
+
+    # --- products ---------------------------------------------------------------------------
+    def product(self, product_id: str) -> dict:
+        state = self._state
+        row = state.row_of.get(str(product_id))
+        if row is None:
+            raise KeyError(product_id)
+        return state.product(row)
+
+    def image_path(self, product_id: str) -> Path | None:
+        """The catalog image file of ``product_id`` (from the index metadata), if it exists."""
+        state = self._state
+        row = state.row_of.get(str(product_id))
+        if row is None:
+            raise KeyError(product_id)
+        path = state.image_paths[row]
+        return Path(path) if path and Path(path).is_file() else None
+
+    def filter_fields(self) -> tuple[str, ...]:
+        return FILTER_FIELDS
+
+    # --- search -----------------------------------------------------------------------------
+    def _check(self, text: Any, k: Any, channels) -> tuple[str, int, tuple[str, ...]]:
+        cfg = self.config
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError("query: expected UTF-8 text") from None
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("query: expected a non-empty text")
+        if len(text) > cfg.max_query_chars:
+            raise InputError(f"query: {len(text)} characters, at most {cfg.max_query_chars} allowed")
+        if "\x00" in text or "\ufffd" in text:
+            raise InputError("query: contains NUL or undecodable (non-UTF-8) characters")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= cfg.max_k:
+            raise InputError(f"k: expected an integer from 1 to {cfg.max_k}, got {k!r}")
+        channels = tuple(cfg.channels if not channels else channels)
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown or not channels:
+            raise InputError(f"channels: unknown {unknown}; expected some of {list(CHANNELS)}")
+        return text.strip(), int(k), tuple(dict.fromkeys(channels))
+
+    def constraints(
+        self, text: str, filters: Mapping[str, Sequence[str]] | None = None,
+        auto_constraints: bool = True, off: Collection[str] = (),
+    ) -> list[Constraint]:
+        """Active constraints: caller filters, plus auto ones on fields neither filtered nor off."""
+        state = self._state
+        given = check_filter(filters or {})
+        unknown_off = [f for f in off if f not in FILTER_FIELDS]
+        if unknown_off:
+            raise InputError(f"off: unknown fields {unknown_off}; expected some of {list(FILTER_FIELDS)}")
+        active = [Constraint(field=f, values=tuple(v), source="filter") for f, v in given.items()]
+        if auto_constraints:
+            for c in understand(text, state.lexicon).constraints:
+                if c.field not in given and c.field not in off:
+                    active.append(c)
+        return active
+
+    def search(
+        self,
+        text: str,
+        k: int | None = None,
+        filters: Mapping[str, Sequence[str]] | None = None,
+        channels: Sequence[str] | None = None,
+        auto_constraints: bool = True,
+        off: Collection[str] = (),
+    ) -> SearchResult:
+        from vlsearch.text import query_id
+
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        text, k, channels = self._check(text, self.config.default_k if k is None else k, channels)
+        if self.config.reload_check:
+            self.reload_if_changed()
+        state = self._state  # one version for the whole request
+        active = self.constraints(text, filters, auto_constraints, off)
+        mask = state.mask(active) if active else None
+        allowed = int(mask.sum()) if mask is not None else None
+        timings["constraints_ms"] = (time.perf_counter() - started) * 1000
+
+        qid = int(query_id(text))
+        qid_hit = False
+        lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if "embedding" in channels:
+            t = time.perf_counter()
+            stored = self._from_qid_table(state, qid, k, mask)
+            if stored is not None:
+                qid_hit = True
+                lists["embedding"] = stored
+            else:
+                lists["embedding"] = self._embedding(state, text, k, mask, allowed)
+            timings["embedding_ms"] = (time.perf_counter() - t) * 1000
+        if "lexical" in channels:
+            t = time.perf_counter()
+            filt = {c.field: list(c.values) for c in active}
+            scores, rows = state.lexical.search(text, k, filt or None)
+            lists["lexical"] = (scores, rows)
+            timings["lexical_ms"] = (time.perf_counter() - t) * 1000
+        hits = self._merge(state, lists, k, mask)
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
+                            timings=timings, channels=channels, version=state.name, allowed=allowed)
+
+    def _from_qid_table(self, state: _Version, qid: int, k: int, mask):
+        found = state.qid.lookup(qid)
+        if found is None:
+            return None
+        rows, scores = found
+        complete = len(rows) >= state.n  # the stored list ranks the whole catalog
+        if mask is not None:
+            keep = mask[rows]
+            rows, scores = rows[keep], scores[keep]
+        if len(rows) >= k or complete:
+            return scores[:k], rows[:k]
+        return None  # too few stored rows survive: answer live
+
+    def _embedding(self, state: _Version, text: str, k: int, mask, allowed):
+        cfg = self.config
+        vec = np.asarray(state.retriever.encode_queries([text]), dtype=np.float32)[:1]
+        ann = state.ann
+        if mask is None:
+            scores, rows = ann.search(vec, k)
+            return _valid(scores[0], rows[0])
+        if allowed == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        want = min(k, allowed)
+        fraction = allowed / state.n
+        if fraction >= cfg.filter_selective_fraction:
+            scores, rows = ann.search(vec, k * cfg.overfetch_factor)
+            scores, rows = _valid(scores[0], rows[0])
+            keep = mask[rows]
+            if keep.sum() >= want:
+                return scores[keep][:k], rows[keep][:k]
+        widen = 1.0 / fraction if cfg.filter_widen_search else 1.0
+        scores, rows = ann.search(
+            vec, k, allowed=mask,
+            nprobe=min(ann.nlist, math.ceil(ann.nprobe * widen)) if ann.kind == "ivf" else None,
+            ef_search=min(state.n, math.ceil(max(ann.ef_search, k) * widen)) if ann.kind == "hnsw" else None,
+        )
+        scores, rows = _valid(scores[0], rows[0])
+        if len(rows) >= want:
+            return scores, rows
+        return _exact(state.vectors, vec[0], np.flatnonzero(mask), k)
+
+    def _merge(self, state: _Version, lists, k: int, mask) -> list[Hit]:
+        cfg = self.config
+        weights = {"embedding": 1.0 - cfg.lexical_weight, "lexical": cfg.lexical_weight}
+        fused: dict[int, float] = {}
+        found: dict[int, dict[str, float]] = {}
+        first_rank: dict[int, tuple[int, int]] = {}
+        for c_index, (channel, (scores, rows)) in enumerate(lists.items()):
+            for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist())):
+                if row < 0 or (mask is not None and not mask[row]):
+                    continue  # never return a product that violates a constraint
+                fused[row] = fused.get(row, 0.0) + weights[channel] / (cfg.rrf_k + rank + 1)
+                found.setdefault(row, {})[channel] = float(score)
+                first_rank.setdefault(row, (rank, c_index))
+        order = sorted(fused, key=lambda r: (-fused[r], first_rank[r], r))[:k]
+        return [
+            Hit(product_id=state.ids[r], score=fused[r], channels=tuple(found[r]), title=state.titles[r],
+                brand=state.brands[r], category=state.categories[r], row=r, channel_scores=found[r])
+            for r in order
+        ]
+
+
+def _valid(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = rows >= 0
+    return scores[keep], rows[keep]
+
+
+def _exact(vectors: np.ndarray, query: np.ndarray, rows: np.ndarray, k: int):
+    """Exact top-k of ``query`` among ``rows`` (the fallback that completes a filtered search)."""
+    scores = np.asarray(vectors[rows], dtype=np.float32) @ query
+    top = np.argsort(-scores, kind="stable")[:k]
+    return scores[top], rows[top].astype(np.int64)
+
+
+def search_queries_file(
+    engine: Engine,
+    queries_jsonl: str | Path,
+    k: int = 100,
+    filters: Mapping[str, Sequence[str]] | None = None,
+    channels: Sequence[str] | None = None,
+    out: str | Path | IO[str] | None = None,
+    fmt: str = "trec",
+    tag: str = "vlsearch",
+) -> dict[str, list[str]]:
+    """Search every query of a BEIR ``queries.jsonl``; returns the Run (query id → product ids).
+
+    With ``out``, also writes TREC run lines (``fmt="trec"``) or one JSON result per line
+    (``fmt="json"``).
+    """
+    from vlsearch.evaluation import read_beir_queries, write_trec_run
+
+    run: dict[str, list[str]] = {}
+    scores: dict[str, list[float]] = {}
+    results = []
+    for query in read_beir_queries(queries_jsonl):
+        try:
+            result = engine.search(query.text, k=k, filters=filters, channels=channels)
+        except InputError as exc:
+            raise InputError(f"{queries_jsonl}: query {query.id!r}: {exc}") from None
+        run[query.id] = [h.product_id for h in result.hits]
+        scores[query.id] = [h.score for h in result.hits]
+        if fmt == "json":
+            results.append({"_id": query.id, **result.to_dict()})
+    if out is not None:
+        if fmt == "trec":
+            write_trec_run(out, run, scores, tag)
+        elif fmt == "json":
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+            if isinstance(out, (str, os.PathLike)):
+                Path(out).write_text(text, encoding="utf-8")
+            else:
+                out.write(text)
+        else:
+            raise InputError(f"format {fmt!r}: expected trec or json")
+    return run
