@@ -1,0 +1,73 @@
+"""Named baselines and ablations: config overrides applied over a preset (quality benchmark).
+
+``BASELINES[name]`` is a nested dict like ``config.PRESETS``; ``apply_baseline(config, name)``
+returns a new Config. ``full`` is MAKE + contrastive MPM + MBNS + CDNS; the ablations switch
+one thing off ``full``; ``zero-shot-minilm`` is the packaged all-MiniLM-L6-v2 used as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlsearch.config import Config, ConfigError, update
+
+_IN_BATCH = {"memory_bank": False, "cross_device": False}
+_MAKE = {
+    "model": {"architecture": "make", "modal_adaptation": True, "keyword_enhancement": True},
+    "train": {"mpm_kind": "regression", **_IN_BATCH},
+}
+
+
+def _make(**train: Any) -> dict[str, Any]:
+    return {"model": dict(_MAKE["model"]), "train": {**_MAKE["train"], **train}}
+
+
+def _full(**model: Any) -> dict[str, Any]:
+    out = _make(mpm_kind="contrastive", memory_bank=True, cross_device=True)
+    out["model"].update(model)
+    return out
+
+
+_OTHER = {"modal_adaptation": False, "keyword_enhancement": False}
+
+BASELINES: dict[str, dict[str, Any]] = {
+    "uni-encoder": {
+        "model": {"architecture": "uni-encoder", **_OTHER},
+        "train": {"mpm_kind": "regression", **_IN_BATCH},
+    },
+    "dual-encoder": {
+        "model": {"architecture": "dual-encoder", **_OTHER},
+        "train": {"w_mpm": 0.0, "w_mlm": 0.0, "w_qpc": 0.0, **_IN_BATCH},
+    },
+    "mixed-encoder": {
+        "model": {"architecture": "mixed-encoder", **_OTHER},
+        "train": {"mpm_kind": "regression", **_IN_BATCH},
+    },
+    "make": _make(),
+    "make+contrastive-mpm": _make(mpm_kind="contrastive"),
+    "make+mbns": _make(memory_bank=True),
+    "make+cdns": _make(cross_device=True),
+    "full": _full(),
+    "title-only": _full(use_images=False),
+    "no-ma": _full(modal_adaptation=False),
+    "no-ke": _full(keyword_enhancement=False),
+    "zero-shot-minilm": {
+        "model": {
+            "architecture": "dual-encoder", "init": "minilm", "use_images": False,
+            "pooling": "mean", "project": False, **_OTHER,
+        },
+        "train": {"steps": 0},
+    },
+}
+
+
+def apply_baseline(config: Config, name: str) -> Config:
+    """``config`` with the overrides of baseline ``name``."""
+    if name not in BASELINES:
+        raise ConfigError(f"unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
+    return update(config, BASELINES[name], source=f"baseline {name}")
+
+
+def zero_shot_minilm(config: Config | None = None) -> Config:
+    """The zero-shot all-MiniLM-L6-v2 setting: shared text tower, title-only, mean pooling, no KE, 0 steps."""
+    return apply_baseline(config or Config(), "zero-shot-minilm")

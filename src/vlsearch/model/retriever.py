@@ -1,0 +1,316 @@
+"""``Retriever``: the trained model with its tokenizer and keyword table; build, save, load, encode.
+
+A model directory holds ``model.safetensors`` (weights), ``config.json`` (format version,
+the full Config, the text towers' BertConfig, the category list, the image backbone name,
+patch grid and dim), the tokenizer files and ``keywords.json``. It is written to a
+temporary directory and renamed into place (into an existing directory file by file,
+``config.json`` last), and read without pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig
+
+from vlsearch.config import Config, ConfigError, update
+from vlsearch.errors import InputError, WorkdirError
+from vlsearch.io import atomic_write_json, fsync_dir, read_json
+from vlsearch.model.architectures import RetrievalModel, modalities
+from vlsearch.model.keywords import KeywordTable, mine_from_workdir
+from vlsearch.model.towers import init_dir, text_config
+
+MODEL_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+KEYWORDS_FILE = "keywords.json"
+TOKENIZER_FILE = "tokenizer.json"
+REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, KEYWORDS_FILE, TOKENIZER_FILE)
+
+
+def _tokenizer_for(config: Config):
+    from vlsearch.text import Tokenizer
+
+    path = init_dir(config.model)
+    return Tokenizer.minilm() if path is None else Tokenizer.from_dir(path)
+
+
+def _pad_concat(parts: list[np.ndarray], width: int, fill: int) -> np.ndarray:
+    out = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts]
+    return np.concatenate(out, axis=0)
+
+
+class Retriever:
+    """Query/product encoders ready for inference (``encode_queries``, ``encode_products``)."""
+
+    def __init__(self, config: Config, model: RetrievalModel, tokenizer, keywords: KeywordTable,
+                 categories: list[str], image: dict[str, Any]):
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.keywords = keywords
+        self.categories = list(categories)
+        self.image = dict(image)  # backbone, grid, dim
+        self._backbone = None
+
+    # --- construction ---------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        workdir=None,
+        *,
+        patch_dim: int | None = None,
+        grid: tuple[int, int] | None = None,
+        categories: list[str] | None = None,
+        keywords: KeywordTable | None = None,
+    ) -> Retriever:
+        """A fresh (initialised, untrained) retriever. With a work directory, the patch shape,
+        categories and keywords come from it; otherwise from the arguments or the backbone."""
+        image = {"backbone": config.images.backbone, "grid": list(grid or ()), "dim": patch_dim}
+        if workdir is not None:
+            categories = workdir.categories() if categories is None else categories
+            if config.model.use_images:
+                features = workdir.features()
+                image = {"backbone": features.backbone, "grid": list(features.grid), "dim": features.dim}
+            if keywords is None and config.model.keyword_enhancement:
+                keywords = mine_from_workdir(workdir, config.model)
+        if image["dim"] is None or not image["grid"]:
+            from vlsearch.images import get_backbone
+
+            backbone = get_backbone(config.images.backbone, config.images)
+            image = {"backbone": backbone.name, "grid": list(backbone.grid), "dim": backbone.dim}
+        tokenizer = _tokenizer_for(config)
+        text = text_config(config.model, tokenizer.vocab_size)
+        model = RetrievalModel(
+            config.model, text, int(image["dim"]), int(np.prod(image["grid"])), pretrained=init_dir(config.model)
+        )
+        return cls(config, model, tokenizer, keywords or KeywordTable(), categories or [], image)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> Retriever:
+        """Load a directory written by :meth:`save`; missing files or another format version
+        raise :class:`WorkdirError`."""
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise WorkdirError(f"{model_dir}: model directory not found")
+        missing = [name for name in REQUIRED_FILES if not (model_dir / name).exists()]
+        if missing:
+            raise WorkdirError(f"{model_dir}: not a complete model directory (missing {', '.join(missing)})")
+        meta = read_json(model_dir / CONFIG_FILE)
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        if version != MODEL_FORMAT_VERSION:
+            raise WorkdirError(
+                f"{model_dir / CONFIG_FILE}: model format version {version!r}, this vlsearch reads "
+                f"version {MODEL_FORMAT_VERSION}; train or export the model again"
+            )
+        try:
+            config = update(Config(), meta["config"], source=str(model_dir / CONFIG_FILE))
+            text = BertConfig.from_dict(meta["text_config"])
+            image = meta["image"]
+            categories = list(meta["categories"])
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise WorkdirError(f"{model_dir / CONFIG_FILE}: malformed model config ({exc})") from None
+        from vlsearch.text import Tokenizer
+
+        try:
+            tokenizer = Tokenizer.from_dir(model_dir)
+        except InputError as exc:
+            raise WorkdirError(f"{model_dir}: cannot load the tokenizer ({exc})") from None
+        keywords = KeywordTable.load(model_dir / KEYWORDS_FILE)
+        model = RetrievalModel(config.model, text, int(image["dim"]), int(np.prod(image["grid"])))
+        try:
+            state = load_file(model_dir / WEIGHTS_FILE, device=str(device))
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise WorkdirError(f"{model_dir / WEIGHTS_FILE}: cannot load weights ({exc})") from None
+        retriever = cls(config, model, tokenizer, keywords, categories, image)
+        retriever.model.to(device)
+        return retriever
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write the model directory atomically; returns its path."""
+        model_dir = Path(model_dir)
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=model_dir.parent))
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, tmp / WEIGHTS_FILE, metadata={"format_version": str(MODEL_FORMAT_VERSION)})
+            self.tokenizer.save(tmp)
+            self.keywords.save(tmp / KEYWORDS_FILE)
+            atomic_write_json(tmp / CONFIG_FILE, self.describe())
+            for file in tmp.iterdir():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+            if not model_dir.exists():
+                os.replace(tmp, model_dir)
+            else:  # e.g. the training directory: move file by file, config.json (the marker) last
+                (model_dir / CONFIG_FILE).unlink(missing_ok=True)
+                names = sorted(p.name for p in tmp.iterdir() if p.name != CONFIG_FILE) + [CONFIG_FILE]
+                for name in names:
+                    os.replace(tmp / name, model_dir / name)
+            fsync_dir(model_dir)
+            fsync_dir(model_dir.parent)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return model_dir
+
+    def describe(self) -> dict[str, Any]:
+        """The content of ``config.json``."""
+        return {
+            "format_version": MODEL_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "text_config": self.model.text.bert.config.to_diff_dict(),
+            "categories": self.categories,
+            "image": self.image,
+            "modalities": list(self.modalities),
+            "embed_dim": self.embed_dim,
+        }
+
+    # --- properties -----------------------------------------------------------------------
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Names of the columns of the Modal Adaptation weights."""
+        return modalities(self.config.model)
+
+    @property
+    def embed_dim(self) -> int:
+        cfg = self.config.model
+        return cfg.embed_dim if cfg.project else self.model.text.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Retriever:
+        self.model.to(device)
+        return self
+
+    # --- tokenization ---------------------------------------------------------------------
+    def query_keywords(self, texts: list[str]) -> list[list[str]]:
+        """Keyword Enhancement for each query (empty lists when switched off)."""
+        cfg = self.config.model
+        if not cfg.keyword_enhancement or not len(self.keywords):
+            return [[] for _ in texts]
+        return [self.keywords.keywords(t, cfg.keywords_per_query, cfg.keyword_max_query_terms) for t in texts]
+
+    def tokenize_queries(self, texts: list[str]):
+        """Encoded queries; enhanced ones carry their keywords as the second segment."""
+        from vlsearch.text import Encoded
+
+        texts = list(texts)
+        cfg, sort = self.config.model, self.config.data.sort_terms
+        keywords = self.query_keywords(texts)
+        plain = [i for i, k in enumerate(keywords) if not k]
+        enhanced = [i for i, k in enumerate(keywords) if k]
+        if not enhanced:
+            return self.tokenizer.encode(texts, cfg.max_query_len, sort_terms=sort)
+        parts = [self.tokenizer.encode([texts[i] for i in plain], cfg.max_query_len, sort_terms=sort)]
+        parts.append(self.tokenizer.encode(
+            [texts[i] for i in enhanced], cfg.max_query_len,
+            pairs=[" ".join(keywords[i]) for i in enhanced], sort_terms=sort,
+        ))
+        parts = [p for p in parts if p.input_ids.shape[0]]
+        width = max(p.input_ids.shape[1] for p in parts)
+        order = np.argsort(np.asarray(plain + enhanced))
+        fills = (self.tokenizer.pad_id, 0, 0)
+        arrays = [_pad_concat([p[j] for p in parts], width, fill)[order] for j, fill in enumerate(fills)]
+        return Encoded(*arrays)
+
+    def tokenize_titles(self, titles: list[str]):
+        return self.tokenizer.encode(list(titles), self.config.model.max_title_len, sort_terms=self.config.data.sort_terms)
+
+    # --- encoding -------------------------------------------------------------------------
+    def _tensor(self, array: np.ndarray, dtype=None) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=dtype, device=self.device)
+
+    def encode_queries(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """L2-normalised query vectors, float32 ``[n, embed_dim]`` (Keyword Enhancement applied)."""
+        texts = list(texts)
+        batch_size = batch_size or self.config.model.encode_batch_size
+        out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for lo in range(0, len(texts), batch_size):
+                    ids, mask, types = self.tokenize_queries(texts[lo:lo + batch_size])
+                    vec = self.model.encode_query(self._tensor(ids), self._tensor(mask), self._tensor(types))
+                    out[lo:lo + len(ids)] = vec.float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def encode_products(
+        self,
+        products: list,
+        patches: np.ndarray | None = None,
+        has_image: np.ndarray | None = None,
+        return_weights: bool = False,
+        batch_size: int | None = None,
+    ):
+        """L2-normalised product vectors float32 ``[n, embed_dim]``; with ``return_weights``
+        also the Modal Adaptation weights ``[n, len(self.modalities)]``.
+
+        ``patches`` (``[n, P, D]``, e.g. from the work directory's FeatureCache) and
+        ``has_image`` default to running the backbone on each product's first image."""
+        products = list(products)
+        n = len(products)
+        batch_size = batch_size or self.config.model.encode_batch_size
+        use_images = self.config.model.use_images
+        if use_images and patches is None:
+            patches, has_image = self.extract_patches(products)
+        if use_images and has_image is None:
+            has_image = np.abs(np.asarray(patches)).reshape(n, -1).sum(1) > 0
+        vectors = np.zeros((n, self.embed_dim), dtype=np.float32)
+        weights = np.zeros((n, len(self.modalities)), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for lo in range(0, n, batch_size):
+                    hi = min(lo + batch_size, n)
+                    ids, mask, _ = self.tokenize_titles([p.title for p in products[lo:hi]])
+                    batch_patches = batch_has = None
+                    if use_images:
+                        batch_patches = self._tensor(np.asarray(patches[lo:hi], dtype=np.float32))
+                        batch_has = self._tensor(np.asarray(has_image[lo:hi], dtype=bool))
+                    out = self.model.encode_product(self._tensor(ids), self._tensor(mask), batch_patches, batch_has)
+                    vectors[lo:hi] = out.vectors.float().cpu().numpy()
+                    weights[lo:hi] = out.weights.float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return (vectors, weights) if return_weights else vectors
+
+    def extract_patches(self, products: list) -> tuple[np.ndarray, np.ndarray]:
+        """Run the image backbone on each product's first image: patches ``[n, P, D]``, has_image."""
+        from vlsearch.images import get_backbone, load_image
+
+        if self._backbone is None:
+            self._backbone = get_backbone(self.image["backbone"], self.config.images)
+        backbone = self._backbone
+        patches = np.zeros((len(products), int(np.prod(self.image["grid"])), int(self.image["dim"])), np.float32)
+        has_image = np.zeros(len(products), dtype=bool)
+        rows, pixels = [], []
+        for i, product in enumerate(products):
+            if not product.image_paths:
+                continue
+            try:
+                pixels.append(backbone.preprocess(load_image(product.image_paths[0])))
+            except InputError:
+                continue
+            rows.append(i)
+        batch = self.config.images.batch_size
+        for lo in range(0, len(rows), batch):
+            out = backbone(torch.stack(pixels[lo:lo + batch]).to(backbone.device))
+            # float16 round trip: the same values the feature cache stores
+            patches[rows[lo:lo + batch]] = out.cpu().numpy().astype(np.float16).astype(np.float32)
+            has_image[rows[lo:lo + batch]] = True
+        return patches, has_image

@@ -1,0 +1,146 @@
+"""Encoders: BERT text towers (``transformers.BertModel``) and the image transformer over patch vectors.
+
+The text tower is a plain ``BertModel`` (MiniLM weights, random, or any local BERT dir).
+The image tower projects the cached CNN patch vectors to the hidden size, prepends a
+learned [CLS] vector and runs a small ``BertModel`` over them (``inputs_embeds``: it adds
+the learned position embeddings and the LayerNorm). Masked Patch Modeling replaces the
+projected vectors of masked patches by a learned [MASK] vector; ``mpm_head`` maps outputs
+back to the *raw* patch-vector space, the MPM targets (fixed inputs, so no loss can move
+its own targets).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+from transformers.utils import logging as hf_logging
+
+from vlsearch.config import ModelConfig
+from vlsearch.errors import WorkdirError
+
+POOLINGS = ("mean", "cls")
+
+
+def init_dir(cfg: ModelConfig) -> Path | None:
+    """Directory whose BERT weights initialise the text towers (None for random init)."""
+    if cfg.init == "random":
+        return None
+    if cfg.init == "minilm":
+        from vlsearch.text import minilm_dir
+
+        return Path(minilm_dir())
+    path = Path(cfg.init)
+    if not (path / "config.json").exists():
+        raise WorkdirError(
+            f"model.init = {cfg.init!r}: expected 'minilm', 'random' or a local BERT directory "
+            "with config.json and weights"
+        )
+    return path
+
+
+def text_config(cfg: ModelConfig, vocab_size: int) -> BertConfig:
+    """The text towers' BertConfig: the checkpoint's own, or one made from ModelConfig sizes."""
+    path = init_dir(cfg)
+    if path is not None:
+        return BertConfig.from_pretrained(path)
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+    )
+
+
+def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
+    """[B, T, H] -> [B, H]: the first ([CLS]) output or the mean over unmasked positions."""
+    if how == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class TextEncoder(nn.Module):
+    """A BERT tower; ``forward`` gives (pooled [B, H], token outputs [B, T, H])."""
+
+    def __init__(self, config: BertConfig, pooling: str, pretrained: Path | None = None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling: expected one of {POOLINGS}, got {pooling!r}")
+        if pretrained is not None:
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            try:
+                self.bert = BertModel.from_pretrained(pretrained, add_pooling_layer=False)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+                hf_logging.enable_progress_bar()
+        else:
+            self.bert = BertModel(config, add_pooling_layer=False)
+        self.pooling = pooling
+
+    @property
+    def hidden_size(self) -> int:
+        return self.bert.config.hidden_size
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def hidden(self, ids: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+
+    def forward(self, ids: Tensor, mask: Tensor, types: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        hidden = self.hidden(ids, mask, types)
+        return pool(hidden, mask, self.pooling), hidden
+
+
+class PatchInput(nn.Module):
+    """Patch vectors -> hidden size, the MPM [MASK] vector, and the MPM head back to patch space."""
+
+    def __init__(self, patch_dim: int, hidden: int, init_range: float):
+        super().__init__()
+        self.project = nn.Linear(patch_dim, hidden)
+        self.mask_vector = nn.Parameter(torch.randn(hidden) * init_range)
+        self.mpm_head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, patch_dim)
+        )
+
+    def forward(self, patches: Tensor, mpm_mask: Tensor | None = None) -> Tensor:
+        x = self.project(patches)
+        if mpm_mask is not None:
+            x = torch.where(mpm_mask.unsqueeze(-1), self.mask_vector.to(x.dtype), x)
+        return x
+
+
+class ImageEncoder(nn.Module):
+    """[CLS] + projected patches through a small BertModel; ``forward`` gives (pooled, patch outputs)."""
+
+    def __init__(self, patch_dim: int, num_patches: int, text: BertConfig, cfg: ModelConfig):
+        super().__init__()
+        config = BertConfig(
+            vocab_size=1,  # inputs are always inputs_embeds
+            type_vocab_size=1,
+            hidden_size=text.hidden_size,
+            num_hidden_layers=cfg.image_layers,
+            num_attention_heads=text.num_attention_heads,
+            intermediate_size=text.intermediate_size,
+            max_position_embeddings=num_patches + 1,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+        )
+        self.patches = PatchInput(patch_dim, text.hidden_size, config.initializer_range)
+        self.cls = nn.Parameter(torch.randn(text.hidden_size) * config.initializer_range)
+        self.bert = BertModel(config, add_pooling_layer=False)
+
+    def forward(self, patches: Tensor, mpm_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.patches(patches, mpm_mask)
+        cls = self.cls.to(x.dtype).expand(x.shape[0], 1, -1)
+        hidden = self.bert(inputs_embeds=torch.cat([cls, x], dim=1)).last_hidden_state
+        return hidden[:, 0], hidden[:, 1:]
