@@ -1,0 +1,865 @@
+"""Product catalog: ``Product`` records, loaders (Kaggle fashion layout, CSV, JSONL, Parquet),
+validation with file/line problems, image checks and brand mining from titles.
+
+Every bad row becomes a :class:`vlsearch.errors.Problem` in the :class:`LoadReport` and is
+skipped (or repaired, when that is safe); only an unusable file as a whole (no rows, no
+id/title column, unknown format) raises :class:`vlsearch.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vlsearch.errors import InputError, Problem
+
+# ----------------------------------------------------------------------------- records
+
+#: Normalised attribute keys a product may carry.
+ATTRIBUTE_KEYS = (
+    "gender", "colour", "usage", "season", "master_category", "sub_category", "article_type",
+    "year",
+)
+#: Column-name spellings (after snake-casing) that mean one of :data:`ATTRIBUTE_KEYS`.
+ATTRIBUTE_ALIASES = {
+    "color": "colour", "base_colour": "colour", "base_color": "colour",
+    "sex": "gender", "master_category": "master_category", "sub_category": "sub_category",
+    "subcategory": "sub_category", "mastercategory": "master_category",
+    "article_type": "article_type", "articletype": "article_type",
+}
+#: Values that mean "no value" in optional fields (the Kaggle file writes ``NA``).
+EMPTY_VALUES = frozenset({"", "NA"})
+#: Words that name who a product is for; they are never part of a brand.
+GENDER_WORDS = frozenset({
+    "men", "mens", "men's", "mens'", "man", "women", "womens", "women's", "womens'", "woman",
+    "boy", "boys", "boy's", "boys'", "girl", "girls", "girl's", "girls'", "kid", "kids", "kid's",
+    "kids'", "unisex", "ladies", "ladies'", "lady", "gents", "infant", "infants",
+})
+#: Words that name a gender only right after "for" ("Scullers For Her").
+GENDER_AFTER_FOR = frozenset({"her", "him"})
+#: Words after which a gender word is part of a name ("Mr. Men").
+NOT_GENDER_AFTER = frozenset({"mr.", "mr"})
+#: Connectives ignored when comparing brand spellings ("Gini & Jony" = "Gini and Jony").
+BRAND_CONNECTIVES = frozenset({"and", "&"})
+_GLUED_GENDER = re.compile(r"^(.*[a-z.])(Men|Women|Boys|Girls|Kids)$")  # "JonyBoys"
+_PUNCT = "()[]{},;:!?\"'"
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass
+class Product:
+    """One catalog product."""
+
+    id: str  # catalog id, always a string ("15970")
+    title: str
+    image_paths: list[str]  # absolute paths that exist and are inside the catalog root
+    brand: str | None  # from a brand column, else mined from the title
+    category: str | None  # finest category field (articleType for the fashion layout)
+    attributes: dict[str, str] = field(default_factory=dict)  # keys from ATTRIBUTE_KEYS
+
+
+@dataclass
+class ColumnMapping:
+    """Which columns of a CSV/JSONL/Parquet file hold what.
+
+    The defaults read a file with columns ``id, title, image, brand, category``; every other
+    column whose snake-cased name is an attribute key or alias (``gender``, ``color``,
+    ``baseColour``, ``season``, ...) becomes an attribute. Optional columns absent from the
+    file are skipped when the mapping is the default, and refused when given explicitly.
+    """
+
+    id: str = "id"  # product id column
+    title: str = "title"  # product title column
+    image: str | None = "image"  # image path or list of paths, relative to the file's directory
+    image_template: str | None = None  # used when there is no image column, e.g. "images/{id}.jpg"
+    image_separator: str = "|"  # separates several paths in one CSV cell
+    brand: str | None = "brand"  # brand column; None (or absent): brands are mined from titles
+    category: str | None = "category"  # finest category column
+    attributes: dict[str, str] | None = None  # attribute key -> column; None: detect by name
+    delimiter: str = ","  # CSV field delimiter
+    repair_title_commas: bool = True  # rows with extra fields: join them into the title
+
+
+#: The Kaggle "Fashion Product Images" layout (``styles.csv`` + ``images/{id}.jpg``).
+FASHION_MAPPING = ColumnMapping(
+    id="id",
+    title="productDisplayName",
+    image=None,
+    image_template="images/{id}.jpg",
+    brand=None,
+    category="articleType",
+    attributes={
+        "gender": "gender", "colour": "baseColour", "usage": "usage", "season": "season",
+        "master_category": "masterCategory", "sub_category": "subCategory",
+        "article_type": "articleType", "year": "year",
+    },
+)
+FASHION_STYLES_FILE = "styles.csv"
+
+
+@dataclass
+class LoadReport:
+    """Counts and problems of one catalog load (JSON via :meth:`to_dict`)."""
+
+    file: str = ""
+    rows_read: int = 0  # data rows seen (header excluded)
+    loaded: int = 0  # products returned
+    malformed: int = 0  # rows skipped: missing id/title, bad field count or types
+    repaired: int = 0  # rows with unquoted commas whose extra fields were joined into the title
+    duplicate_ids: int = 0  # later rows with an id seen before (skipped)
+    missing_images: int = 0  # image paths that do not exist (dropped)
+    escaped_paths: int = 0  # image paths outside the catalog directory (refused)
+    corrupt_images: int = 0  # images PIL cannot decode (dropped by verify_images)
+    non_utf8: int = 0  # rows with bytes that are not UTF-8 (decoded with U+FFFD)
+    bad_values: int = 0  # attribute values of the wrong type or form (dropped)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, problem: Problem, counter: str | None = None) -> None:
+        self.problems.append(problem)
+        if counter:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("file", "problems")
+        }
+
+    def summary(self, max_problems: int = 5) -> str:
+        """A few lines: the counts that are not zero, then the first problems."""
+        counts = self.counts()
+        head = f"{self.file}: {self.loaded} products from {self.rows_read} rows"
+        extra = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
+                          if v and k not in ("rows_read", "loaded"))
+        lines = [head + (f" ({extra})" if extra else "")]
+        for problem in self.problems[:max_problems]:
+            lines.append(f"  {problem}")
+        if len(self.problems) > max_problems:
+            lines.append(f"  ... and {len(self.problems) - max_problems} more problems")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            **self.counts(),
+            "problems": [
+                {"file": p.file, "line": p.line, "field": p.field, "message": p.message}
+                for p in self.problems
+            ],
+        }
+
+
+@dataclass
+class LoadedCatalog:
+    products: list[Product]
+    report: LoadReport
+    brands: BrandLexicon
+
+
+# ----------------------------------------------------------------------------- brands
+
+
+def _title_words(title: str) -> list[str]:
+    """Whitespace tokens of a title, with a glued gender word split off ("JonyBoys")."""
+    words: list[str] = []
+    for token in title.split():
+        glued = _GLUED_GENDER.match(token)
+        if glued and len(glued.group(1)) > 1:
+            words.extend(glued.groups())
+        else:
+            words.append(token)
+    return words
+
+
+def _gender_position(lowered: Sequence[str]) -> int | None:
+    """Index after the first word where a gender phrase starts ("for" included), or None."""
+    for i in range(1, len(lowered)):
+        word = lowered[i] if lowered[i] in GENDER_WORDS else lowered[i].strip(_PUNCT + ".")
+        previous = lowered[i - 1]
+        if previous in NOT_GENDER_AFTER:
+            continue
+        if word in GENDER_WORDS or (previous == "for" and word in GENDER_AFTER_FOR):
+            return i - 1 if previous == "for" else i
+    return None
+
+
+def _compact(key: Sequence[str]) -> str:
+    """Spelling-insensitive brand identity: "U.S. Polo Assn" = "U.S.Polo Assn." = "us polo assn"."""
+    kept = [w for i, w in enumerate(key) if i == 0 or w not in BRAND_CONNECTIVES]
+    return "".join(ch for w in kept for ch in w if ch.isalnum())
+
+
+class BrandLexicon:
+    """Known brands as lower-cased word prefixes of titles; ``brand_of`` takes the longest."""
+
+    def __init__(self, names: dict[tuple[str, ...], str], counts: dict[str, int]):
+        self._names = dict(names)  # lower-cased word prefix -> canonical brand name
+        self.counts = dict(counts)  # canonical brand name -> titles (or products) with it
+        self._max_words = max((len(k) for k in self._names), default=0)
+        # other spellings: "U.S.Polo Assn" finds "U.S. Polo Assn.", "Ray Ban" finds "Ray-Ban"
+        self._compact: dict[str, str] = {}
+        for key in sorted(self._names, key=lambda k: (-self.counts.get(self._names[k], 0), k)):
+            self._compact.setdefault(_compact(key), self._names[key])
+
+    @property
+    def brands(self) -> list[str]:
+        """Canonical brand names, sorted."""
+        return sorted(set(self._names.values()))
+
+    def most_common(self, n: int | None = None) -> list[tuple[str, int]]:
+        return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    def __len__(self) -> int:
+        return len(set(self._names.values()))
+
+    def __contains__(self, name: str) -> bool:
+        return tuple(name.lower().split()) in self._names
+
+    def brand_of(self, title: str) -> str | None:
+        """The brand whose words start ``title`` (case-insensitive; longest match), or None."""
+        found = self._match([w.lower() for w in _title_words(title)])
+        return found[0] if found else None
+
+    def _match(self, lowered: Sequence[str]) -> tuple[str, int] | None:
+        """(brand, number of title words it spans): exact words first, then other spellings."""
+        words = lowered[: self._max_words]
+        for k in range(len(words), 0, -1):
+            name = self._names.get(tuple(words[:k]))
+            if name is not None:
+                return name, k
+        for k in range(len(words), 0, -1):
+            name = self._compact.get(_compact(words[:k]))
+            if name is not None:
+                return name, k
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        prefixes: dict[str, list[str]] = defaultdict(list)
+        for key, name in self._names.items():
+            prefixes[name].append(" ".join(key))
+        return {
+            "format": "vlsearch-brands-1",
+            "brands": [
+                {"name": name, "count": self.counts.get(name, 0), "prefixes": sorted(prefixes[name])}
+                for name in self.brands
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrandLexicon:
+        try:
+            names = {
+                tuple(prefix.split()): entry["name"]
+                for entry in data["brands"] for prefix in entry["prefixes"]
+            }
+            counts = {entry["name"]: int(entry["count"]) for entry in data["brands"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"brand lexicon: expected {{'brands': [{{name, count, prefixes}}]}} ({exc!r})") from None
+        return cls(names, counts)
+
+    @classmethod
+    def from_names(cls, names: Iterable[str]) -> BrandLexicon:
+        """Lexicon of a brand column: the most common casing of each name is canonical."""
+        casings: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
+        for name in names:
+            words = name.split()
+            if words:
+                casings[tuple(w.lower() for w in words)][" ".join(words)] += 1
+        canonical = {key: _most_common(c) for key, c in casings.items()}
+        counts = {canonical[key]: sum(c.values()) for key, c in casings.items()}
+        return cls(canonical, counts)
+
+
+def _most_common(counter: Counter[str]) -> str:
+    return min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+@dataclass
+class BrandMiner:
+    """Mines brands from titles by prefix statistics.
+
+    1. Titles with a gender word ("Peter England Men Party Blue Jeans"): the words before it
+       are a brand candidate. Candidates form a trie; a node that starts ``min_products``
+       titles on its own is a brand. Longer candidates below a brand are sub-lines folded into
+       it ("Casio Enticer" -> "Casio") unless the path is the brand's only frequent
+       continuation and carries at least ``separate_share`` of its titles ("Lee Cooper").
+    2. Other titles take the longest known brand prefix ("Nike Soleday Black Backpack").
+    3. Titles still without a brand: a 1..``max_free_words`` word prefix shared by at least
+       ``min_products`` of them whose next words vary ("Colorbar ...", "Lotus Herbals ...").
+
+    Brands are case-insensitive; the most common casing is the canonical name.
+    """
+
+    min_products: int = 2  # a prefix must start this many titles to count as a brand
+    max_brand_words: int = 6  # longer prefixes before a gender word are not candidates
+    separate_share: float = 0.25  # share of a brand's titles a sub-line needs to stand alone
+    max_free_words: int = 3  # longest brand learnt from titles without a gender word
+    extend_share: float = 0.9  # step 3 extends a prefix when one next word has this share
+    stop_suffix_share: float = 0.5  # "Newhide Brown" -> "Newhide" when at most this share of
+    # the titles starting "Newhide" go on with "Brown"
+    stop_phrases: frozenset[str] = frozenset()  # lower-cased phrases (colours) that are no brand
+
+    def fit(self, titles: Iterable[str]) -> BrandLexicon:
+        split = [_title_words(t) for t in titles]
+        lowered = [[w.lower() for w in ws] for ws in split]
+        names = self._gendered_brands(lowered)
+        lexicon = BrandLexicon({k: "" for k in names}, {})
+        unmatched = [ws for ws in lowered if lexicon._match(ws) is None]
+        for key in self._free_brands(unmatched):
+            names.setdefault(key, "")
+        return self._canonical(names, split, lowered)
+
+    def _gendered_brands(self, lowered: list[list[str]]) -> dict[tuple[str, ...], str]:
+        direct: Counter[tuple[str, ...]] = Counter()
+        support: Counter[tuple[str, ...]] = Counter()
+        children: dict[tuple[str, ...], set[str]] = defaultdict(set)
+        starts: Counter[tuple[str, ...]] = Counter()  # titles starting with each short prefix
+        for words in lowered:
+            for k in range(1, min(len(words), self.max_brand_words) + 1):
+                starts[tuple(words[:k])] += 1
+        for words in lowered:
+            g = _gender_position(words)
+            if not g or g > self.max_brand_words:
+                continue
+            key = self._strip_stop_suffix(tuple(words[:g]), starts)
+            g = len(key)
+            direct[key] += 1
+            for k in range(1, g + 1):
+                support[key[:k]] += 1
+                if k < g:
+                    children[key[:k]].add(key[k])
+        brands: dict[tuple[str, ...], str] = {}
+        # state per node: (brand it belongs to, whether every step below that brand was
+        # the only frequent continuation)
+        state: dict[tuple[str, ...], tuple[tuple[str, ...] | None, bool]] = {}
+        for key in sorted(support, key=lambda k: (len(k), k)):
+            parent_brand, chain = state.get(key[:-1], (None, False))
+            own = direct[key] >= self.min_products and not self._all_stop(key)
+            if parent_brand is None:
+                state[key] = (key, True) if own else (None, False)
+            else:
+                frequent = [w for w in children[key[:-1]]
+                            if support[key[:-1] + (w,)] >= self.min_products]
+                chain = chain and frequent == [key[-1]]
+                separate = support[key] >= self.separate_share * support[parent_brand]
+                state[key] = (key, True) if (chain and own and separate) else (parent_brand, chain)
+            if state[key][0] == key:
+                brands[key] = ""
+        return brands
+
+    def _free_brands(self, unmatched: list[list[str]]) -> set[tuple[str, ...]]:
+        count: Counter[tuple[str, ...]] = Counter()
+        following: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
+        for words in unmatched:
+            g = _gender_position(words)
+            words = words[:g] if g is not None else words
+            for k in range(1, min(len(words), self.max_free_words) + 1):
+                prefix = tuple(words[:k])
+                count[prefix] += 1
+                following[prefix][words[k] if k < len(words) else ""] += 1
+        found: set[tuple[str, ...]] = set()
+        for first in [p for p in count if len(p) == 1]:
+            prefix = first
+            while len(prefix) < self.max_free_words:
+                word, n = following[prefix].most_common(1)[0]
+                longer = prefix + (word,)
+                if not word or n < self.extend_share * count[prefix] or count[longer] < self.min_products:
+                    break
+                if len(following[longer]) < 2 and not self._all_stop(prefix):
+                    break  # identical titles: the longer prefix is not a brand boundary
+                prefix = longer
+            varied = len(following[prefix]) >= 2
+            if count[prefix] >= self.min_products and varied and not self._all_stop(prefix):
+                if prefix[0] not in GENDER_WORDS:
+                    found.add(prefix)
+        return found
+
+    def _strip_stop_suffix(self, key: tuple[str, ...],
+                           starts: Counter[tuple[str, ...]]) -> tuple[str, ...]:
+        """Drop a trailing stop phrase ("Newhide Brown" -> "Newhide") when the shorter prefix
+        mostly goes on otherwise (so "Do u speak green" keeps its last word)."""
+        for k in range(1, len(key)):
+            if (" ".join(key[k:]) in self.stop_phrases
+                    and starts[key] <= self.stop_suffix_share * starts[key[:k]]):
+                return key[:k]
+        return key
+
+    def _all_stop(self, key: tuple[str, ...]) -> bool:
+        return " ".join(key) in self.stop_phrases or all(w in GENDER_WORDS for w in key)
+
+    def _canonical(self, names: dict[tuple[str, ...], str], split: list[list[str]],
+                   lowered: list[list[str]]) -> BrandLexicon:
+        """Group spellings of one brand; the most common casing and spelling is its name."""
+        draft = BrandLexicon({k: " ".join(k) for k in names}, {})
+        surfaces: dict[str, Counter[str]] = defaultdict(Counter)  # compact id -> surfaces
+        for words, low in zip(split, lowered):
+            found = draft._match(low)
+            if found is not None:
+                surfaces[_compact(found[0].split())][" ".join(words[: found[1]])] += 1
+        canonical = {}
+        for key in names:
+            group = surfaces.get(_compact(key))
+            if group:
+                canonical[key] = _most_common(group)
+        counts = {_most_common(group): sum(group.values()) for group in surfaces.values()}
+        return BrandLexicon(canonical, counts)
+
+
+def mine_brands(titles: Iterable[str], min_products: int = 2, **options: Any) -> BrandLexicon:
+    """Brands mined from titles (see :class:`BrandMiner` for the options)."""
+    if "stop_phrases" in options:
+        options["stop_phrases"] = frozenset(" ".join(p.lower().split()) for p in options["stop_phrases"])
+    return BrandMiner(min_products=min_products, **options).fit(titles)
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+@dataclass
+class _Row:
+    line: int  # 1-based physical line (CSV/JSONL) or row number (Parquet)
+    values: dict[str, Any]
+
+
+def _snake(name: str) -> str:
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def _decoded_lines(handle, path: str, report: LoadReport, bad: set[int]) -> Iterator[str]:
+    """Decode a binary file line by line; bad UTF-8 is replaced and its line remembered."""
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad.add(number)
+            report.add(Problem(path, number, None,
+                               f"bytes not valid UTF-8 at column {exc.start + 1} "
+                               f"({raw[exc.start:exc.end]!r}); replaced with U+FFFD"), "non_utf8")
+            yield raw.decode("utf-8", errors="replace")
+
+
+def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
+              limit: int | None) -> tuple[list[str], Iterator[_Row]]:
+    handle = open(path, "rb")
+    bad: set[int] = set()
+    reader = csv.reader(_decoded_lines(handle, str(path), report, bad), delimiter=mapping.delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        handle.close()
+        raise InputError(f"{path}: empty file; expected a header line and product rows") from None
+    except csv.Error as exc:
+        handle.close()
+        raise InputError(f"{path}:1: header is not valid CSV ({exc})") from None
+
+    def rows() -> Iterator[_Row]:
+        with handle:
+            title_at = header.index(mapping.title) if mapping.title in header else None
+            seen = 0
+            while limit is None or seen < limit:
+                start = reader.line_num + 1
+                try:
+                    fields_ = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    seen += 1
+                    report.rows_read += 1
+                    report.add(Problem(str(path), start, None, f"not valid CSV ({exc})"), "malformed")
+                    continue
+                if not fields_ or (len(fields_) == 1 and not fields_[0].strip()):
+                    continue  # blank line
+                seen += 1
+                fixed = _fit_fields(fields_, len(header), title_at, mapping, str(path), start, report)
+                if fixed is not None:
+                    yield _Row(start, dict(zip(header, fixed)))
+
+    return header, rows()
+
+
+def _fit_fields(values: list[str], width: int, title_at: int | None, mapping: ColumnMapping,
+                path: str, line: int, report: LoadReport) -> list[str] | None:
+    """Repair a row with too many fields when that is unambiguous, else report it."""
+    if len(values) == width:
+        return values
+    extra = len(values) - width
+    if extra > 0 and not any(v.strip() for v in values[width:]):
+        return values[:width]  # trailing delimiters
+    if extra > 0 and title_at is not None and mapping.repair_title_commas:
+        joined = mapping.delimiter.join(values[title_at: title_at + extra + 1])
+        report.add(Problem(path, line, mapping.title,
+                           f"{len(values)} fields instead of {width} (unquoted "
+                           f"{mapping.delimiter!r} in the title?); joined them into the title"),
+                   "repaired")
+        return values[:title_at] + [joined] + values[title_at + extra + 1:]
+    report.rows_read += 1
+    report.add(Problem(path, line, None, f"expected {width} fields, got {len(values)}"),
+               "malformed")
+    return None
+
+
+def _read_jsonl(path: Path, report: LoadReport, limit: int | None) -> Iterator[_Row]:
+    bad: set[int] = set()
+    with open(path, "rb") as handle:
+        seen = 0
+        for number, text in enumerate(_decoded_lines(handle, str(path), report, bad), start=1):
+            if limit is not None and seen >= limit:
+                return
+            if not text.strip():
+                continue
+            seen += 1
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                report.rows_read += 1
+                report.add(Problem(str(path), number, None, f"not valid JSON ({exc.msg})"), "malformed")
+                continue
+            if not isinstance(obj, dict):
+                report.rows_read += 1
+                report.add(Problem(str(path), number, None,
+                                   f"expected a JSON object, got {type(obj).__name__}"), "malformed")
+                continue
+            yield _Row(number, obj)
+
+
+def _read_parquet(path: Path, limit: int | None) -> tuple[list[str], Iterator[_Row]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
+    header = list(parquet.schema_arrow.names)
+
+    def rows() -> Iterator[_Row]:
+        number = 0
+        for batch in parquet.iter_batches():
+            for values in batch.to_pylist():
+                if limit is not None and number >= limit:
+                    return
+                number += 1
+                yield _Row(number, values)
+
+    return header, rows()
+
+
+# ----------------------------------------------------------------------------- images
+
+
+class _ImageResolver:
+    """Checks image paths against the catalog root; one directory listing per directory."""
+
+    def __init__(self, root: Path):
+        self.root = os.path.realpath(root)
+        self._real_dirs: dict[str, str] = {}
+        self._listings: dict[str, dict[str, bool]] = {}  # real dir -> {name: is_symlink}
+
+    def _inside(self, path: str) -> bool:
+        return path == self.root or path.startswith(self.root + os.sep)
+
+    def _listing(self, real_dir: str) -> dict[str, bool]:
+        if real_dir not in self._listings:
+            try:
+                with os.scandir(real_dir) as entries:
+                    self._listings[real_dir] = {e.name: e.is_symlink() for e in entries}
+            except OSError:
+                self._listings[real_dir] = {}
+        return self._listings[real_dir]
+
+    def resolve(self, relative: str) -> tuple[str | None, str | None]:
+        """(absolute path, None) when usable, else (None, "missing" | "escaped")."""
+        joined = os.path.normpath(os.path.join(self.root, relative))
+        if not self._inside(joined):
+            return None, "escaped"
+        parent, name = os.path.split(joined)
+        if parent not in self._real_dirs:
+            self._real_dirs[parent] = os.path.realpath(parent)
+        real_parent = self._real_dirs[parent]
+        if not self._inside(real_parent):
+            return None, "escaped"
+        listing = self._listing(real_parent)
+        if name not in listing:
+            return None, "missing"
+        path = os.path.join(real_parent, name)
+        if listing[name]:
+            path = os.path.realpath(path)
+            if not self._inside(path):
+                return None, "escaped"
+            if not os.path.isfile(path):
+                return None, "missing"
+        return path, None
+
+
+def verify_images(products: Sequence[Product], report: LoadReport, workers: int | None = None,
+                  progress: bool = False) -> int:
+    """Decode every image fully with PIL; undecodable ones are dropped (product text-only).
+
+    Each bad image is counted in ``report.corrupt_images`` with a problem naming the file.
+    Returns the number of images dropped.
+    """
+    from PIL import Image, ImageFile
+
+    def check(path: str) -> str | None:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    paths = sorted({p for product in products for p in product.image_paths})
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        workers = workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(check, paths, chunksize=64)
+            if progress:
+                from tqdm import tqdm
+
+                results = tqdm(results, total=len(paths), desc="verify images", unit="img")
+            errors = {path: error for path, error in zip(paths, results) if error}
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    dropped = 0
+    for product in products:
+        bad = [p for p in product.image_paths if p in errors]
+        dropped += len(bad)
+        for path in bad:
+            report.add(Problem(path, None, "image", f"product {product.id}: image cannot be decoded "
+                                                    f"({errors[path]}); product is text-only"),
+                       "corrupt_images")
+        if bad:
+            product.image_paths = [p for p in product.image_paths if p not in errors]
+    return dropped
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _text(value: Any) -> str | None:
+    """Scalar to stripped text (None for empty); raises TypeError for lists/dicts."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(type(value).__name__)
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        value = int(value) if value.is_integer() else value
+    text = _WHITESPACE.sub(" ", str(value)).strip()
+    return text or None
+
+
+def _attribute_columns(header: list[str], mapping: ColumnMapping) -> dict[str, str]:
+    if mapping.attributes is not None:
+        return dict(mapping.attributes)
+    taken = {mapping.id, mapping.title, mapping.image, mapping.brand, mapping.category}
+    found: dict[str, str] = {}
+    for column in header:
+        key = _snake(column)
+        key = ATTRIBUTE_ALIASES.get(key, key)
+        if column not in taken and key in ATTRIBUTE_KEYS and key not in found:
+            found[key] = column
+    return found
+
+
+def _check_columns(path: Path, header: list[str], mapping: ColumnMapping,
+                   explicit: bool) -> ColumnMapping:
+    """Refuse a header without id/title; drop absent optional columns of a default mapping."""
+    missing = [c for c in (mapping.id, mapping.title) if c not in header]
+    if missing:
+        raise InputError(f"{path}: missing required column(s) {', '.join(map(repr, missing))}; "
+                         f"header has {header}")
+    optional = {"image": mapping.image, "brand": mapping.brand, "category": mapping.category}
+    optional.update({f"attributes.{k}": c for k, c in (mapping.attributes or {}).items()})
+    absent = {name: col for name, col in optional.items() if col is not None and col not in header}
+    if absent and explicit:
+        raise InputError(f"{path}: column(s) named by the mapping not in the header: "
+                         + ", ".join(f"{n}={c!r}" for n, c in absent.items()) + f"; header has {header}")
+    return dataclasses.replace(
+        mapping,
+        image=mapping.image if mapping.image in header else None,
+        brand=mapping.brand if mapping.brand in header else None,
+        category=mapping.category if mapping.category in header else None,
+    )
+
+
+def _image_refs(value: Any, separator: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(separator) if p.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        return [p.strip() for p in value if p.strip()]
+    raise TypeError(type(value).__name__)
+
+
+class _RowParser:
+    """Turns raw rows into products, recording every problem in the report."""
+
+    def __init__(self, path: Path, mapping: ColumnMapping, attributes: dict[str, str],
+                 report: LoadReport):
+        self.file = str(path)
+        self.mapping = mapping
+        self.attributes = attributes
+        self.report = report
+        self.images = _ImageResolver(path.parent)
+        self.first_line: dict[str, int] = {}
+
+    def parse(self, row: _Row) -> Product | None:
+        m, report = self.mapping, self.report
+        report.rows_read += 1
+        try:
+            pid = _text(row.values.get(m.id))
+        except TypeError as exc:
+            return self._malformed(row, m.id, f"id must be a string or integer, got {exc}")
+        try:
+            title = _text(row.values.get(m.title))
+        except TypeError as exc:
+            return self._malformed(row, m.title, f"title must be text, got {exc}")
+        if pid is None:
+            return self._malformed(row, m.id, "missing id")
+        if "\ufffd" in pid:
+            return self._malformed(row, m.id, f"id {pid!r} has bytes that are not UTF-8")
+        if title is None or title in EMPTY_VALUES:
+            return self._malformed(row, m.title, f"product {pid}: missing title")
+        if pid in self.first_line:
+            report.add(Problem(self.file, row.line, m.id, f"duplicate id {pid!r} (first on line "
+                                                          f"{self.first_line[pid]}); row skipped"),
+                       "duplicate_ids")
+            return None
+        self.first_line[pid] = row.line
+        brand = self._optional(row, m.brand)
+        category = self._optional(row, m.category)
+        attributes: dict[str, str] = {}
+        for key, column in self.attributes.items():
+            value = self._optional(row, column)
+            if value is not None and key == "year" and not value.isdigit():
+                report.add(Problem(self.file, row.line, column,
+                                   f"year must be an integer, got {value!r}; dropped"), "bad_values")
+                continue
+            if value is not None:
+                attributes[key] = value
+        return Product(pid, title, self._images(row, pid), brand, category, attributes)
+
+    def _malformed(self, row: _Row, column: str, message: str) -> None:
+        self.report.add(Problem(self.file, row.line, column, message + "; row skipped"), "malformed")
+        return None
+
+    def _optional(self, row: _Row, column: str | None) -> str | None:
+        if column is None:
+            return None
+        try:
+            value = _text(row.values.get(column))
+        except TypeError as exc:
+            self.report.add(Problem(self.file, row.line, column,
+                                    f"expected text or a number, got {exc}; dropped"), "bad_values")
+            return None
+        return None if value is None or value in EMPTY_VALUES else value
+
+    def _images(self, row: _Row, pid: str) -> list[str]:
+        m = self.mapping
+        if m.image is not None:
+            try:
+                refs = _image_refs(row.values.get(m.image), m.image_separator)
+            except TypeError as exc:
+                self.report.add(Problem(self.file, row.line, m.image,
+                                        f"expected a path or a list of paths, got {exc}; "
+                                        "product is text-only"), "bad_values")
+                return []
+        elif m.image_template is not None:
+            refs = [m.image_template.format(id=pid)]
+        else:
+            return []
+        paths = []
+        for ref in refs:
+            path, why = self.images.resolve(ref)
+            if why == "escaped":
+                self.report.add(Problem(self.file, row.line, m.image or "id",
+                                        f"image path {ref!r} is outside the catalog directory "
+                                        f"{self.images.root}; refused"), "escaped_paths")
+            elif why == "missing":
+                self.report.add(Problem(self.file, row.line, m.image or "id",
+                                        f"image {ref!r} not found"), "missing_images")
+            else:
+                paths.append(path)
+        return paths
+
+
+def _open_rows(path: Path, mapping: ColumnMapping, report: LoadReport,
+               limit: int | None) -> tuple[list[str] | None, Iterator[_Row]]:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt"):
+        return _read_csv(path, mapping, report, limit)
+    if suffix in (".jsonl", ".ndjson"):
+        return None, _read_jsonl(path, report, limit)
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path, limit)
+    raise InputError(f"{path}: unknown catalog format {suffix!r}; expected a Kaggle-layout "
+                     "directory (styles.csv + images/) or a .csv/.tsv/.jsonl/.parquet file")
+
+
+def load_catalog(path: str | Path, *, limit: int | None = None, mapping: ColumnMapping | None = None,
+                 brand_min_products: int = 2) -> LoadedCatalog:
+    """Load a catalog: a Kaggle-layout directory or a CSV/TSV/JSONL/Parquet file.
+
+    Bad rows are reported in ``.report`` and skipped; missing or escaping image paths make
+    the product text-only. Without a brand column, brands are mined from the titles.
+    Raises InputError for a missing file, an unknown format, no rows or no id/title column.
+    """
+    path = Path(path)
+    explicit = mapping is not None
+    if path.is_dir():
+        styles = path / FASHION_STYLES_FILE
+        if not styles.is_file():
+            raise InputError(f"{path}: directory without {FASHION_STYLES_FILE}; expected the "
+                             "Kaggle fashion layout (styles.csv + images/{id}.jpg)")
+        path, mapping = styles, mapping or FASHION_MAPPING
+    elif not path.is_file():
+        raise InputError(f"{path}: catalog not found")
+    mapping = mapping or ColumnMapping()
+    report = LoadReport(file=str(path))
+    if path.suffix.lower() == ".tsv" and mapping.delimiter == ",":
+        mapping = dataclasses.replace(mapping, delimiter="\t")
+    header, rows = _open_rows(path, mapping, report, limit)
+    if header is None:  # JSONL has no header: every key seen stands for a column
+        materialised = list(rows)
+        header = list(dict.fromkeys(k for row in materialised for k in row.values))
+        rows = iter(materialised)
+        if not materialised:
+            raise InputError(f"{path}: no product rows" + (
+                f"; none of {report.rows_read} lines is a JSON object\n{report.summary()}"
+                if report.rows_read else ""))
+    mapping = _check_columns(path, header, mapping, explicit)
+    parser = _RowParser(path, mapping, _attribute_columns(header, mapping), report)
+    products = [p for p in map(parser.parse, rows) if p is not None]
+    if report.rows_read == 0:
+        raise InputError(f"{path}: no product rows (header only)")
+    if not products:
+        raise InputError(f"{path}: none of {report.rows_read} rows could be loaded\n"
+                         + report.summary())
+    if mapping.brand is None:
+        colours = {p.attributes["colour"] for p in products if "colour" in p.attributes}
+        brands = mine_brands((p.title for p in products), min_products=brand_min_products,
+                             stop_phrases=colours)
+        for product in products:
+            product.brand = brands.brand_of(product.title)
+    else:
+        brands = BrandLexicon.from_names(p.brand for p in products if p.brand)
+        for product in products:
+            if product.brand:
+                product.brand = brands.brand_of(product.brand) or product.brand
+    report.loaded = len(products)
+    return LoadedCatalog(products, report, brands)
