@@ -49,7 +49,7 @@ def load_image(path: str | Path) -> Image.Image:
         raise InputError(f"{path}: image file not found") from None
     except IsADirectoryError:
         raise InputError(f"{path}: expected an image file, found a directory") from None
-    except Exception as exc:  # any decoder failure on untrusted bytes is a bad input file
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is bad input
         raise InputError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
@@ -105,11 +105,15 @@ class Backbone(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "backbone": self.name, "width": self.width, "height": self.height,
-            "grid": list(self.grid), "dim": self.dim,
+            "backbone": self.name,
+            "width": self.width,
+            "height": self.height,
+            "grid": list(self.grid),
+            "dim": self.dim,
         }
 
-    def train(self, mode: bool = True) -> Backbone:  # noqa: ARG002 - frozen: always eval
+    def train(self, mode: bool = True) -> Backbone:
+        """Frozen: stays in eval mode (batch-norm statistics never move) whatever ``mode`` is."""
         return super().train(False)
 
     @property
@@ -169,7 +173,9 @@ def get_backbone(name: str | None = None, config: ImageConfig | None = None) -> 
     config = config or ImageConfig()
     name = name or config.backbone
     if name not in _REGISTRY:
-        raise ConfigError(f"images.backbone: unknown backbone {name!r}; expected one of {backbone_names()}")
+        raise ConfigError(
+            f"images.backbone: unknown backbone {name!r}; expected one of {backbone_names()}"
+        )
     backbone = _REGISTRY[name](config)
     backbone.name = name
     return backbone
@@ -214,8 +220,10 @@ class RandomCNNBackbone(Backbone):
     def __init__(self, config: ImageConfig) -> None:
         super().__init__(config.width, config.height)
         self.net = nn.Sequential(
-            nn.Conv2d(3, 16, kernel_size=4, stride=4), nn.ReLU(),
-            nn.Conv2d(16, 32, kernel_size=4, stride=4), nn.ReLU(),
+            nn.Conv2d(3, 16, kernel_size=4, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=4, stride=4),
+            nn.ReLU(),
             nn.Conv2d(32, self.DIM, kernel_size=3, stride=2, padding=1),
         )
         generator = torch.Generator().manual_seed(self.SEED)
@@ -327,13 +335,17 @@ class FeatureCache:
         if rows is None:
             rows = slice(0, self.n)
         if isinstance(rows, slice):
-            start, stop, _ = rows.indices(self.n)
-            if stop > self.done:
-                raise WorkdirError(f"{self.directory}: rows up to {stop} requested, {self.done} extracted")
+            span = range(*rows.indices(self.n))
+            if span and max(span) >= self.done:
+                raise WorkdirError(
+                    f"{self.directory}: row {max(span)} requested, only {self.done} of {self.n} extracted"
+                )
             return rows
         index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
         if index.size and (index.min() < -self.n or index.max() >= self.n):
-            raise IndexError(f"feature rows out of range [0, {self.n}): {index.min()}..{index.max()}")
+            raise IndexError(
+                f"feature rows out of range [0, {self.n}): {index.min()}..{index.max()}"
+            )
         index = np.where(index < 0, index + self.n, index)
         if index.size and index.max() >= self.done:
             raise WorkdirError(
@@ -356,7 +368,9 @@ class FeatureCache:
         try:
             return np.asarray([self._row_of[str(pid)] for pid in ids], dtype=np.int64)
         except KeyError as exc:
-            raise KeyError(f"{self.directory}: product id {exc.args[0]!r} has no feature row") from None
+            raise KeyError(
+                f"{self.directory}: product id {exc.args[0]!r} has no feature row"
+            ) from None
 
     def __repr__(self) -> str:
         return (
@@ -366,8 +380,18 @@ class FeatureCache:
 
 
 _META_KEYS = {
-    "format": int, "backbone": str, "width": int, "height": int, "grid": list, "dim": int,
-    "n": int, "done": int, "ids": list, "has_image": list, "counts": dict, "problems": list,
+    "format": int,
+    "backbone": str,
+    "width": int,
+    "height": int,
+    "grid": list,
+    "dim": int,
+    "n": int,
+    "done": int,
+    "ids": list,
+    "has_image": list,
+    "counts": dict,
+    "problems": list,
 }
 
 
@@ -378,7 +402,9 @@ def _validate_meta(meta: Any, path: Path) -> None:
         if not isinstance(meta.get(key), kind):
             raise WorkdirError(f"{path}: field {key!r} missing or not a {kind.__name__}")
     if meta["format"] != FORMAT_VERSION:
-        raise WorkdirError(f"{path}: feature cache format {meta['format']}, expected {FORMAT_VERSION}")
+        raise WorkdirError(
+            f"{path}: feature cache format {meta['format']}, expected {FORMAT_VERSION}"
+        )
     n = meta["n"]
     if len(meta["grid"]) != 2 or not all(isinstance(g, int) and g > 0 for g in meta["grid"]):
         raise WorkdirError(f"{path}: field 'grid' must be [rows, cols], got {meta['grid']}")
@@ -461,11 +487,15 @@ def extract_features(
     ids = [str(pid) for pid in ids]
     image_paths = list(image_paths)
     if len(ids) != len(image_paths):
-        raise InputError(f"extract_features: {len(ids)} ids but {len(image_paths)} image path entries")
+        raise InputError(
+            f"extract_features: {len(ids)} ids but {len(image_paths)} image path entries"
+        )
     seen: dict[str, int] = {}
     for row, pid in enumerate(ids):
         if pid in seen:
-            raise InputError(f"extract_features: product id {pid!r} at rows {seen[pid]} and {row}; ids must be unique")
+            raise InputError(
+                f"extract_features: product id {pid!r} at rows {seen[pid]} and {row}; ids must be unique"
+            )
         seen[pid] = row
     if config.batch_size < 1 or config.chunk_size < 1:
         raise ConfigError(
@@ -492,9 +522,14 @@ def extract_features(
     patches_path = out_dir / PATCHES_FILE
     if meta is None:
         meta = {
-            "format": FORMAT_VERSION, **backbone.describe(), "n": n, "done": 0,
-            "counts": {"no_image": 0, "failed": 0}, "problems": [],
-            "ids": ids, "has_image": [False] * n,
+            "format": FORMAT_VERSION,
+            **backbone.describe(),
+            "n": n,
+            "done": 0,
+            "counts": {"no_image": 0, "failed": 0},
+            "problems": [],
+            "ids": ids,
+            "has_image": [False] * n,
         }
         out_dir.mkdir(parents=True, exist_ok=True)
         patches_path.unlink(missing_ok=True)
@@ -515,15 +550,18 @@ def extract_features(
     return cache
 
 
-def extract_product_features(products: Sequence[Any], out_dir: str | Path, config: ImageConfig | None = None,
-                             **kwargs: Any) -> FeatureCache:
+def extract_product_features(
+    products: Sequence[Any], out_dir: str | Path, config: ImageConfig | None = None, **kwargs: Any
+) -> FeatureCache:
     """:func:`extract_features` over ``Product`` records (their ``id`` and ``image_paths``)."""
     return extract_features(
         [p.id for p in products], [p.image_paths for p in products], out_dir, config, **kwargs
     )
 
 
-def _existing_meta(out_dir: Path, wanted: dict[str, Any], ids: list[str], overwrite: bool) -> dict[str, Any] | None:
+def _existing_meta(
+    out_dir: Path, wanted: dict[str, Any], ids: list[str], overwrite: bool
+) -> dict[str, Any] | None:
     """The resumable meta of ``out_dir``, None to start fresh; raises on a foreign cache."""
     index_path = out_dir / INDEX_FILE
     if not index_path.exists():
@@ -536,7 +574,9 @@ def _existing_meta(out_dir: Path, wanted: dict[str, Any], ids: list[str], overwr
             return None
         raise
     differences = [
-        f"{key} {meta[key]!r} (wanted {value!r})" for key, value in wanted.items() if meta[key] != value
+        f"{key} {meta[key]!r} (wanted {value!r})"
+        for key, value in wanted.items()
+        if meta[key] != value
     ]
     if meta["ids"] != ids:
         differences.append(_ids_difference(meta["ids"], ids))
@@ -581,7 +621,11 @@ def _run(
     store = np.memmap(out_dir / PATCHES_FILE, dtype=np.float16, mode="r+", shape=shape)
     device = backbone.device
     workers = max(0, config.decode_workers)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlsearch-decode") if workers else None
+    pool = (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlsearch-decode")
+        if workers
+        else None
+    )
 
     def decode_batch(lo: int, hi: int) -> list[tuple[int, np.ndarray | None, Problem | None]]:
         out = []
@@ -602,8 +646,15 @@ def _run(
             job = pool.submit(decode_batch, *span) if pool else None
             pending.append((*span, job))
 
-    bar = tqdm(total=n, initial=start, unit="img", desc="image features", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=n,
+        initial=start,
+        unit="img",
+        desc="image features",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     began = time.perf_counter()
     try:
         with torch.inference_mode():
