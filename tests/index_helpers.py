@@ -1,0 +1,95 @@
+"""Test-only stand-ins for the index/serving tests: a synthetic catalog and a hashing encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+
+import numpy as np
+
+from vlsearch.catalog import Product
+
+BRANDS = ["Nike", "Adidas", "Red Tape", "United Colors of Benetton", "Peter England", "Puma"]
+CATEGORIES = {  # article type -> (sub category, master category)
+    "Casual Shoes": ("Shoes", "Footwear"),
+    "Sports Shoes": ("Shoes", "Footwear"),
+    "Formal Shoes": ("Shoes", "Footwear"),
+    "Tshirts": ("Topwear", "Apparel"),
+    "Shirts": ("Topwear", "Apparel"),
+    "Jeans": ("Bottomwear", "Apparel"),
+    "Watches": ("Watches", "Accessories"),
+}
+COLOURS = ["Red", "Navy Blue", "Black", "White", "Blue"]
+GENDERS = ["Men", "Women", "Unisex"]
+USAGES = ["Casual", "Sports", "Formal"]
+
+
+def synthetic_products(n: int = 400, seed: int = 0) -> list[Product]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        brand, cat = rng.choice(BRANDS), rng.choice(sorted(CATEGORIES))
+        colour, gender, usage = rng.choice(COLOURS), rng.choice(GENDERS), rng.choice(USAGES)
+        sub, master = CATEGORIES[cat]
+        out.append(Product(
+            id=str(1000 + i), title=f"{brand} {gender} {colour} {cat}", image_paths=[],
+            brand=brand, category=cat,
+            attributes={"gender": gender, "colour": colour, "usage": usage, "season": "Summer",
+                        "master_category": master, "sub_category": sub, "article_type": cat,
+                        "year": "2012"},
+        ))
+    return out
+
+
+def synthetic_queries(products: list[Product], seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    queries = []
+    for p in products:
+        a = p.attributes
+        queries.append(rng.choice([f"{a['colour']} {p.category}".lower(), f"{p.brand} {p.category}",
+                                   f"{a['gender']} {p.category}", p.category.lower()]))
+    return queries
+
+
+class HashEncoder:
+    """Deterministic bag-of-words encoder: each term hashes to a fixed random unit vector."""
+
+    def __init__(self, dim: int = 32):
+        self.dim = dim
+
+    def _term(self, term: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little")
+        return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+
+    def _encode(self, texts) -> np.ndarray:
+        from vlsearch.text import query_terms
+
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            for term in query_terms(text):
+                out[i] += self._term(term)
+            out[i] += 1e-3 * self._term("\x00bias")
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def encode_queries(self, texts) -> np.ndarray:
+        return self._encode(list(texts))
+
+    def encode_products(self, products, patches=None, has_image=None) -> np.ndarray:
+        return self._encode([p.title for p in products])
+
+
+def build_synthetic_index(out_dir, products, encoder, config, queries=None, progress=False):
+    from vlsearch.index.builder import build_index_from_parts
+    from vlsearch.text import query_id
+
+    queries = synthetic_queries(products) if queries is None else queries
+    return build_index_from_parts(
+        out_dir, products, lambda a, b: encoder.encode_products(products[a:b]),
+        encoder.encode_queries, queries, [query_id(q) for q in queries], config=config,
+        progress=progress,
+    )
+
+
+def powerset(values, max_size=2):
+    return [c for r in range(1, max_size + 1) for c in itertools.combinations(values, r)]
