@@ -213,10 +213,10 @@ def test_understanding_longest_match_possessive_multiword(lexicon):
     assert got["colour"][0] == {"red"} and "brand" not in got
     got = _by_field("UNITED COLORS OF BENETTON men's navy blue t-shirts", lexicon)
     assert got["brand"][0] == {"united colors of benetton"}
-    assert got["gender"][0] == {"men"} and got["colour"][0] == {"navy blue"}
+    assert got["gender"][0] == {"men", "unisex"} and got["colour"][0] == {"navy blue"}
     got = _by_field("peter england shirt for women", lexicon)
     assert got["brand"][0] == {"peter england"} and got["category"][0] == {"shirts"}
-    assert got["gender"][0] == {"women"}
+    assert got["gender"][0] == {"women", "unisex"}  # the relevance rule: unisex fits both
     assert understand("comfortable summer stuff", lexicon).constraints == []
 
 

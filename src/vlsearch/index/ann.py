@@ -43,7 +43,7 @@ class AnnReport:
 
 def default_nlist(n: int, requested: int = 0) -> int:
     """IVF clusters: ``requested`` or about 4*sqrt(n), capped so each gets enough training points."""
-    nlist = requested or int(round(4 * math.sqrt(n)))
+    nlist = requested or round(4 * math.sqrt(n))
     return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID or 1))
 
 

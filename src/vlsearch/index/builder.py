@@ -34,7 +34,7 @@ from vlsearch.index.export import export_vectors
 from vlsearch.index.lexical import build_lexical
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.understanding import build_lexicon
-from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
+from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir
 
 FORMAT_VERSION = 1
 COMPLETE = "COMPLETE"

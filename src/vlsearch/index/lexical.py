@@ -3,7 +3,7 @@ Boolean attribute filters (the relevance-control constraints).
 
 Schema: ``row`` (u64, fast: the product-table row), ``title`` and ``attrs`` (default
 tokenizer, BM25), and one raw-tokenized field per filter field holding the normalised
-value (lower-case, single spaces). A filter ``{field: [values]}`` is a term-set query per
+value (``normalize_value``). A filter ``{field: [values]}`` is a term-set query per
 field (OR within a field) joined by Must (AND across fields).
 """
 
@@ -16,6 +16,8 @@ import numpy as np
 import tantivy
 
 from vlsearch.errors import InputError, WorkdirError
+from vlsearch.queries import canonical
+from vlsearch.queries import product_value as queries_product_value
 
 FILTER_FIELDS = ("brand", "category", "gender", "colour", "usage", "master_category", "sub_category")
 ROW, TITLE, ATTRS = "row", "title", "attrs"
@@ -26,18 +28,15 @@ QUERY_TERMS_MAX = 64  # query tokens used by BM25 at most
 Filter = Mapping[str, Sequence[str]]
 
 
-def normalize_value(value: object) -> str:
-    """The form filter values are indexed and matched in: lower-case, single spaces."""
-    return " ".join(str(value).lower().split())
+def normalize_value(value: object) -> str | None:
+    """The form filter values are indexed and matched in (``vlsearch.queries.canonical``:
+    NFKC, casefold, single spaces); None for missing-like values."""
+    return canonical(value)
 
 
 def product_value(product, field: str) -> str | None:
-    """A product's value for a filter field (brand/category from the record, others from attributes)."""
-    if field in ("brand", "category"):
-        value = getattr(product, field)
-    else:
-        value = (product.attributes or {}).get(field)
-    return normalize_value(value) if value not in (None, "") else None
+    """A product's canonical value for a filter field (the relevance rule's reading of it)."""
+    return queries_product_value(product, field)
 
 
 def check_filter(filters: Filter) -> dict[str, list[str]]:
@@ -48,7 +47,9 @@ def check_filter(filters: Filter) -> dict[str, list[str]]:
             raise InputError(f"filter field {field!r}: expected one of {list(FILTER_FIELDS)}")
         if isinstance(values, str):
             values = [values]
-        vals = sorted({normalize_value(v) for v in values if normalize_value(v)})
+        if not isinstance(values, (list, tuple, set, frozenset)):
+            raise InputError(f"filter field {field!r}: expected a value or a list of values")
+        vals = sorted({v for v in (normalize_value(x) for x in values if isinstance(x, str)) if v})
         if not vals:
             raise InputError(f"filter field {field!r}: no value given")
         out[field] = vals

@@ -34,7 +34,7 @@ class QidTable:
         self.qids, self.rows, self.scores, self.queries = qids, rows, scores, queries
 
     def __len__(self) -> int:
-        return int(len(self.qids))
+        return len(self.qids)
 
     @property
     def top_k(self) -> int:

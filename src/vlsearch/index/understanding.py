@@ -4,7 +4,9 @@ Boolean constraints ("nike shoes" → brand=nike AND category ∈ shoe article t
 Lexicon phrases (term sequences from :func:`vlsearch.text.segment`) map to (field, value)
 pairs: brands from the brand field; categories from article types (and their singular /
 plural forms), sub- and master categories (expanded to the article types under them) and
-the mocked-query category phrasings; colours; genders and their common spellings.
+the category phrasings of :data:`vlsearch.queries.SYNONYMS`; colours and their synonyms;
+genders and their phrasings, a gender constraint accepting every product gender the
+relevance rule accepts ("men" → Men or Unisex, ``vlsearch.queries.accepted_values``).
 Matching is greedy leftmost-longest, so "red tape shoes" is brand Red Tape, not colour red.
 Possessives fold ("men's" → "men"). A phrase claimed by several fields keeps the first of
 ``FIELD_PRIORITY`` (common words outrank brand names, which are mined from titles and noisy).
@@ -17,16 +19,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from vlsearch.index.lexical import normalize_value, product_value
+from vlsearch.index.lexical import product_value
 
 FIELD_PRIORITY = ("gender", "colour", "category", "brand")  # exact-phrase ties go to the first
-GENDER_WORDS = {  # query spellings → catalog gender value (normalised)
-    "men": ("men", "man", "mens", "male", "males", "gents", "gentlemen", "guys"),
-    "women": ("women", "woman", "womens", "ladies", "lady", "female", "females"),
-    "boys": ("boys", "boy"),
-    "girls": ("girls", "girl"),
-    "unisex": ("unisex",),
-}
 MIN_INFLECT_CHARS = 4  # singular/plural variants only for words at least this long
 
 
@@ -55,8 +50,7 @@ def terms_of(text: str) -> list[str]:
 
     out = []
     for term in segment(text):
-        if term.endswith("'s"):
-            term = term[:-2]
+        term = term.removesuffix("'s")
         term = term.replace("'", "")
         if term:
             out.append(term)
@@ -122,34 +116,28 @@ class Lexicon:
         return cls(phrases=phrases, labels=data.get("labels", {}))
 
 
-def _synonym_tables() -> dict[str, dict[str, Sequence[str]]]:
-    """Mocked-query phrasings from :mod:`vlsearch.queries`, when that module provides them."""
-    try:
-        from vlsearch import queries
-    except ImportError:
-        return {}
-    tables = getattr(queries, "SYNONYMS", None)
-    return tables if isinstance(tables, dict) else {}
-
-
 def build_lexicon(products: Sequence) -> Lexicon:
     """Mine brands, categories (with sub/master category expansion), colours and genders."""
+    from vlsearch.queries import SYNONYMS, accepted_values
+
     lex = Lexicon()
     labels: dict[str, dict[str, str]] = defaultdict(dict)
-    groups: dict[tuple[str, str], set[str]] = defaultdict(set)  # (level, name) → article types
+    groups: dict[str, set[str]] = defaultdict(set)  # sub/master category name → article types
     for p in products:
-        for fname, raw in (("brand", p.brand), ("category", p.category),
-                           ("colour", (p.attributes or {}).get("colour")),
-                           ("gender", (p.attributes or {}).get("gender"))):
-            if raw:
-                labels[fname].setdefault(normalize_value(raw), str(raw))
+        for fname in FIELD_PRIORITY:
+            value = product_value(p, fname)
+            raw = p.brand if fname == "brand" else p.category if fname == "category" else \
+                (p.attributes or {}).get(fname)
+            if value:
+                labels[fname].setdefault(value, str(raw).strip())
         cat = product_value(p, "category")
         if cat:
             for level in ("sub_category", "master_category"):
                 group = (p.attributes or {}).get(level)
                 if group:
-                    groups[(level, group)].add(cat)
+                    groups[group].add(cat)
     lex.labels = dict(labels)
+    known = {f: set(v) for f, v in labels.items()}
 
     for value, label in labels.get("brand", {}).items():
         lex.add(terms_of(label), "brand", [value])
@@ -158,26 +146,27 @@ def build_lexicon(products: Sequence) -> Lexicon:
     for value, label in labels.get("category", {}).items():
         for phrase in _phrase_variants(label):
             lex.add(phrase, "category", [value])
-    for (_, group), cats in groups.items():
+    for group, cats in groups.items():
         for phrase in _phrase_variants(group):
             lex.add(phrase, "category", cats)
-    genders = labels.get("gender", {})
-    for value, spellings in GENDER_WORDS.items():
-        if value in genders:
-            for word in spellings:
-                lex.add((word,), "gender", [value])
+    for value in known.get("gender", ()):
+        lex.add(terms_of(value), "gender", [value])
 
-    # mocked-query phrasings: {field: {catalog value: [phrasings]}} for values in this catalog
-    for fname, table in _synonym_tables().items():
-        fname = "colour" if fname == "color" else fname
-        if fname not in FIELD_PRIORITY:
-            continue
-        for value, phrasings in table.items():
-            value = normalize_value(value)
-            if value not in labels.get(fname, {}):
-                continue
-            for text in phrasings:
-                lex.add(terms_of(text), fname, [value])
+    # the mocked-query phrasings: {field: {canonical value: phrasings}}
+    for fname in ("category", "colour", "gender"):
+        for value, phrasings in SYNONYMS.get(fname, {}).items():
+            if fname == "gender":
+                values = [v for v in accepted_values("gender", value) if v in known.get("gender", ())]
+            else:
+                values = [value] if value in known.get(fname, ()) else []
+            if values:
+                for text in phrasings:
+                    lex.add(terms_of(text), fname, values)
+    # a bare gender word accepts what the relevance rule accepts ("men" → men, unisex)
+    for phrase, fields_ in lex.phrases.items():
+        if "gender" in fields_:
+            fields_["gender"] = {a for v in fields_["gender"] for a in accepted_values("gender", v)
+                                 if a in known.get("gender", ())}
     return lex
 
 

@@ -192,7 +192,7 @@ class Engine:
             target = self._read_link()
             try:
                 state = _Version(current_version(self.index_dir), self.config, self._retriever)
-            except Exception as exc:  # keep serving the loaded version
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the loaded version serving
                 log.warning("index reload from %s failed, keeping %s: %s", self.index_dir, self.version, exc)
                 self._link_target = target
                 return False
