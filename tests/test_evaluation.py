@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vlsearch.catalog import Product
 from vlsearch.errors import InputError
 from vlsearch.evaluation import (
     EvalQuery,
@@ -29,20 +30,6 @@ from vlsearch.evaluation import (
     write_trec_run,
 )
 
-try:
-    from vlsearch.catalog import Product
-except ImportError:  # catalog.py is written by another engineer; a minimal stand-in until then
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class Product:  # type: ignore[no-redef]
-        id: str
-        title: str
-        image_paths: list[str] = field(default_factory=list)
-        brand: str | None = None
-        category: str | None = None
-        attributes: dict[str, str] = field(default_factory=dict)
-
 
 def make_product(
     pid: str, category: str | None, brand: str | None = None, **attributes: str
@@ -55,12 +42,6 @@ def make_product(
         category=category,
         attributes=dict(attributes),
     )
-
-
-def attribute_rule(product: Product, attributes: dict[str, str]) -> bool:
-    """Stand-in relevance rule for tests that must not depend on vlsearch.queries."""
-    values = {"category": product.category, "brand": product.brand, **product.attributes}
-    return all(values.get(key) == value for key, value in attributes.items())
 
 
 # Hand-computed example shared by the recall tests.
@@ -191,30 +172,33 @@ PRODUCTS = {
     "a": make_product("a", "Dress", colour="Red", gender="Women"),
     "b": make_product("b", "Dress", colour="Blue", gender="Women"),
     "c": make_product("c", "Shirt", colour="Red", gender="Men"),
+    "d": make_product("d", "Dress", colour="Red", gender="Unisex"),
 }
 
 
 def test_strict_relevance_hand_computed():
-    attributes = {"q1": {"colour": "Red"}, "q2": {"colour": "Red", "gender": "Women"}, "q3": {}}
-    run = {"q1": ["a", "b", "c", "a"], "q2": ["c", "a", "unknown"]}
-    # k=2: q1 [a,b] 1/2; q2 [c,a] 1/2; q3 has no attributes.
-    value = strict_relevance_at_k(run, attributes, PRODUCTS, 2, rule=attribute_rule)
-    assert value == pytest.approx(0.5)
-    # k=10: q1 [a,b,c] 2/3; q2 [c,a,unknown] 1/3 (unknown products are not relevant).
-    value = strict_relevance_at_k(run, attributes, PRODUCTS, 10, rule=attribute_rule)
-    assert value == pytest.approx((2 / 3 + 1 / 3) / 2)
+    attributes = {"q1": {"colour": "Red"}, "q2": {"colour": "red", "gender": "women"}, "q3": {}}
+    run = {"q1": ["a", "b", "c", "a"], "q2": ["c", "a", "unknown", "d"]}
+    # k=2: q1 [a,b] 1/2; q2 [c,a] 1/2 (c is Men); q3 has no attributes and is not averaged.
+    assert strict_relevance_at_k(run, attributes, PRODUCTS, 2) == pytest.approx(0.5)
+    # k=10: q1 [a,b,c] 2/3 (duplicate a dropped); q2 [c,a,unknown,d] 2/4: an unknown product is
+    # not relevant, a Unisex product satisfies a Women query (vlsearch.queries.relevant).
+    assert strict_relevance_at_k(run, attributes, PRODUCTS, 10) == pytest.approx(
+        (2 / 3 + 2 / 4) / 2
+    )
     # A query missing from the run scores 0.
-    value = strict_relevance_at_k({}, {"q1": {"colour": "Red"}}, PRODUCTS, 10, rule=attribute_rule)
-    assert value == 0.0
-    assert strict_relevance_at_k(run, {"q3": {}}, PRODUCTS, 10, rule=attribute_rule) is None
+    assert strict_relevance_at_k({}, {"q1": {"colour": "Red"}}, PRODUCTS, 10) == 0.0
+    assert strict_relevance_at_k(run, {"q3": {}}, PRODUCTS, 10) is None
 
 
-def test_strict_relevance_uses_queries_relevant():
-    queries = pytest.importorskip("vlsearch.queries")
-    attributes = {"q": {"colour": "Red"}}
-    run = {"q": ["a", "b"]}
-    expected = sum(queries.relevant(PRODUCTS[p], attributes["q"]) for p in run["q"]) / 2
-    assert strict_relevance_at_k(run, attributes, PRODUCTS, 10) == pytest.approx(expected)
+def test_strict_relevance_custom_rule():
+    def only_a(product: Product, attributes: dict[str, str]) -> bool:
+        return product.id == "a"
+
+    run = {"q": ["a", "b", "c"]}
+    assert strict_relevance_at_k(
+        run, {"q": {"colour": "Red"}}, PRODUCTS, 3, rule=only_a
+    ) == pytest.approx(1 / 3)
 
 
 # ---------------------------------------------------------------------------- property
@@ -469,13 +453,13 @@ def test_evaluate_with_products():
         "b": make_product("b", "Dress", colour="Blue"),
         "c": make_product("c", "Shirt", gender="Men"),
     }
-    pytest.importorskip("vlsearch.queries")
     result = evaluate(EVAL_RUN, EVAL_QRELS, eval_queries(), products, ks=(2,))
     metrics = result["subsets"]["all"]["metrics"]
     # q1 [a,b] both Dress; q2 [a,b] both Dress; q3 missing -> 0.
     assert metrics["category_consistency@2"] == pytest.approx(2 / 3)
     assert result["subsets"]["all"]["queries_with_intent"] == 3
-    assert metrics["strict_relevance@2"] is not None
+    # q1 (Red) [a,b] 1/2; q2 (Blue) [a,b] 1/2; q3 (Men) missing -> 0.
+    assert metrics["strict_relevance@2"] == pytest.approx(1 / 3)
     assert "heldout" not in result["subsets"]
 
 
