@@ -5,11 +5,12 @@
 1. Constraints: query understanding (lexicon) gives auto constraints; caller ``filters``
    add more and replace an auto constraint on the same field; ``off`` drops auto ones by
    field. All are evaluated once on the inverted index into a row mask (LRU-cached).
-2. Embedding channel: a qid-table hit answers from the stored top-K (post-filtered; used
-   when enough survive or the list covers the catalog); a miss encodes the query and
-   searches the ANN index. A selective filter (< ``filter_selective_fraction`` of the
-   catalog) runs inside the ANN scan via an ID selector with ``nprobe``/``efSearch`` widened
-   by 1/selectivity; a broad one over-fetches ``k * overfetch_factor`` and post-filters.
+2. Embedding channel: a qid-table hit answers from the stored top-K, post-filtered, when
+   at least k rows survive or the list holds every allowed product; otherwise (and on a
+   miss) the query is encoded and searched in the ANN index. A selective filter
+   (< ``filter_selective_fraction`` of the catalog) runs inside the ANN scan via an ID
+   selector with ``nprobe``/``efSearch`` widened by 1/selectivity; a broad one over-fetches
+   ``k * overfetch_factor`` and post-filters.
    When either returns fewer than min(k, allowed) rows, an exact scan of the allowed rows'
    vectors completes it.
 3. Lexical channel: BM25 (tantivy) with the same Boolean filter.
@@ -288,7 +289,7 @@ class Engine:
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if "embedding" in channels:
             t = time.perf_counter()
-            stored = self._from_qid_table(state, qid, k, mask)
+            stored = self._from_qid_table(state, qid, k, mask, allowed)
             if stored is not None:
                 qid_hit = True
                 lists["embedding"] = stored
@@ -306,7 +307,7 @@ class Engine:
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
                             timings=timings, channels=channels, version=state.name, allowed=allowed)
 
-    def _from_qid_table(self, state: _Version, qid: int, k: int, mask):
+    def _from_qid_table(self, state: _Version, qid: int, k: int, mask, allowed):
         found = state.qid.lookup(qid)
         if found is None:
             return None
@@ -315,6 +316,7 @@ class Engine:
         if mask is not None:
             keep = mask[rows]
             rows, scores = rows[keep], scores[keep]
+            complete = complete or len(rows) == allowed  # every allowed product is in the list
         if len(rows) >= k or complete:
             return scores[:k], rows[:k]
         return None  # too few stored rows survive: answer live
