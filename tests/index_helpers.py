@@ -93,3 +93,28 @@ def build_synthetic_index(out_dir, products, encoder, config, queries=None, prog
 
 def powerset(values, max_size=2):
     return [c for r in range(1, max_size + 1) for c in itertools.combinations(values, r)]
+
+
+_SAMPLE_INDEX: dict[str, object] = {}
+
+
+def sample_index(tmp_path_factory, sample_catalog_dir):
+    """A real tiny (untrained) Retriever over the prepared sample catalog, indexed with a Flat
+    index; built once per test session and shared by the serving, API and web-page tests.
+    Returns (index_dir, workdir, model_dir)."""
+    if "built" not in _SAMPLE_INDEX:
+        from vlsearch.config import preset
+        from vlsearch.index.builder import build_index
+        from vlsearch.model import Retriever
+        from vlsearch.workdir import Workdir, prepare
+
+        root = tmp_path_factory.mktemp("sample-index")
+        config = preset("tiny")
+        config.images.backbone = "random-cnn"  # test-only backbone: no pretrained weights needed
+        prepare(sample_catalog_dir, root / "work", config, progress=False, log=lambda _: None)
+        workdir = Workdir.open(root / "work")
+        Retriever.build(config, workdir).save(root / "model")
+        config.index.kind = "flat"
+        build_index(root / "work", root / "model", root / "index", config.index, progress=False)
+        _SAMPLE_INDEX["built"] = (root / "index", root / "work", root / "model")
+    return _SAMPLE_INDEX["built"]

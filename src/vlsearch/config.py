@@ -157,6 +157,7 @@ class ServeConfig:
     rrf_k: int = 60  # reciprocal-rank fusion: channel score = weight / (rrf_k + rank)
     filter_cache_size: int = 256  # constraint sets whose row masks are kept (LRU)
     reload_check: bool = True  # each search checks whether a new index version was published
+    qid_table: bool = True  # answer logged queries from the qid table (False: always encode + ANN)
     host: str = "127.0.0.1"  # bind address
     port: int = 8000  # bind port
 

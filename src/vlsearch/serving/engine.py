@@ -82,12 +82,13 @@ class SearchResult:
     channels: tuple[str, ...] = CHANNELS
     version: str = ""
     allowed: int | None = None  # products satisfying the constraints (None: no constraint)
+    embedding_path: str = ""  # qid | ann | ann+postfilter | ann+selector | exact ("" if off)
 
     def to_dict(self) -> dict:
         return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
                 "constraints": [c.to_dict() for c in self.constraints], "qid": self.qid,
                 "qid_hit": self.qid_hit, "timings": self.timings, "channels": list(self.channels),
-                "version": self.version, "allowed": self.allowed}
+                "version": self.version, "allowed": self.allowed, "embedding_path": self.embedding_path}
 
 
 class _Version:
@@ -285,16 +286,16 @@ class Engine:
         timings["constraints_ms"] = (time.perf_counter() - started) * 1000
 
         qid = int(query_id(text))
-        qid_hit = False
+        qid_hit, path = False, ""
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if "embedding" in channels:
             t = time.perf_counter()
-            stored = self._from_qid_table(state, qid, k, mask, allowed)
+            stored = self._from_qid_table(state, qid, k, mask, allowed) if self.config.qid_table else None
             if stored is not None:
-                qid_hit = True
+                qid_hit, path = True, "qid"
                 lists["embedding"] = stored
             else:
-                lists["embedding"] = self._embedding(state, text, k, mask, allowed)
+                path, *lists["embedding"] = self._embedding(state, text, k, mask, allowed)
             timings["embedding_ms"] = (time.perf_counter() - t) * 1000
         if "lexical" in channels:
             t = time.perf_counter()
@@ -305,7 +306,8 @@ class Engine:
         hits = self._merge(state, lists, k, mask)
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
-                            timings=timings, channels=channels, version=state.name, allowed=allowed)
+                            timings=timings, channels=channels, version=state.name, allowed=allowed,
+                            embedding_path=path)
 
     def _from_qid_table(self, state: _Version, qid: int, k: int, mask, allowed):
         found = state.qid.lookup(qid)
@@ -327,9 +329,9 @@ class Engine:
         ann = state.ann
         if mask is None:
             scores, rows = ann.search(vec, k)
-            return _valid(scores[0], rows[0])
+            return ("ann", *_valid(scores[0], rows[0]))
         if allowed == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            return "ann+selector", np.zeros(0, np.float32), np.zeros(0, np.int64)
         want = min(k, allowed)
         fraction = allowed / state.n
         if fraction >= cfg.filter_selective_fraction:
@@ -337,7 +339,7 @@ class Engine:
             scores, rows = _valid(scores[0], rows[0])
             keep = mask[rows]
             if keep.sum() >= want:
-                return scores[keep][:k], rows[keep][:k]
+                return "ann+postfilter", scores[keep][:k], rows[keep][:k]
         widen = 1.0 / fraction if cfg.filter_widen_search else 1.0
         scores, rows = ann.search(
             vec, k, allowed=mask,
@@ -346,8 +348,8 @@ class Engine:
         )
         scores, rows = _valid(scores[0], rows[0])
         if len(rows) >= want:
-            return scores, rows
-        return _exact(state.vectors, vec[0], np.flatnonzero(mask), k)
+            return "ann+selector", scores, rows
+        return ("exact", *_exact(state.vectors, vec[0], np.flatnonzero(mask), k))
 
     def _merge(self, state: _Version, lists, k: int, mask) -> list[Hit]:
         cfg = self.config

@@ -1,0 +1,191 @@
+"""Engine: constraints never violated (property test), qid hit == live encode + ANN, filters
+and auto constraints, bad input, and publishing new versions while searches run."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from index_helpers import HashEncoder, build_synthetic_index, sample_index, synthetic_products
+
+from vlsearch.config import IndexConfig, ServeConfig
+from vlsearch.errors import InputError, WorkdirError
+from vlsearch.index.lexical import FILTER_FIELDS, normalize_value, product_value
+from vlsearch.serving.engine import Engine, search_queries_file
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, sample_catalog_dir):
+    return sample_index(tmp_path_factory, sample_catalog_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(built):
+    return Engine.open(built[0])
+
+
+@pytest.fixture(scope="module")
+def products(built):
+    from vlsearch.workdir import Workdir
+
+    return Workdir.open(built[1]).products()
+
+
+def satisfies(product, constraints) -> bool:
+    """Independent check (no index): every active constraint holds for ``product``."""
+    return all(product_value(product, c.field) in c.values for c in constraints)
+
+
+# --- the property: no result violates an active constraint ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def vocabulary(engine, products):
+    lex = engine._state.lexicon
+    words = sorted({" ".join(p) for p in lex.phrases} | {w for p in products for w in p.title.lower().split()})
+    values = {f: sorted({v for p in products if (v := product_value(p, f))}) for f in FILTER_FIELDS}
+    return words, values
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_result_violates_an_active_constraint(engine, products, vocabulary, data):
+    words, values = vocabulary
+    text = " ".join(data.draw(st.lists(st.sampled_from(words), min_size=1, max_size=4), label="terms"))
+    fields = data.draw(st.lists(st.sampled_from(FILTER_FIELDS), max_size=2, unique=True), label="fields")
+    filters = {f: data.draw(st.lists(st.sampled_from(values[f]), min_size=1, max_size=2), label=f)
+               for f in fields if values[f]}
+    k = data.draw(st.integers(1, 60), label="k")
+    channels = data.draw(st.sampled_from([None, ["embedding"], ["lexical"]]), label="channels")
+    result = engine.search(text, k=k, filters=filters, channels=channels)
+    assert len(result.hits) <= k
+    assert {c.field for c in result.constraints if c.source == "filter"} == set(filters)
+    by_id = {p.id: p for p in products}
+    for hit in result.hits:
+        assert satisfies(by_id[hit.product_id], result.constraints), (text, filters, hit)
+    satisfying = sum(satisfies(p, result.constraints) for p in products)
+    assert result.allowed in (None, satisfying)
+    if channels in (None, ["embedding"]):  # fewer than k only when fewer satisfy
+        assert len(result.hits) == min(k, satisfying)
+    assert len({h.product_id for h in result.hits}) == len(result.hits)  # de-duplicated
+
+
+# --- qid table ------------------------------------------------------------------------------
+
+
+def test_qid_hit_equals_live_encode_and_ann(built, engine):
+    from vlsearch.workdir import Workdir
+
+    live = Engine.open(built[0], ServeConfig(qid_table=False))
+    queries = list(dict.fromkeys(Workdir.open(built[1]).clicks().column("query").to_pylist()))[:20]
+    assert queries
+    for text in queries:
+        a = engine.search(text, k=50, channels=["embedding"], auto_constraints=False)
+        b = live.search(text, k=50, channels=["embedding"], auto_constraints=False)
+        assert a.qid_hit and a.embedding_path == "qid" and not b.qid_hit and b.embedding_path == "ann"
+        assert [h.product_id for h in a.hits] == [h.product_id for h in b.hits]
+        np.testing.assert_allclose([h.channel_scores["embedding"] for h in a.hits],
+                                   [h.channel_scores["embedding"] for h in b.hits], atol=1e-5)
+    miss = engine.search("zz unlogged query words", k=10)
+    assert not miss.qid_hit and miss.embedding_path == "ann"
+
+
+# --- constraints ----------------------------------------------------------------------------
+
+
+def test_auto_constraints_filters_override_and_off(engine, products):
+    res = engine.search("nike shoes", k=20)
+    fields = {c.field: c for c in res.constraints}
+    assert fields["brand"].values == ("nike",) and fields["brand"].source == "auto"
+    assert set(fields["category"].values) >= {"sports shoes"} and fields["category"].terms == ("shoes",)
+    assert res.hits and all(h.brand == "Nike" for h in res.hits)
+    other = engine.search("nike shoes", k=20, filters={"brand": ["Puma"]})
+    assert {c.field: c.source for c in other.constraints}["brand"] == "filter"
+    assert all(h.brand == "Puma" for h in other.hits)
+    off = engine.search("nike shoes", k=20, off=["brand"])
+    assert "brand" not in {c.field for c in off.constraints}
+    assert engine.search("nike shoes", k=20, auto_constraints=False).constraints == []
+    red_tape = {c.field: c.values for c in engine.search("red tape shoes for men", k=5).constraints}
+    assert red_tape["brand"] == ("red tape",) and "colour" not in red_tape
+    assert set(red_tape["gender"]) == {"men", "unisex"}
+
+
+def test_selective_filter_runs_inside_the_ann_search(engine, products):
+    brand = next(p.brand for p in products if p.brand)
+    res = engine.search("shirt", k=300, filters={"brand": [brand]}, channels=["embedding"], auto_constraints=False)
+    expected = sum(product_value(p, "brand") == normalize_value(brand) for p in products)
+    assert len(res.hits) == expected and res.embedding_path in ("ann+selector", "ann+postfilter")
+    assert engine.search("shirt", k=10, filters={"brand": ["no such brand"]}).hits == []
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"text": ""}, "non-empty"), ({"text": "   \t"}, "non-empty"), ({"text": "x" * 257}, "at most"),
+    ({"text": b"\xff\xfe"}, "UTF-8"), ({"text": "ok", "k": 0}, "k"), ({"text": "ok", "k": 10**6}, "k"),
+    ({"text": "ok", "k": True}, "k"), ({"text": "ok", "filters": {"size": ["xl"]}}, "size"),
+    ({"text": "ok", "filters": {"brand": []}}, "no value"), ({"text": "ok", "channels": ["cf"]}, "channels"),
+    ({"text": "ok", "off": ["size"]}, "off"),
+])
+def test_bad_input_raises_input_error(engine, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        engine.search(**kwargs)
+
+
+def test_search_queries_file_writes_trec(tmp_path, built, engine):
+    from vlsearch.evaluation import read_trec_run
+
+    queries = built[1] / "eval" / "test" / "queries.jsonl"
+    run = search_queries_file(engine, queries, k=10, out=tmp_path / "run.trec")
+    assert run and all(len(v) <= 10 for v in run.values())
+    back, _ = read_trec_run(tmp_path / "run.trec")
+    assert {q: v for q, v in back.items()} == {q: v for q, v in run.items() if v}
+
+
+def test_open_refuses_missing_or_half_written_index(tmp_path):
+    with pytest.raises(WorkdirError):
+        Engine.open(tmp_path / "missing")
+    (tmp_path / "versions" / "v000001-x").mkdir(parents=True)
+    (tmp_path / "current").symlink_to("versions/v000001-x")
+    with pytest.raises(WorkdirError, match="half-written"):
+        Engine.open(tmp_path)
+
+
+# --- publishing while searching -------------------------------------------------------------
+
+
+def test_publish_while_searches_run(tmp_path):
+    products = synthetic_products(300)
+    enc = HashEncoder()
+    config = IndexConfig(kind="ivf", qid_top_k=50, keep_versions=1)
+    build_synthetic_index(tmp_path, products, enc, config)
+    engine = Engine.open(tmp_path, retriever=enc)
+    errors, versions, done = [], set(), threading.Event()
+
+    def searcher():
+        queries = ["nike shoes", "red tape casual shoes", "blue jeans for women", "watch", "zz"]
+        i = 0
+        while not done.is_set():
+            try:
+                res = engine.search(queries[i % len(queries)], k=20)
+                versions.add(res.version)
+                assert all(satisfies(products[h.row], res.constraints) for h in res.hits)
+            except Exception as exc:  # noqa: BLE001 - any failure is the bug under test
+                errors.append(exc)
+            i += 1
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        for _ in range(4):
+            build_synthetic_index(tmp_path, products, enc, dataclasses.replace(config))
+            time.sleep(0.05)
+    finally:
+        time.sleep(0.1)
+        done.set()
+        thread.join(30)
+    assert not errors, errors[:3]
+    assert len(versions) >= 2 and engine.version == sorted(p.name for p in (tmp_path / "versions").iterdir())[-1]
