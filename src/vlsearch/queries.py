@@ -569,8 +569,8 @@ def generate_queries(
     config: DataConfig,
     seed: int,
     *,
-    popularity_alpha: float = 1.2,
-    max_count: int = 100_000,
+    popularity_alpha: float = 2.0,
+    max_count: int = 10_000,
 ) -> list[MockQuery]:
     """Mock ``config.queries_per_product`` shopper queries from each product's attributes.
 
