@@ -279,7 +279,8 @@ class BrandLexicon:
 
 
 def _most_common(counter: Counter[str]) -> str:
-    return min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    """The most frequent spelling; ties go to the one seen first."""
+    return max(counter.items(), key=lambda kv: kv[1])[0]
 
 
 @dataclass
@@ -427,6 +428,7 @@ def mine_brands(titles: Iterable[str], min_products: int = 2, **options: Any) ->
 class _Row:
     line: int  # 1-based physical line (CSV/JSONL) or row number (Parquet)
     values: dict[str, Any]
+    last_line: int | None = None  # CSV: last physical line of the record
 
 
 def _snake(name: str) -> str:
@@ -483,7 +485,7 @@ def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
                 seen += 1
                 fixed = _fit_fields(fields_, len(header), title_at, mapping, str(path), start, report)
                 if fixed is not None:
-                    yield _Row(start, dict(zip(header, fixed)))
+                    yield _Row(start, dict(zip(header, fixed)), reader.line_num)
 
     return header, rows()
 
@@ -580,8 +582,6 @@ class _ImageResolver:
     def resolve(self, relative: str) -> tuple[str | None, str | None]:
         """(absolute path, None) when usable, else (None, "missing" | "escaped")."""
         joined = os.path.normpath(os.path.join(self.root, relative))
-        if not self._inside(joined):
-            return None, "escaped"
         parent, name = os.path.split(joined)
         if parent not in self._real_dirs:
             self._real_dirs[parent] = os.path.realpath(parent)
@@ -665,7 +665,7 @@ def _text(value: Any) -> str | None:
 def _attribute_columns(header: list[str], mapping: ColumnMapping) -> dict[str, str]:
     if mapping.attributes is not None:
         return dict(mapping.attributes)
-    taken = {mapping.id, mapping.title, mapping.image, mapping.brand, mapping.category}
+    taken = {mapping.id, mapping.title, mapping.image, mapping.brand}  # category may double
     found: dict[str, str] = {}
     for column in header:
         key = _snake(column)
@@ -731,6 +731,11 @@ class _RowParser:
             return self._malformed(row, m.title, f"title must be text, got {exc}")
         if pid is None:
             return self._malformed(row, m.id, "missing id")
+        for column in (m.id, m.title):
+            raw = row.values.get(column)
+            if isinstance(raw, str) and ("\n" in raw or "\r" in raw):
+                return self._malformed(row, column, f"value spans lines {row.line}-{row.last_line} "
+                                                    "(an unbalanced quote?)")
         if "\ufffd" in pid:
             return self._malformed(row, m.id, f"id {pid!r} has bytes that are not UTF-8")
         if title is None or title in EMPTY_VALUES:
