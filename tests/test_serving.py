@@ -188,4 +188,4 @@ def test_publish_while_searches_run(tmp_path):
         done.set()
         thread.join(30)
     assert not errors, errors[:3]
-    assert len(versions) >= 2 and engine.version == sorted(p.name for p in (tmp_path / "versions").iterdir())[-1]
+    assert len(versions) >= 2 and engine.version == max(p.name for p in (tmp_path / "versions").iterdir())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Query, Request
@@ -141,15 +141,17 @@ def create_app(index_dir: str | Path | None = None, engine: Engine | None = None
 
     @app.get("/search", summary="Search (query string)")
     def search_get(
-        q: str = Query(..., description="query text"),
-        k: int | None = Query(None, description="number of results"),
-        filter: list[str] = Query([], description="FIELD:VALUE, repeatable (OR within a field, AND across)"),
-        filters: str | None = Query(None, description='JSON object, e.g. {"brand": ["Nike"]}'),
-        channels: list[str] | None = Query(None, description="embedding, lexical (repeat or comma-separate)"),
-        auto: bool = Query(True, description="apply query-understanding constraints"),
-        off: list[str] = Query([], description="auto constraint fields to switch off"),
+        q: Annotated[str, Query(description="query text")],
+        k: Annotated[int | None, Query(description="number of results")] = None,
+        filter: Annotated[list[str] | None, Query(
+            description="FIELD:VALUE, repeatable (OR within a field, AND across)")] = None,
+        filters: Annotated[str | None, Query(description='JSON object, e.g. {"brand": ["Nike"]}')] = None,
+        channels: Annotated[list[str] | None, Query(
+            description="embedding, lexical (repeat or comma-separate)")] = None,
+        auto: Annotated[bool, Query(description="apply query-understanding constraints")] = True,
+        off: Annotated[list[str] | None, Query(description="auto constraint fields to switch off")] = None,
     ) -> dict[str, Any]:
-        return run_search(q, k, parse_filter_params(filter, filters), _channels(channels), auto, off)
+        return run_search(q, k, parse_filter_params(filter or [], filters), _channels(channels), auto, off or [])
 
     @app.post("/search", summary="Search (JSON body)")
     def search_post(body: SearchRequest) -> dict[str, Any]:
