@@ -49,7 +49,7 @@ class KeywordTable:
             return []
         candidates = [(pmi, kw) for term in terms for kw, pmi in self.terms.get(term, ())]
         chosen: list[str] = []
-        for _, kw in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        for _, kw in sorted(candidates, key=lambda c: -c[0]):  # stable: ties keep table order
             if kw not in terms and kw not in chosen:
                 chosen.append(kw)
             if len(chosen) == per_query:
@@ -59,7 +59,7 @@ class KeywordTable:
     def to_json(self) -> dict:
         return {
             "format_version": KEYWORDS_FORMAT,
-            "terms": {t: [[kw, round(pmi, 6)] for kw, pmi in kws] for t, kws in sorted(self.terms.items())},
+            "terms": {t: [[kw, pmi] for kw, pmi in kws] for t, kws in sorted(self.terms.items())},
         }
 
     @classmethod
