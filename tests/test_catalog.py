@@ -37,6 +37,10 @@ def make_kaggle(src: Path, dst: Path, n: int = 10, extra: list[bytes] | tuple = 
     return dst
 
 
+def squeeze(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
 def problems_at(report, line):
     return [p for p in report.problems if p.line == line]
 
@@ -189,7 +193,6 @@ def test_brand_is_always_a_leading_part_of_the_title(word_lists):
     for title in titles:
         brand = lexicon.brand_of(title)
         if brand is not None:
-            squeeze = lambda s: "".join(ch for ch in s.lower() if ch.isalnum())  # noqa: E731
             assert squeeze(title).startswith(squeeze(brand))
             assert brand.split()[-1].lower() not in GENDER_WORDS
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import re
+import struct
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -378,9 +380,9 @@ class BrandMiner:
                     break  # identical titles: the longer prefix is not a brand boundary
                 prefix = longer
             varied = len(following[prefix]) >= 2
-            if count[prefix] >= self.min_products and varied and not self._all_stop(prefix):
-                if prefix[0] not in GENDER_WORDS:
-                    found.add(prefix)
+            if (count[prefix] >= self.min_products and varied and not self._all_stop(prefix)
+                    and prefix[0] not in GENDER_WORDS):
+                found.add(prefix)
         return found
 
     def _strip_stop_suffix(self, key: tuple[str, ...],
@@ -453,39 +455,48 @@ def _decoded_lines(handle, path: str, report: LoadReport, bad: set[int]) -> Iter
 
 def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
               limit: int | None) -> tuple[list[str], Iterator[_Row]]:
-    handle = open(path, "rb")
-    bad: set[int] = set()
-    reader = csv.reader(_decoded_lines(handle, str(path), report, bad), delimiter=mapping.delimiter)
+    def records(problems: LoadReport):
+        with open(path, "rb") as handle:
+            reader = csv.reader(_decoded_lines(handle, str(path), problems, set()),
+                                delimiter=mapping.delimiter)
+            yield reader
+            yield from reader
+
+    first = records(LoadReport())  # header only; its problems are reported by the full pass
     try:
-        header = [h.strip() for h in next(reader)]
+        next(first)
+        header = [h.strip() for h in next(first)]
     except StopIteration:
-        handle.close()
         raise InputError(f"{path}: empty file; expected a header line and product rows") from None
     except csv.Error as exc:
-        handle.close()
         raise InputError(f"{path}:1: header is not valid CSV ({exc})") from None
+    finally:
+        first.close()
 
     def rows() -> Iterator[_Row]:
-        with handle:
-            title_at = header.index(mapping.title) if mapping.title in header else None
-            seen = 0
-            while limit is None or seen < limit:
-                start = reader.line_num + 1
-                try:
-                    fields_ = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    seen += 1
-                    report.rows_read += 1
-                    report.add(Problem(str(path), start, None, f"not valid CSV ({exc})"), "malformed")
-                    continue
-                if not fields_ or (len(fields_) == 1 and not fields_[0].strip()):
-                    continue  # blank line
+        stream = records(report)
+        reader = next(stream)
+        next(stream)  # header
+        title_at = header.index(mapping.title) if mapping.title in header else None
+        seen = 0
+        while limit is None or seen < limit:
+            start = reader.line_num + 1
+            try:
+                fields_ = next(stream)
+            except StopIteration:
+                return
+            except csv.Error as exc:
                 seen += 1
-                fixed = _fit_fields(fields_, len(header), title_at, mapping, str(path), start, report)
-                if fixed is not None:
-                    yield _Row(start, dict(zip(header, fixed)), reader.line_num)
+                report.rows_read += 1
+                report.add(Problem(str(path), start, None, f"not valid CSV ({exc})"), "malformed")
+                continue
+            if not fields_ or (len(fields_) == 1 and not fields_[0].strip()):
+                continue  # blank line
+            seen += 1
+            fixed = _fit_fields(fields_, len(header), title_at, mapping, str(path), start, report)
+            if fixed is not None:
+                yield _Row(start, dict(zip(header, fixed)), reader.line_num)
+        stream.close()
 
     return header, rows()
 
@@ -536,11 +547,12 @@ def _read_jsonl(path: Path, report: LoadReport, limit: int | None) -> Iterator[_
 
 
 def _read_parquet(path: Path, limit: int | None) -> tuple[list[str], Iterator[_Row]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for unreadable files
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
     header = list(parquet.schema_arrow.names)
 
@@ -610,11 +622,14 @@ def verify_images(products: Sequence[Product], report: LoadReport, workers: int 
     """
     from PIL import Image, ImageFile
 
+    decode_errors = (OSError, SyntaxError, ValueError, EOFError, struct.error,
+                     Image.DecompressionBombError)
+
     def check(path: str) -> str | None:
         try:
             with Image.open(path) as image:
                 image.load()
-        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ...
+        except decode_errors as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
 
@@ -655,7 +670,7 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise TypeError(type(value).__name__)
     if isinstance(value, float):
-        if value != value:  # NaN
+        if math.isnan(value):
             return None
         value = int(value) if value.is_integer() else value
     text = _WHITESPACE.sub(" ", str(value)).strip()
@@ -761,7 +776,6 @@ class _RowParser:
 
     def _malformed(self, row: _Row, column: str, message: str) -> None:
         self.report.add(Problem(self.file, row.line, column, message + "; row skipped"), "malformed")
-        return None
 
     def _optional(self, row: _Row, column: str | None) -> str | None:
         if column is None:
