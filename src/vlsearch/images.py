@@ -306,6 +306,11 @@ class FeatureCache:
         return int(self.meta["dim"])
 
     @property
+    def size(self) -> tuple[int, int]:
+        """Input ``(width, height)`` in pixels the features were extracted at."""
+        return int(self.meta["width"]), int(self.meta["height"])
+
+    @property
     def backbone(self) -> str:
         return str(self.meta["backbone"])
 
@@ -697,8 +702,9 @@ def _run(
     if progress:
         print(
             f"image features: {stats.decoded} images in {stats.seconds:.1f}s "
-            f"({stats.images_per_second:.1f} images/s), {stats.images - stats.decoded} rows without an "
-            f"image ({stats.failed} bad files), {backbone.name} {backbone.width}x{backbone.height}",
+            f"({stats.images_per_second:.1f} images/s) with {backbone.name} at "
+            f"{backbone.width}x{backbone.height}; rows without an image: "
+            f"{stats.images - stats.decoded} ({stats.failed} missing or undecodable files)",
             file=sys.stderr,
         )
     return stats
