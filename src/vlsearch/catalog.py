@@ -34,9 +34,8 @@ ATTRIBUTE_KEYS = (
 #: Column-name spellings (after snake-casing) that mean one of :data:`ATTRIBUTE_KEYS`.
 ATTRIBUTE_ALIASES = {
     "color": "colour", "base_colour": "colour", "base_color": "colour",
-    "sex": "gender", "master_category": "master_category", "sub_category": "sub_category",
-    "subcategory": "sub_category", "mastercategory": "master_category",
-    "article_type": "article_type", "articletype": "article_type",
+    "sex": "gender", "subcategory": "sub_category", "mastercategory": "master_category",
+    "articletype": "article_type",
 }
 #: Values that mean "no value" in optional fields (the Kaggle file writes ``NA``).
 EMPTY_VALUES = frozenset({"", "NA"})
@@ -132,7 +131,8 @@ class LoadReport:
 
     def counts(self) -> dict[str, int]:
         return {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("file", "problems")
+            f.name: getattr(self, f.name)
+            for f in fields(self) if f.name not in ("file", "problems")
         }
 
     def summary(self, max_problems: int = 5) -> str:
@@ -161,6 +161,8 @@ class LoadReport:
 
 @dataclass
 class LoadedCatalog:
+    """What :func:`load_catalog` returns."""
+
     products: list[Product]
     report: LoadReport
     brands: BrandLexicon
@@ -250,7 +252,8 @@ class BrandLexicon:
         return {
             "format": "vlsearch-brands-1",
             "brands": [
-                {"name": name, "count": self.counts.get(name, 0), "prefixes": sorted(prefixes[name])}
+                {"name": name, "count": self.counts.get(name, 0),
+                 "prefixes": sorted(prefixes[name])}
                 for name in self.brands
             ],
         }
@@ -264,7 +267,8 @@ class BrandLexicon:
             }
             counts = {entry["name"]: int(entry["count"]) for entry in data["brands"]}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"brand lexicon: expected {{'brands': [{{name, count, prefixes}}]}} ({exc!r})") from None
+            raise InputError("brand lexicon: expected {'brands': [{name, count, prefixes}, ...]} "
+                             f"({exc!r})") from None
         return cls(names, counts)
 
     @classmethod
@@ -374,7 +378,8 @@ class BrandMiner:
             while len(prefix) < self.max_free_words:
                 word, n = following[prefix].most_common(1)[0]
                 longer = prefix + (word,)
-                if not word or n < self.extend_share * count[prefix] or count[longer] < self.min_products:
+                dominant = n >= self.extend_share * count[prefix]
+                if not word or not dominant or count[longer] < self.min_products:
                     break
                 if len(following[longer]) < 2 and not self._all_stop(prefix):
                     break  # identical titles: the longer prefix is not a brand boundary
@@ -403,7 +408,7 @@ class BrandMiner:
         """Group spellings of one brand; the most common casing and spelling is its name."""
         draft = BrandLexicon({k: " ".join(k) for k in names}, {})
         surfaces: dict[str, Counter[str]] = defaultdict(Counter)  # compact id -> surfaces
-        for words, low in zip(split, lowered):
+        for words, low in zip(split, lowered, strict=True):
             found = draft._match(low)
             if found is not None:
                 surfaces[_compact(found[0].split())][" ".join(words[: found[1]])] += 1
@@ -419,7 +424,8 @@ class BrandMiner:
 def mine_brands(titles: Iterable[str], min_products: int = 2, **options: Any) -> BrandLexicon:
     """Brands mined from titles (see :class:`BrandMiner` for the options)."""
     if "stop_phrases" in options:
-        options["stop_phrases"] = frozenset(" ".join(p.lower().split()) for p in options["stop_phrases"])
+        phrases = options["stop_phrases"]
+        options["stop_phrases"] = frozenset(" ".join(p.lower().split()) for p in phrases)
     return BrandMiner(min_products=min_products, **options).fit(titles)
 
 
@@ -438,15 +444,14 @@ def _snake(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
-def _decoded_lines(handle, path: str, report: LoadReport, bad: set[int]) -> Iterator[str]:
-    """Decode a binary file line by line; bad UTF-8 is replaced and its line remembered."""
+def _decoded_lines(handle, path: str, report: LoadReport) -> Iterator[str]:
+    """Decode a binary file line by line; bad UTF-8 is replaced and the line reported."""
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         try:
             yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            bad.add(number)
             report.add(Problem(path, number, None,
                                f"bytes not valid UTF-8 at column {exc.start + 1} "
                                f"({raw[exc.start:exc.end]!r}); replaced with U+FFFD"), "non_utf8")
@@ -457,7 +462,7 @@ def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
               limit: int | None) -> tuple[list[str], Iterator[_Row]]:
     def records(problems: LoadReport):
         with open(path, "rb") as handle:
-            reader = csv.reader(_decoded_lines(handle, str(path), problems, set()),
+            reader = csv.reader(_decoded_lines(handle, str(path), problems),
                                 delimiter=mapping.delimiter)
             yield reader
             yield from reader
@@ -495,7 +500,7 @@ def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
             seen += 1
             fixed = _fit_fields(fields_, len(header), title_at, mapping, str(path), start, report)
             if fixed is not None:
-                yield _Row(start, dict(zip(header, fixed)), reader.line_num)
+                yield _Row(start, dict(zip(header, fixed, strict=True)), reader.line_num)
         stream.close()
 
     return header, rows()
@@ -523,10 +528,9 @@ def _fit_fields(values: list[str], width: int, title_at: int | None, mapping: Co
 
 
 def _read_jsonl(path: Path, report: LoadReport, limit: int | None) -> Iterator[_Row]:
-    bad: set[int] = set()
     with open(path, "rb") as handle:
         seen = 0
-        for number, text in enumerate(_decoded_lines(handle, str(path), report, bad), start=1):
+        for number, text in enumerate(_decoded_lines(handle, str(path), report), start=1):
             if limit is not None and seen >= limit:
                 return
             if not text.strip():
@@ -536,12 +540,14 @@ def _read_jsonl(path: Path, report: LoadReport, limit: int | None) -> Iterator[_
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 report.rows_read += 1
-                report.add(Problem(str(path), number, None, f"not valid JSON ({exc.msg})"), "malformed")
+                report.add(Problem(str(path), number, None, f"not valid JSON ({exc.msg})"),
+                           "malformed")
                 continue
             if not isinstance(obj, dict):
                 report.rows_read += 1
                 report.add(Problem(str(path), number, None,
-                                   f"expected a JSON object, got {type(obj).__name__}"), "malformed")
+                                   f"expected a JSON object, got {type(obj).__name__}"),
+                           "malformed")
                 continue
             yield _Row(number, obj)
 
@@ -577,16 +583,22 @@ class _ImageResolver:
     def __init__(self, root: Path):
         self.root = os.path.realpath(root)
         self._real_dirs: dict[str, str] = {}
-        self._listings: dict[str, dict[str, bool]] = {}  # real dir -> {name: is_symlink}
+        self._listings: dict[str, dict[str, str]] = {}  # real dir -> {name: file|link|other}
 
     def _inside(self, path: str) -> bool:
         return path == self.root or path.startswith(self.root + os.sep)
 
-    def _listing(self, real_dir: str) -> dict[str, bool]:
+    @staticmethod
+    def _kind(entry: os.DirEntry) -> str:
+        if entry.is_symlink():
+            return "link"
+        return "file" if entry.is_file(follow_symlinks=False) else "other"
+
+    def _listing(self, real_dir: str) -> dict[str, str]:
         if real_dir not in self._listings:
             try:
                 with os.scandir(real_dir) as entries:
-                    self._listings[real_dir] = {e.name: e.is_symlink() for e in entries}
+                    self._listings[real_dir] = {e.name: self._kind(e) for e in entries}
             except OSError:
                 self._listings[real_dir] = {}
         return self._listings[real_dir]
@@ -600,11 +612,11 @@ class _ImageResolver:
         real_parent = self._real_dirs[parent]
         if not self._inside(real_parent):
             return None, "escaped"
-        listing = self._listing(real_parent)
-        if name not in listing:
-            return None, "missing"
+        kind = self._listing(real_parent).get(name, "other")
+        if kind == "other":
+            return None, "missing"  # absent, or a directory / device instead of a file
         path = os.path.join(real_parent, name)
-        if listing[name]:
+        if kind == "link":
             path = os.path.realpath(path)
             if not self._inside(path):
                 return None, "escaped"
@@ -639,12 +651,12 @@ def verify_images(products: Sequence[Product], report: LoadReport, workers: int 
     try:
         workers = workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(check, paths, chunksize=64)
+            results = pool.map(check, paths)
             if progress:
                 from tqdm import tqdm
 
                 results = tqdm(results, total=len(paths), desc="verify images", unit="img")
-            errors = {path: error for path, error in zip(paths, results) if error}
+            errors = {path: error for path, error in zip(paths, results, strict=True) if error}
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
     dropped = 0
@@ -652,9 +664,9 @@ def verify_images(products: Sequence[Product], report: LoadReport, workers: int 
         bad = [p for p in product.image_paths if p in errors]
         dropped += len(bad)
         for path in bad:
-            report.add(Problem(path, None, "image", f"product {product.id}: image cannot be decoded "
-                                                    f"({errors[path]}); product is text-only"),
-                       "corrupt_images")
+            message = (f"product {product.id}: image cannot be decoded ({errors[path]}); "
+                       "product is text-only")
+            report.add(Problem(path, None, "image", message), "corrupt_images")
         if bad:
             product.image_paths = [p for p in product.image_paths if p not in errors]
     return dropped
@@ -702,7 +714,8 @@ def _check_columns(path: Path, header: list[str], mapping: ColumnMapping,
     absent = {name: col for name, col in optional.items() if col is not None and col not in header}
     if absent and explicit:
         raise InputError(f"{path}: column(s) named by the mapping not in the header: "
-                         + ", ".join(f"{n}={c!r}" for n, c in absent.items()) + f"; header has {header}")
+                         + ", ".join(f"{n}={c!r}" for n, c in absent.items())
+                         + f"; header has {header}")
     return dataclasses.replace(
         mapping,
         image=mapping.image if mapping.image in header else None,
@@ -768,14 +781,16 @@ class _RowParser:
             value = self._optional(row, column)
             if value is not None and key == "year" and not value.isdigit():
                 report.add(Problem(self.file, row.line, column,
-                                   f"year must be an integer, got {value!r}; dropped"), "bad_values")
+                                   f"year must be an integer, got {value!r}; dropped"),
+                           "bad_values")
                 continue
             if value is not None:
                 attributes[key] = value
         return Product(pid, title, self._images(row, pid), brand, category, attributes)
 
     def _malformed(self, row: _Row, column: str, message: str) -> None:
-        self.report.add(Problem(self.file, row.line, column, message + "; row skipped"), "malformed")
+        problem = Problem(self.file, row.line, column, message + "; row skipped")
+        self.report.add(problem, "malformed")
 
     def _optional(self, row: _Row, column: str | None) -> str | None:
         if column is None:
@@ -806,12 +821,13 @@ class _RowParser:
         for ref in refs:
             path, why = self.images.resolve(ref)
             if why == "escaped":
-                self.report.add(Problem(self.file, row.line, m.image or "id",
+                self.report.add(Problem(self.file, row.line, m.image or "image",
                                         f"image path {ref!r} is outside the catalog directory "
                                         f"{self.images.root}; refused"), "escaped_paths")
             elif why == "missing":
-                self.report.add(Problem(self.file, row.line, m.image or "id",
-                                        f"image {ref!r} not found"), "missing_images")
+                self.report.add(Problem(self.file, row.line, m.image or "image",
+                                        f"image {ref!r} not found; product is text-only"),
+                                "missing_images")
             else:
                 paths.append(path)
         return paths
@@ -830,7 +846,8 @@ def _open_rows(path: Path, mapping: ColumnMapping, report: LoadReport,
                      "directory (styles.csv + images/) or a .csv/.tsv/.jsonl/.parquet file")
 
 
-def load_catalog(path: str | Path, *, limit: int | None = None, mapping: ColumnMapping | None = None,
+def load_catalog(path: str | Path, *, limit: int | None = None,
+                 mapping: ColumnMapping | None = None,
                  brand_min_products: int = 2) -> LoadedCatalog:
     """Load a catalog: a Kaggle-layout directory or a CSV/TSV/JSONL/Parquet file.
 

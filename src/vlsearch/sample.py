@@ -48,9 +48,11 @@ class _Category:
 CATEGORIES = (
     _Category("Tshirts", "Apparel", "Topwear", "T-shirt", "tshirt",
               ("Men", "Women", "Boys", "Girls"), ("Casual", "Sports")),
-    _Category("Shirts", "Apparel", "Topwear", "Shirt", "shirt", ("Men", "Boys"), ("Formal", "Casual")),
+    _Category("Shirts", "Apparel", "Topwear", "Shirt", "shirt", ("Men", "Boys"),
+              ("Formal", "Casual")),
     _Category("Jeans", "Apparel", "Bottomwear", "Jeans", "trousers", ("Men", "Women"), ("Casual",)),
-    _Category("Dresses", "Apparel", "Dress", "Dress", "dress", ("Women", "Girls"), ("Party", "Casual")),
+    _Category("Dresses", "Apparel", "Dress", "Dress", "dress", ("Women", "Girls"),
+              ("Party", "Casual")),
     _Category("Kurtas", "Apparel", "Topwear", "Kurta", "kurta", ("Women", "Men"), ("Ethnic",)),
     _Category("Casual Shoes", "Footwear", "Shoes", "Casual Shoes", "shoe",
               ("Men", "Women", "Unisex"), ("Casual",)),
@@ -63,7 +65,8 @@ CATEGORIES = (
               ("Casual", "Sports")),
     _Category("Sunglasses", "Accessories", "Eyewear", "Sunglasses", "sunglasses",
               ("Men", "Women", "Unisex"), ("Casual",)),
-    _Category("Caps", "Accessories", "Headwear", "Cap", "cap", ("Men", "Unisex"), ("Casual", "Sports")),
+    _Category("Caps", "Accessories", "Headwear", "Cap", "cap", ("Men", "Unisex"),
+              ("Casual", "Sports")),
 )
 
 DESCRIPTORS = ("", "", "Printed", "Solid", "Striped", "Slim Fit", "Classic", "Textured")
