@@ -355,15 +355,16 @@ def test_image_paths_escaping_the_catalog_are_refused(tmp_path, sample_catalog_d
         f"6,Nike Men Shoe,{inside_abs}|img/inner_link.jpg,nike,Shoes,Red\n"  # 7: fine
         "7,Nike Men Shoe,img/missing.jpg,Nike,Shoes,Red\n"  # 8: missing
         "8,Nike Men Shoe,img/../img/a.jpg,Nike,Shoes,\n"  # 9: fine after normalising
+        "9,Nike Men Shoe,img,Nike,Shoes,\n"  # 10: a directory, not an image
     )
     loaded = load_catalog(root / "items.csv")
     report = loaded.report
-    assert report.escaped_paths == 4 and report.missing_images == 1
+    assert report.escaped_paths == 4 and report.missing_images == 2
     assert [p.line for p in report.problems if "outside the catalog" in p.message] == [3, 4, 5, 6]
     assert all(p.field == "image" for p in report.problems)
-    assert len(loaded.products) == 8
+    assert len(loaded.products) == 9
     by_id = {p.id: p for p in loaded.products}
-    for pid in "23457":
+    for pid in "234579":
         assert by_id[pid].image_paths == []
     real_root = os.path.realpath(root)
     assert by_id["6"].image_paths == [os.path.join(real_root, "img", "b.jpg")] * 2
