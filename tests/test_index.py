@@ -145,11 +145,11 @@ def test_qid_table_build_lookup_roundtrip(tmp_path, vectors):
     table.save(tmp_path / "qid")
     loaded = QidTable.load(tmp_path / "qid")
     assert isinstance(loaded.rows, np.memmap) and loaded.rows.dtype == np.int32
-    rows, scores = loaded.lookup(query_id("Shoes NIKE"))
+    rows, scores, signature = loaded.lookup(query_id("Shoes NIKE"))
     _, live = ann.search(enc.encode_queries(["nike shoes"]), 20)
     np.testing.assert_array_equal(rows, live[0])
     assert np.all(np.diff(scores) <= 1e-6)
-    assert loaded.lookup(query_id("never logged")) is None
+    assert signature == 0 and loaded.lookup(query_id("never logged")) is None
     with pytest.raises(WorkdirError):
         QidTable.load(tmp_path / "missing")
 

@@ -84,13 +84,19 @@ def test_qid_hit_equals_live_encode_and_ann(built, engine):
     live = Engine.open(built[0], ServeConfig(qid_table=False))
     queries = list(dict.fromkeys(Workdir.open(built[1]).clicks().column("query").to_pylist()))[:20]
     assert queries
-    for text in queries:
-        a = engine.search(text, k=50, channels=["embedding"], auto_constraints=False)
-        b = live.search(text, k=50, channels=["embedding"], auto_constraints=False)
-        assert a.qid_hit and a.embedding_path == "qid" and not b.qid_hit and b.embedding_path == "ann"
+    constrained = 0
+    for text in queries:  # default request: the query's own auto constraints
+        a = engine.search(text, k=50, channels=["embedding"])
+        b = live.search(text, k=50, channels=["embedding"])
+        assert a.qid_hit and a.embedding_path == "qid" and not b.qid_hit and b.embedding_path != "qid"
+        assert a.constraints == b.constraints
+        constrained += bool(a.constraints)
         assert [h.product_id for h in a.hits] == [h.product_id for h in b.hits]
         np.testing.assert_allclose([h.channel_scores["embedding"] for h in a.hits],
                                    [h.channel_scores["embedding"] for h in b.hits], atol=1e-5)
+    assert constrained > 0
+    other = engine.search(queries[0], k=50, filters={"usage": ["casual"]})  # not what was stored
+    assert not other.qid_hit
     miss = engine.search("zz unlogged query words", k=10)
     assert not miss.qid_hit and miss.embedding_path == "ann"
 

@@ -178,3 +178,60 @@ def build_ann(
         recall_queries=take, size_bytes=ann.size_bytes(), build_seconds=seconds,
     )
     return ann, report
+
+
+@dataclass(frozen=True)
+class FilterPolicy:
+    """How a constrained search runs (the engine fills it from ServeConfig)."""
+
+    selective_fraction: float = 0.05  # allowed share below which the filter runs inside the scan
+    overfetch_factor: int = 4  # broad filters: fetch k*factor, then post-filter
+    widen: bool = True  # selective filters scale nprobe/efSearch by 1/selectivity
+
+
+def _valid(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = rows >= 0
+    return scores[keep], rows[keep]
+
+
+def exact_among(vectors: np.ndarray, query: np.ndarray, rows: np.ndarray, k: int):
+    """Exact top-k of ``query`` among ``rows`` (completes a filtered search)."""
+    scores = np.asarray(vectors[rows], dtype=np.float32) @ query
+    top = np.argsort(-scores, kind="stable")[:k]
+    return scores[top], rows[top].astype(np.int64)
+
+
+def constrained_search(
+    ann: AnnIndex, vectors: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | None,
+    policy: FilterPolicy = FilterPolicy(),
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """Top-k of one query vector among the rows ``mask`` allows: (path, scores, rows).
+
+    No mask: plain ANN. Broad mask (>= ``selective_fraction``): over-fetch and post-filter.
+    Selective mask (or too few survivors): ANN with an ID selector, nprobe/efSearch widened.
+    Fewer than min(k, allowed) found: exact scan of the allowed rows' vectors.
+    """
+    vec = np.asarray(query, dtype=np.float32).reshape(1, -1)
+    if mask is None:
+        scores, rows = ann.search(vec, k)
+        return ("ann", *_valid(scores[0], rows[0]))
+    allowed = int(mask.sum())
+    if allowed == 0:
+        return "ann+selector", np.zeros(0, np.float32), np.zeros(0, np.int64)
+    want = min(k, allowed)
+    fraction = allowed / ann.ntotal
+    if fraction >= policy.selective_fraction:
+        scores, rows = _valid(*(a[0] for a in ann.search(vec, k * policy.overfetch_factor)))
+        keep = mask[rows]
+        if keep.sum() >= want:
+            return "ann+postfilter", scores[keep][:k], rows[keep][:k]
+    widen = 1.0 / fraction if policy.widen else 1.0
+    scores, rows = ann.search(
+        vec, k, allowed=mask,
+        nprobe=min(ann.nlist, math.ceil(ann.nprobe * widen)) if ann.kind == "ivf" else None,
+        ef_search=min(ann.ntotal, math.ceil(max(ann.ef_search, k) * widen)) if ann.kind == "hnsw" else None,
+    )
+    scores, rows = _valid(scores[0], rows[0])
+    if len(rows) >= want:
+        return "ann+selector", scores, rows
+    return ("exact", *exact_among(vectors, vec[0], np.flatnonzero(mask), k))

@@ -29,11 +29,11 @@ import pyarrow.parquet as pq
 
 from vlsearch.config import IndexConfig
 from vlsearch.errors import WorkdirError
-from vlsearch.index.ann import AnnReport, build_ann
+from vlsearch.index.ann import AnnReport, build_ann, constrained_search
 from vlsearch.index.export import export_vectors
-from vlsearch.index.lexical import build_lexical
+from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.qid_table import QidTable
-from vlsearch.index.understanding import build_lexicon
+from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
 from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir
 
 FORMAT_VERSION = 1
@@ -166,6 +166,29 @@ def products_table(products: Sequence) -> pa.Table:
     })
 
 
+def _constrained_answers(ann, vectors, lexical, lexicon, encode_queries, top_k: int):
+    """The qid table's search: each logged query answered as the engine answers it by default,
+    i.e. under the constraints query understanding derives from it (paper section 3.2)."""
+    masks: dict[int, np.ndarray] = {}
+
+    def answer(texts: list[str]):
+        vecs = np.asarray(encode_queries(texts), dtype=np.float32)
+        scores = np.full((len(texts), top_k), -np.inf, np.float32)
+        rows = np.full((len(texts), top_k), -1, np.int64)
+        sigs = []
+        for i, text in enumerate(texts):
+            constraints = understand(text, lexicon).constraints
+            sig = constraint_signature(constraints)
+            if sig and sig not in masks:
+                masks[sig] = lexical.filter_mask({c.field: list(c.values) for c in constraints})
+            _, s, r = constrained_search(ann, vectors, vecs[i], top_k, masks.get(sig))
+            scores[i, :len(r)], rows[i, :len(r)] = s, r
+            sigs.append(sig)
+        return scores, rows, sigs
+
+    return answer
+
+
 def build_index_from_parts(
     out_dir: str | Path,
     products: Sequence,
@@ -210,18 +233,18 @@ def build_index_from_parts(
         ann.save(version / "ann.faiss")
         lap("ann")
 
-        top_k = min(config.qid_top_k, len(products))
-        table = QidTable.build(
-            queries, qids, lambda texts: ann.search(encode_queries(texts), top_k),
-            batch_size=config.export_batch_size, progress=progress,
-        )
-        table.save(version / "qid")
-        lap("qid_table")
-
         build_lexical(products, version / "lexical")
         lexicon = build_lexicon(products)
         atomic_write_json(version / "lexicon.json", lexicon.to_json())
         lap("lexical")
+
+        top_k = min(config.qid_top_k, len(products))
+        answer = _constrained_answers(ann, x, LexicalIndex.open(version / "lexical"), lexicon,
+                                      encode_queries, top_k)
+        table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size,
+                               progress=progress)
+        table.save(version / "qid")
+        lap("qid_table")
 
         atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products), tmp))
         if model_dir is not None:

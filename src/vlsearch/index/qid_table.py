@@ -2,7 +2,9 @@
 
 Layout (a directory of numpy ``.npy`` files, memory-mapped on load):
 ``qids.npy`` uint32 [n] sorted ascending, ``rows.npy`` int32 [n, K] (-1 padded),
-``scores.npy`` float32 [n, K], ``queries.json`` the query text kept for each qid.
+``scores.npy`` float32 [n, K], ``signatures.npy`` uint64 [n] (the constraint set each answer
+was computed under, see ``understanding.constraint_signature``; 0: none), ``queries.json``
+the query text kept for each qid.
 Lookup is a binary search (``np.searchsorted``) on the sorted qid array: O(log n), a few
 microseconds for millions of queries, and no hash table to build at load time.
 Two logged queries with the same qid (same sorted terms, or a 32-bit collision) keep the
@@ -30,8 +32,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 class QidTable:
-    def __init__(self, qids: np.ndarray, rows: np.ndarray, scores: np.ndarray, queries: list[str]):
+    def __init__(self, qids: np.ndarray, rows: np.ndarray, scores: np.ndarray, queries: list[str],
+                 signatures: np.ndarray | None = None):
         self.qids, self.rows, self.scores, self.queries = qids, rows, scores, queries
+        self.signatures = np.zeros(len(qids), np.uint64) if signatures is None else signatures
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -45,29 +49,32 @@ class QidTable:
         cls,
         queries: Sequence[str],
         qids: Sequence[int],
-        search: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
+        search: Callable[[list[str]], tuple],
         batch_size: int = 256,
         progress: bool = True,
     ) -> QidTable:
-        """Answer each distinct qid's first query with ``search(texts) -> (scores, rows)``."""
+        """Answer each distinct qid's first query with ``search(texts)`` returning
+        ``(scores, rows)`` or ``(scores, rows, signatures)``."""
         first: dict[int, str] = {}
         for text, qid in zip(queries, qids):
             first.setdefault(int(qid), text)
         order = sorted(first)
         texts = [first[q] for q in order]
-        all_scores, all_rows = [], []
+        all_scores, all_rows, all_sigs = [], [], []
         for start in tqdm(range(0, len(texts), batch_size), desc="qid table", unit="batch",
                           disable=not progress):
-            scores, rows = search(texts[start:start + batch_size])
-            all_scores.append(np.asarray(scores, dtype=np.float32))
-            all_rows.append(np.asarray(rows, dtype=np.int32))
+            answer = search(texts[start:start + batch_size])
+            all_scores.append(np.asarray(answer[0], dtype=np.float32))
+            all_rows.append(np.asarray(answer[1], dtype=np.int32))
+            all_sigs.append(np.asarray(answer[2] if len(answer) > 2 else [0] * len(answer[1]), np.uint64))
         k = all_rows[0].shape[1] if all_rows else 0
         rows = np.concatenate(all_rows) if all_rows else np.zeros((0, k), np.int32)
         scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k), np.float32)
-        return cls(np.asarray(order, dtype=np.uint32), rows, scores, texts)
+        sigs = np.concatenate(all_sigs) if all_sigs else np.zeros(0, np.uint64)
+        return cls(np.asarray(order, dtype=np.uint32), rows, scores, texts, sigs)
 
-    def lookup(self, qid: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(rows, scores) stored for ``qid`` (padding removed), or None on a miss."""
+    def lookup(self, qid: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(rows, scores, constraint signature) stored for ``qid`` (padding removed), or None."""
         if len(self.qids) == 0:
             return None
         pos = int(np.searchsorted(self.qids, np.uint32(qid)))
@@ -75,7 +82,7 @@ class QidTable:
             return None
         rows = np.asarray(self.rows[pos])
         keep = rows >= 0
-        return rows[keep].astype(np.int64), np.asarray(self.scores[pos])[keep]
+        return rows[keep].astype(np.int64), np.asarray(self.scores[pos])[keep], int(self.signatures[pos])
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -83,6 +90,7 @@ class QidTable:
         _save_npy(directory / "qids.npy", self.qids)
         _save_npy(directory / "rows.npy", self.rows)
         _save_npy(directory / "scores.npy", self.scores)
+        _save_npy(directory / "signatures.npy", self.signatures)
         atomic_write_json(directory / "queries.json", {"queries": self.queries})
 
     @classmethod
@@ -92,9 +100,10 @@ class QidTable:
             qids = np.load(directory / "qids.npy", mmap_mode="r")
             rows = np.load(directory / "rows.npy", mmap_mode="r")
             scores = np.load(directory / "scores.npy", mmap_mode="r")
+            signatures = np.load(directory / "signatures.npy", mmap_mode="r")
         except (FileNotFoundError, ValueError) as exc:
             raise WorkdirError(f"{directory}: qid table missing or corrupt ({exc})") from None
         queries = read_json(directory / "queries.json")["queries"]
-        if not (len(qids) == len(rows) == len(scores) == len(queries)):
+        if not (len(qids) == len(rows) == len(scores) == len(queries) == len(signatures)):
             raise WorkdirError(f"{directory}: qid table arrays disagree in length")
-        return cls(qids, rows, scores, queries)
+        return cls(qids, rows, scores, queries, signatures)

@@ -15,6 +15,8 @@ Several phrases for one field are OR-ed; fields are AND-ed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -206,3 +208,13 @@ def understand(text: str, lexicon: Lexicon) -> Understanding:
         for f in FIELD_PRIORITY if f in found
     ]
     return Understanding(constraints=constraints, terms=terms, free_terms=free)
+
+
+def constraint_signature(constraints: Iterable[Constraint]) -> int:
+    """A 64-bit id of a constraint set (field and values; 0 for no constraint): the qid table
+    stores it per query so the engine knows which constraints a stored answer satisfied."""
+    key = sorted((c.field, sorted(c.values)) for c in constraints)
+    if not key:
+        return 0
+    digest = hashlib.blake2b(json.dumps(key).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") or 1

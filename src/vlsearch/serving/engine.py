@@ -5,8 +5,10 @@
 1. Constraints: query understanding (lexicon) gives auto constraints; caller ``filters``
    add more and replace an auto constraint on the same field; ``off`` drops auto ones by
    field. All are evaluated once on the inverted index into a row mask (LRU-cached).
-2. Embedding channel: a qid-table hit answers from the stored top-K, post-filtered, when
-   at least k rows survive or the list holds every allowed product; otherwise (and on a
+2. Embedding channel: the qid table stores each logged query's top-K computed offline
+   under the query's own auto constraints. A hit answers from it when the request's
+   constraints are those (the default), or, for an unconstrained entry, post-filtered when
+   at least k rows survive or the list holds every allowed product. Otherwise (and on a
    miss) the query is encoded and searched in the ANN index. A selective filter
    (< ``filter_selective_fraction`` of the catalog) runs inside the ANN scan via an ID
    selector with ``nprobe``/``efSearch`` widened by 1/selectivity; a broad one over-fetches
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -43,11 +44,11 @@ import pyarrow.parquet as pq
 
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.errors import InputError, WorkdirError
-from vlsearch.index.ann import AnnIndex
+from vlsearch.index.ann import AnnIndex, FilterPolicy, constrained_search
 from vlsearch.index.builder import current_version
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
 from vlsearch.index.qid_table import QidTable
-from vlsearch.index.understanding import Constraint, Lexicon, understand
+from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
 from vlsearch.io import read_json
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,8 @@ class Engine:
         self._link_target = self._read_link()
         self._retriever = retriever
         self._reload_lock = threading.Lock()
+        self.policy = FilterPolicy(config.filter_selective_fraction, config.overfetch_factor,
+                                   config.filter_widen_search)
 
     @classmethod
     def open(cls, index_dir: str | Path, config: ServeConfig | None = None, retriever=None) -> Engine:
@@ -290,12 +293,12 @@ class Engine:
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if "embedding" in channels:
             t = time.perf_counter()
-            stored = self._from_qid_table(state, qid, k, mask, allowed) if self.config.qid_table else None
+            stored = self._from_qid_table(state, qid, k, mask, allowed, active) if self.config.qid_table else None
             if stored is not None:
                 qid_hit, path = True, "qid"
                 lists["embedding"] = stored
             else:
-                path, *lists["embedding"] = self._embedding(state, text, k, mask, allowed)
+                path, *lists["embedding"] = self._embedding(state, text, k, mask)
             timings["embedding_ms"] = (time.perf_counter() - t) * 1000
         if "lexical" in channels:
             t = time.perf_counter()
@@ -309,47 +312,28 @@ class Engine:
                             timings=timings, channels=channels, version=state.name, allowed=allowed,
                             embedding_path=path)
 
-    def _from_qid_table(self, state: _Version, qid: int, k: int, mask, allowed):
+    def _from_qid_table(self, state: _Version, qid: int, k: int, mask, allowed, active):
         found = state.qid.lookup(qid)
         if found is None:
             return None
-        rows, scores = found
+        rows, scores, stored_sig = found
         complete = len(rows) >= state.n  # the stored list ranks the whole catalog
-        if mask is not None:
+        if stored_sig == constraint_signature(active):
+            # answered offline under these very constraints: a short list means all allowed rows
+            complete = complete or len(rows) < state.qid.top_k
+        elif stored_sig == 0 and mask is not None:
             keep = mask[rows]
             rows, scores = rows[keep], scores[keep]
             complete = complete or len(rows) == allowed  # every allowed product is in the list
+        else:
+            return None  # stored under other constraints: answer live
         if len(rows) >= k or complete:
             return scores[:k], rows[:k]
-        return None  # too few stored rows survive: answer live
+        return None
 
-    def _embedding(self, state: _Version, text: str, k: int, mask, allowed):
-        cfg = self.config
-        vec = np.asarray(state.retriever.encode_queries([text]), dtype=np.float32)[:1]
-        ann = state.ann
-        if mask is None:
-            scores, rows = ann.search(vec, k)
-            return ("ann", *_valid(scores[0], rows[0]))
-        if allowed == 0:
-            return "ann+selector", np.zeros(0, np.float32), np.zeros(0, np.int64)
-        want = min(k, allowed)
-        fraction = allowed / state.n
-        if fraction >= cfg.filter_selective_fraction:
-            scores, rows = ann.search(vec, k * cfg.overfetch_factor)
-            scores, rows = _valid(scores[0], rows[0])
-            keep = mask[rows]
-            if keep.sum() >= want:
-                return "ann+postfilter", scores[keep][:k], rows[keep][:k]
-        widen = 1.0 / fraction if cfg.filter_widen_search else 1.0
-        scores, rows = ann.search(
-            vec, k, allowed=mask,
-            nprobe=min(ann.nlist, math.ceil(ann.nprobe * widen)) if ann.kind == "ivf" else None,
-            ef_search=min(state.n, math.ceil(max(ann.ef_search, k) * widen)) if ann.kind == "hnsw" else None,
-        )
-        scores, rows = _valid(scores[0], rows[0])
-        if len(rows) >= want:
-            return "ann+selector", scores, rows
-        return ("exact", *_exact(state.vectors, vec[0], np.flatnonzero(mask), k))
+    def _embedding(self, state: _Version, text: str, k: int, mask):
+        vec = np.asarray(state.retriever.encode_queries([text]), dtype=np.float32)[0]
+        return constrained_search(state.ann, state.vectors, vec, k, mask, self.policy)
 
     def _merge(self, state: _Version, lists, k: int, mask) -> list[Hit]:
         cfg = self.config
@@ -370,18 +354,6 @@ class Engine:
                 brand=state.brands[r], category=state.categories[r], row=r, channel_scores=found[r])
             for r in order
         ]
-
-
-def _valid(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keep = rows >= 0
-    return scores[keep], rows[keep]
-
-
-def _exact(vectors: np.ndarray, query: np.ndarray, rows: np.ndarray, k: int):
-    """Exact top-k of ``query`` among ``rows`` (the fallback that completes a filtered search)."""
-    scores = np.asarray(vectors[rows], dtype=np.float32) @ query
-    top = np.argsort(-scores, kind="stable")[:k]
-    return scores[top], rows[top].astype(np.int64)
 
 
 def search_queries_file(
