@@ -1,0 +1,137 @@
+"""The training loop on the sample catalog: recall rises, metrics, resume, checkpoints, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from vlsearch.config import preset
+from vlsearch.errors import WorkdirError
+from vlsearch.model import Retriever
+from vlsearch.training import (
+    CheckpointError,
+    Pretrainer,
+    TrainingError,
+    list_checkpoints,
+    load_checkpoint,
+    train,
+)
+
+
+def _config(steps: int, batch_size: int = 8):
+    config = preset("tiny")
+    config.images.backbone = "random-cnn"
+    config.train.steps = steps
+    config.train.batch_size = batch_size
+    config.train.memory_bank_batches = 2
+    config.train.log_every = 1
+    config.train.eval_every = 0
+    config.train.eval_at_start = False
+    config.train.eval_k = 10
+    config.train.checkpoint_every = 2
+    config.train.num_threads = 1  # the test machine is small and shared
+    return config
+
+
+@pytest.fixture(scope="module")
+def workdir(sample_catalog_dir, tmp_path_factory):
+    from vlsearch.workdir import prepare
+
+    out = tmp_path_factory.mktemp("train-workdir")
+    prepare(sample_catalog_dir, out, _config(1), progress=False)
+    return out
+
+
+def _weights(model_dir):
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_short_tiny_run_beats_the_untrained_model(workdir, tmp_path):
+    config = _config(100, batch_size=32)
+    config.train.eval_at_start = True
+    config.train.eval_every = 50
+    config.train.memory_bank_start = 0.3
+    result = train(workdir, config, tmp_path / "run", progress=False)
+    assert result.initial_val_recall is not None and result.val_recall is not None
+    assert result.val_recall >= result.initial_val_recall + 0.15, result.format()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 101))
+    for row in steps:
+        assert {"loss", "loss_qpm", "loss_mpm", "loss_mlm", "loss_qpc", "temperature", "neg_in_batch",
+                "neg_memory", "neg_cross_device", "lr", "samples_per_s"} <= set(row)
+        # MBNS starts after 30 of 100 steps (row step s is the s-th step, index s - 1)
+        assert (row["neg_memory"] > 0) == (row["step"] > 30), row
+        assert row["neg_cross_device"] == 0  # one process
+    assert [r["step"] for r in rows if "val_recall@10" in r] == [0, 50, 100]
+    assert (tmp_path / "run" / "metrics.png").stat().st_size > 0
+    loaded = Retriever.load(tmp_path / "run")
+    assert loaded.encode_queries(["red dress"]).shape == (1, config.model.embed_dim)
+    assert len(loaded.keywords) > 0 and loaded.categories
+
+
+def test_resume_continues_exactly(workdir, tmp_path):
+    config = _config(6)
+    train(workdir, config, tmp_path / "straight", progress=False)
+    half = train(workdir, config, tmp_path / "resumed", steps=3, progress=False)
+    assert half.steps == 3 and [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == [
+        "step-00000002", "step-00000003"]
+    rest = train(workdir, config, tmp_path / "resumed", resume=True, progress=False)
+    assert rest.resumed_from == 3 and rest.steps == 6
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        np.testing.assert_array_equal(straight[name], resumed[name], err_msg=name)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines if "loss" in json.loads(x)] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(WorkdirError, match="resume"):  # a second fresh run would mix two runs
+        train(workdir, config, tmp_path / "resumed", progress=False)
+
+
+def test_corrupt_checkpoint_is_refused_and_the_previous_one_used(workdir, tmp_path, capsys):
+    config = _config(6)
+    train(workdir, config, tmp_path / "run", steps=4, progress=False)
+    newest = tmp_path / "run" / "checkpoints" / "step-00000004" / "tensors.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(newest.parent)
+    result = train(workdir, config, tmp_path / "run", resume=True, progress=False)
+    assert result.resumed_from == 2 and result.steps == 6
+    assert "refusing" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints" / "step-00000006" / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000006")
+
+
+def test_nan_loss_stops_with_the_step_and_last_checkpoint(workdir, tmp_path, monkeypatch):
+    forward = Pretrainer.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Pretrainer, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"step 3: non-finite loss.*step-00000002"):
+        train(workdir, _config(6), tmp_path / "run", progress=False)
+
+
+def test_workdir_without_features_or_from_another_version_is_refused(workdir, tmp_path):
+    copy = tmp_path / "wd"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("features"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["stages"].pop("features")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WorkdirError, match="feature cache"):
+        train(copy, _config(2), tmp_path / "run", progress=False)
+    manifest["format_version"] = 999
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WorkdirError, match="version"):
+        train(copy, _config(2), tmp_path / "run", progress=False)
