@@ -158,6 +158,7 @@ class ServeConfig:
     filter_cache_size: int = 256  # constraint sets whose row masks are kept (LRU)
     reload_check: bool = True  # each search checks whether a new index version was published
     qid_table: bool = True  # answer logged queries from the qid table (False: always encode + ANN)
+    torch_threads: int = 1  # torch intra-op threads in `vlsearch serve` (1 is fastest for one short query)
     host: str = "127.0.0.1"  # bind address
     port: int = 8000  # bind port
 

@@ -196,5 +196,10 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     """Open the index (WorkdirError if missing/half-written) and run the app with uvicorn."""
     import uvicorn
 
+    config = config or ServeConfig()
     app = create_app(index_dir=index_dir, config=config)
+    if config.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
     uvicorn.run(app, host=host, port=port, log_level="info")
