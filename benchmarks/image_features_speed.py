@@ -54,6 +54,7 @@ def main() -> None:
                 "images_per_second": round(stats.images_per_second, 1),
                 "torch_threads": args.threads or torch.get_num_threads(),
                 "cpus": os.cpu_count(),
+                "load_1min": os.getloadavg()[0],  # other work on the machine skews the numbers
                 "machine": platform.processor() or platform.machine(),
             }
             print(json.dumps(record), flush=True)

@@ -44,10 +44,10 @@ class ImageConfig:
 
     backbone: str = "efficientnet-lite0"  # name in the backbone registry (vlsearch.images)
     width: int = 96  # input width in pixels (images are resized to width x height)
-    height: int = 128  # input height in pixels; 96x128 gives a 3x4 grid at stride 32
+    height: int = 128  # input height in pixels; 96x128 gives 4 rows x 3 cols at stride 32
     batch_size: int = 16  # images per forward pass during extraction (16-32 fastest on CPU)
     chunk_size: int = 512  # images between two durable progress records (resume granularity)
-    num_threads: int = 0  # torch CPU threads for extraction (0: torch's default)
+    num_threads: int = 1  # torch CPU threads for extraction (0: torch default; 1 best on shared CPUs)
     decode_workers: int = 1  # threads decoding images ahead of the CNN (0: decode inline)
 
 
