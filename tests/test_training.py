@@ -57,7 +57,7 @@ def test_short_tiny_run_beats_the_untrained_model(workdir, tmp_path):
     config.train.memory_bank_start = 0.3
     result = train(workdir, config, tmp_path / "run", progress=False)
     assert result.initial_val_recall is not None and result.val_recall is not None
-    assert result.val_recall >= result.initial_val_recall + 0.15, result.format()
+    assert result.val_recall >= result.initial_val_recall + 0.2, result.format()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 101))

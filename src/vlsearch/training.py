@@ -453,6 +453,7 @@ class TrainResult:
     plot_path: Path | None = None
     checkpoint: Path | None = None
     history: list[dict] = field(default_factory=list, repr=False)
+    is_main: bool = True  # False on DDP ranks other than 0 (print the result only where True)
 
     def format(self) -> str:
         def fmt(x: float | None) -> str:
@@ -464,8 +465,8 @@ class TrainResult:
             + (f" (resumed from {self.resumed_from})" if self.resumed_from is not None else ""),
             f"final loss       {fmt(self.final_loss)}",
             f"val Recall@{self.eval_k:<5d}{fmt(self.initial_val_recall)} -> {fmt(self.val_recall)}",
-            f"speed            {self.steps_per_s:.2f} steps/s, {self.samples_per_s:.1f} samples/s "
-            f"({self.seconds:.1f} s)",
+            f"speed            {self.steps_per_s:.2f} steps/s, {self.samples_per_s:.1f} samples/s"
+            + f" ({self.seconds:.1f} s)",
             f"metrics          {self.metrics_path}",
         ]
         return "\n".join(lines)
@@ -493,16 +494,30 @@ def _bank_tensors(bank: MemoryBank | None, world_size: int) -> dict[str, Tensor]
     return out
 
 
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            row = json.loads(line)
-            if isinstance(row, dict) and row.get("step", 0) <= upto:
-                rows.append(row)
-    return rows
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object a line, appended as it comes; only rank 0 writes.
+
+    A resumed run keeps the lines up to its checkpoint step (``keep_upto``) and drops the
+    rest, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, enabled: bool, keep_upto: int | None = None):
+        self.path, self.enabled, self.rows = path, enabled, []
+        if not enabled:
+            return
+        if keep_upto is not None and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    if isinstance(row, dict) and row.get("step", 0) <= keep_upto:
+                        self.rows.append(row)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
 
 
 def train(
@@ -594,24 +609,13 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
             _log(f"training: no validation ({exc})")
 
     metrics_path = out_dir / METRICS_FILE
-    history: list[dict] = []
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        history = _read_metrics(metrics_path, start) if resumed_from is not None else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-    metrics = open(metrics_path, "a", encoding="utf-8") if main else None
-
-    def record(row: dict) -> None:
-        history.append(row)
-        if metrics is not None:
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+    log = MetricsLog(metrics_path, main, keep_upto=start if resumed_from is not None else None)
 
     def validate(step: int) -> float | None:
         value = None
         if validator is not None:
             value = validator.recall(retriever)
-            record({"step": step, f"val_recall@{t.eval_k}": value})
+            log.write({"step": step, f"val_recall@{t.eval_k}": value})
         barrier()
         return value
 
@@ -682,7 +686,7 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
                            neg_memory=out.neg_memory, neg_cross_device=out.neg_cross_device,
                            lr=scheduler.get_last_lr()[0],
                            samples_per_s=window_steps * t.batch_size * info.world_size / max(now - window_start, 1e-9))
-                record(row)
+                log.write(row)
                 bar.set_postfix(loss=f"{final_loss:.3f}")
                 window_start, window_steps = now, 0
             if t.eval_every > 0 and done % t.eval_every == 0 and done != stop:
@@ -691,34 +695,28 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
                 last_good = checkpoint_now(done)
     finally:
         bar.close()
-        if metrics is not None:
-            metrics.close()
 
     seconds = time.perf_counter() - started
     ran = stop - start
-    final_recall = None
-    if validator is not None and (stop == total or t.eval_every > 0):
-        metrics = open(metrics_path, "a", encoding="utf-8")
-        try:
-            final_recall = validate(stop)
-        finally:
-            metrics.close()
+    key = f"val_recall@{t.eval_k}"
+    final_recall = next((r[key] for r in log.rows if r.get("step") == stop and key in r), None)
+    if validator is not None and final_recall is None and (stop == total or t.eval_every > 0):
+        final_recall = validate(stop)
     else:
         barrier()
     plot_path = None
     if main:
         retriever.save(out_dir)
-        plot_path = plot_metrics(history, out_dir / PLOT_FILE)
+        plot_path = plot_metrics(log.rows, out_dir / PLOT_FILE)
     barrier()
     if initial_recall is None:
-        initial_recall = next((r[f"val_recall@{t.eval_k}"] for r in history if r.get("step") == 0
-                               and f"val_recall@{t.eval_k}" in r), None)
+        initial_recall = next((r[key] for r in log.rows if r.get("step") == 0 and key in r), None)
     return TrainResult(
         out_dir=out_dir, steps=stop, total_steps=total, resumed_from=resumed_from, final_loss=final_loss,
         initial_val_recall=initial_recall, val_recall=final_recall, eval_k=t.eval_k, seconds=seconds,
         steps_per_s=ran / seconds if seconds > 0 and ran else 0.0,
         samples_per_s=ran * t.batch_size * info.world_size / seconds if seconds > 0 and ran else 0.0,
-        metrics_path=metrics_path, plot_path=plot_path, checkpoint=last_good, history=history,
+        metrics_path=metrics_path, plot_path=plot_path, checkpoint=last_good, history=log.rows, is_main=main,
     )
 
 

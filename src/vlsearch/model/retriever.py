@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig
 
@@ -129,7 +130,7 @@ class Retriever:
         try:
             state = load_file(model_dir / WEIGHTS_FILE, device=str(device))
             model.load_state_dict(state, strict=True)
-        except Exception as exc:  # safetensors raises its own error types for bad files
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
             raise WorkdirError(f"{model_dir / WEIGHTS_FILE}: cannot load weights ({exc})") from None
         retriever = cls(config, model, tokenizer, keywords, categories, image)
         retriever.model.to(device)
