@@ -29,6 +29,8 @@ from vlsearch.io import atomic_write, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
 EVAL_SPLITS = ("valid", "test", "heldout")
+# ImageConfig fields that change the cached features (threads and batch sizes do not).
+IMAGE_OUTPUT_FIELDS = ("backbone", "width", "height")
 
 
 def _fingerprint(payload: Any) -> str:
@@ -261,7 +263,8 @@ def prepare(
         summary.stages_run.append("queries")
         summary.seconds["queries"] = time.perf_counter() - started
 
-    features_fp = _fingerprint({"catalog": catalog_fp, "images": config.images.__dict__})
+    image_output = {k: getattr(config.images, k) for k in IMAGE_OUTPUT_FIELDS}
+    features_fp = _fingerprint({"catalog": catalog_fp, "images": image_output})
     if stages.get("features", {}).get("fingerprint") != features_fp:
         started = time.perf_counter()
         _merge(manifest, _prepare_features(out, config.images, progress))
