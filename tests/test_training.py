@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -135,3 +139,29 @@ def test_workdir_without_features_or_from_another_version_is_refused(workdir, tm
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(WorkdirError, match="version"):
         train(copy, _config(2), tmp_path / "run", progress=False)
+
+
+def test_two_process_ddp_run_uses_cross_device_negatives(workdir, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        from test_training import _config
+        from vlsearch.training import train
+        config = _config(4)
+        config.train.device = "cpu"
+        config.train.cross_device_start = 0.5
+        train({str(workdir)!r}, config, {str(tmp_path / "run")!r}, progress=False)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
+        check=False, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    cross = {r["step"]: r["neg_cross_device"] for r in rows if "loss" in r}
+    assert cross[1] == cross[2] == 0 and cross[3] > 0 and cross[4] > 0  # CDNS after half of 4 steps
+    tensors = load_file(tmp_path / "run" / "checkpoints" / "step-00000004" / "tensors.safetensors")
+    assert {"bank.0.vectors", "bank.1.vectors"} <= set(tensors)  # both ranks' memory banks
+    assert Retriever.load(tmp_path / "run").encode_queries(["shoes"]).shape[0] == 1

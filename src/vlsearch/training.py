@@ -737,8 +737,9 @@ def plot_metrics(history: list[dict], path: Path) -> Path | None:
         if points:
             left.plot(*zip(*points), label=key)
     left.set_xlabel("step")
-    left.set_yscale("log")
-    left.legend()
+    if losses:
+        left.set_yscale("log")
+        left.legend()
     left.set_title("training loss")
     if recalls:
         right.plot(*zip(*recalls), marker="o")
