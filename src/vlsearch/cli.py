@@ -41,13 +41,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     from vlsearch.training import train
 
     config = _config(args, default_preset="minilm")
+    if args.baseline:
+        from vlsearch.model import apply_baseline
+
+        config = apply_baseline(config, args.baseline)
     if args.steps is not None:
         config.train.steps = args.steps
     if args.batch_size is not None:
         config.train.batch_size = args.batch_size
     result = train(args.workdir, config, args.out, resume=args.resume, progress=not args.quiet)
-    if result is not None:
-        print(result.format() if hasattr(result, "format") else result)
+    if result.is_main:
+        print(result.format())
 
 
 def cmd_index(args: argparse.Namespace) -> None:
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory")
     p.add_argument("--preset", default="minilm", help="tiny | minilm | paper")
     p.add_argument("--config", help="TOML config file applied over the preset")
+    p.add_argument("--baseline", help="a named configuration from vlsearch.model.BASELINES "
+                   "(uni-encoder, dual-encoder, mixed-encoder, make, full, title-only, ...)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
