@@ -130,3 +130,48 @@ def test_prepare_on_a_real_slice(fashion_dir, tmp_path):
     names = [name for name, _ in summary.top_brands]
     assert any(" " in name for name in names)  # multi-word brands come out whole
     assert summary.eval_queries["valid"] > 0
+
+
+def test_prepare_with_a_real_click_log(sample_catalog_dir, tmp_path):
+    """A real log: split by query id, held-out products only in the cold-start split, every
+    click judged, unknown products and bad lines reported, Q(p) from the log's counts."""
+    from vlsearch.catalog import load_catalog
+
+    products = load_catalog(sample_catalog_dir).products
+    lines = ["query,product_id,count"]
+    for i, p in enumerate(products):
+        lines.append(f"{p.category} {p.brand},{p.id},{1 + i % 5}")
+        lines.append(f"{p.brand} {p.category},{p.id},2")  # same query id, other word order
+    lines += ["ghost shoes,NOPE-1,3", "broken row without count,"]
+    log_path = tmp_path / "clicks.csv"
+    log_path.write_text("\n".join(lines) + "\n")
+    config = fast_config()
+    config.data.valid_query_fraction = 0.2
+    config.data.test_query_fraction = 0.2
+    summary = prepare(sample_catalog_dir, tmp_path / "wd", config, clicks=log_path,
+                      progress=False, log=lambda _: None)
+    wd = Workdir.open(tmp_path / "wd")
+    table = wd.product_table()
+    heldout = {i for i, s in zip(table.column("id").to_pylist(), table.column("split").to_pylist())
+               if s == "heldout"}
+    train = wd.clicks()
+    train_pids = set(train.column("product_id").to_pylist())
+    assert train_pids and not train_pids & heldout and "NOPE-1" not in train_pids
+    train_qids = set(train.column("qid").to_pylist())
+    from vlsearch.text import query_id
+
+    for split in ("valid", "test", "heldout"):
+        queries = read_beir_queries(wd.eval_dir(split) / "queries.jsonl")
+        qrels = read_qrels(wd.eval_dir(split) / "qrels.tsv")
+        assert queries and summary.eval_queries[split] == len(queries)
+        for q in queries:
+            assert set(qrels[q.id].values()) == {2}  # every judged product was clicked
+            if split != "heldout":
+                assert query_id(q.text) not in train_qids  # no eval query is trained on
+            else:
+                assert set(qrels[q.id]) <= heldout
+    manifest = json.loads((tmp_path / "wd" / "manifest.json").read_text())
+    notes = " ".join(manifest["click_log_notes"])
+    assert "clicks.csv" in notes and "not in the catalog" in notes
+    probs = dict(zip(table.column("id").to_pylist(), table.column("sampling_prob").to_pylist()))
+    assert sum(probs.values()) == pytest.approx(1.0)

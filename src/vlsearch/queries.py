@@ -750,6 +750,15 @@ class ClickLog:
         """``vlsearch.text.query_id`` of every row (uint32)."""
         return query_ids(self.query)
 
+    def take(self, rows: Sequence[int]) -> ClickLog:
+        """The rows at the given positions, in that order."""
+        return ClickLog(
+            query=[self.query[i] for i in rows],
+            product_id=[self.product_id[i] for i in rows],
+            count=self.count[np.asarray(rows, dtype=np.int64)],
+            source=self.source,
+        )
+
     @property
     def total_clicks(self) -> int:
         return int(self.count.sum())
@@ -1105,6 +1114,96 @@ def export_beir(
         for pid in index.matching(q.attributes):
             if pid != q.product_id:
                 qrel_lines.append(f"{qid}\t{pid}\t1\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "queries.jsonl", "".join(query_lines))
+    atomic_write_text(out_dir / "qrels.tsv", "".join(qrel_lines))
+    return len(chosen)
+
+
+# --- real click logs: split by query, BEIR export -----------------------------------------------
+
+
+class ClickSplit(NamedTuple):
+    """Unpacks as ``train, valid, test`` (ClickLogs)."""
+
+    train: ClickLog
+    valid: ClickLog
+    test: ClickLog
+
+
+def split_click_log(log: ClickLog, valid_fraction: float, test_fraction: float, seed: int) -> ClickSplit:
+    """Split a real click log by query id (sorted terms), so no eval query is ever trained on.
+
+    The distinct query ids are ranked by a seeded hash; the first ``valid_fraction`` of them
+    go to valid, the next ``test_fraction`` to test, the rest to train. All rows of a query
+    go to the same side.
+    """
+    qids = log.qids().tolist()
+    distinct = sorted(set(qids))
+    ranked = sorted(distinct, key=lambda q: (_seeded_int(seed, "click-split", str(q)), q))
+    n_valid = round(len(ranked) * valid_fraction)
+    n_test = round(len(ranked) * test_fraction)
+    side = {q: "valid" for q in ranked[:n_valid]}
+    side.update({q: "test" for q in ranked[n_valid : n_valid + n_test]})
+    parts: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
+    for row, q in enumerate(qids):
+        parts[side.get(q, "train")].append(row)
+    return ClickSplit(*(log.take(parts[name]) for name in ("train", "valid", "test")))
+
+
+def export_click_beir(
+    log: ClickLog,
+    products: Sequence[ProductLike],
+    out_dir: str | Path,
+    max_queries: int | None = None,
+    seed: int = 0,
+    id_prefix: str = "q",
+) -> int:
+    """BEIR files for queries of a real click log; return the number of queries written.
+
+    Each distinct query (by query id) becomes one query whose text is its most-clicked
+    spelling. Every clicked product of a known id is judged with grade 2 (a click), so
+    Recall@K is the papers' share of (query, clicked product) pairs found in the top K.
+    ``metadata.category`` is the intent category from behaviour: the category holding the
+    most clicks of the query (as the papers derive intents from statistics of behaviour);
+    ``attributes`` is empty, since a real query's attributes are not known.
+    """
+    by_id = {p.id: p for p in products}
+    clicks: dict[int, dict[str, int]] = {}
+    spellings: dict[int, dict[str, int]] = {}
+    for q, row in zip(log.qids().tolist(), log.rows()):
+        if row.product_id not in by_id:
+            continue
+        per_product = clicks.setdefault(q, {})
+        per_product[row.product_id] = per_product.get(row.product_id, 0) + row.count
+        per_text = spellings.setdefault(q, {})
+        per_text[row.query] = per_text.get(row.query, 0) + row.count
+    chosen = sorted(clicks)
+    if max_queries is not None and len(chosen) > max_queries:
+        rng = random.Random(_seeded_int(seed, "beir-sample"))
+        chosen = sorted(rng.sample(chosen, max_queries))
+    query_lines: list[str] = []
+    qrel_lines: list[str] = ["query-id\tcorpus-id\tscore\n"]
+    for n, q in enumerate(chosen):
+        qid = f"{id_prefix}{n}"
+        text = max(spellings[q].items(), key=lambda kv: (kv[1], kv[0]))[0]
+        category_mass: dict[str, int] = {}
+        for pid, count in clicks[q].items():
+            category = by_id[pid].category
+            if category:
+                category_mass[category] = category_mass.get(category, 0) + count
+        top = max(clicks[q].items(), key=lambda kv: (kv[1], kv[0]))[0]
+        metadata = {
+            "attributes": {},
+            "category": max(category_mass, key=category_mass.get) if category_mass else None,
+            "source_product": top,
+            "colour_only_in_image": False,
+        }
+        query_lines.append(
+            json.dumps({"_id": qid, "text": text, "metadata": metadata}, ensure_ascii=False) + "\n"
+        )
+        qrel_lines.extend(f"{qid}\t{pid}\t2\n" for pid in sorted(clicks[q]))
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "queries.jsonl", "".join(query_lines))
     atomic_write_text(out_dir / "qrels.tsv", "".join(qrel_lines))

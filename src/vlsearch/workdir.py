@@ -323,71 +323,73 @@ def _prepare_catalog(catalog: Path, out: Path, cfg: DataConfig) -> dict[str, Any
 
 
 def _prepare_queries(out: Path, cfg: DataConfig, clicks: Path | None) -> dict[str, Any]:
-    """Training click stream, Q(p), and the BEIR evaluation splits."""
+    """Training click stream, Q(p), and the BEIR evaluation splits.
+
+    Mocked queries (no click log): generated from training products, split by intent into
+    train/valid/test; the held-out split is mocked from held-out products. A real click log:
+    split by query id; clicks on held-out products become the cold-start split and never
+    enter training; rows naming unknown products are counted and left out.
+    """
     from vlsearch import queries as q
-    from vlsearch.text import query_ids
 
     table = pq.read_table(out / "products.parquet")
     products = products_from_table(table)
     split_col = table.column("split").to_pylist()
     heldout_ids = {p.id for p, s in zip(products, split_col) if s == "heldout"}
-    train_products = [p for p, s in zip(products, split_col) if s == "train"]
-    heldout_products = [p for p, s in zip(products, split_col) if s == "heldout"]
-
-    rng_seed = cfg.seed
-    eval_sets: dict[str, list] = {}
+    eval_dir = out / "eval"
+    eval_counts: dict[str, int] = {}
+    notes: list[str] = []
     if clicks is not None:
-        log_rows = q.read_click_log(clicks)
+        log = q.read_click_log(clicks)
+        if log.problems:
+            notes.append(log.summary())
         known = {p.id for p in products}
-        train_rows = [r for r in log_rows.rows() if r.product_id in known and r.product_id not in heldout_ids]
-        click_query = [r.query for r in train_rows]
-        click_pid = [r.product_id for r in train_rows]
-        click_count = [int(r.count) for r in train_rows]
-    else:
-        mocked_train = q.generate_queries(train_products, cfg, rng_seed)
-        train_q, valid_q, test_q = q.split_queries(
-            mocked_train, cfg.valid_query_fraction, cfg.test_query_fraction, rng_seed
+        unknown = {pid for pid in log.product_id if pid not in known}
+        if unknown:
+            notes.append(f"{clicks}: clicks on {len(unknown)} product ids not in the catalog left out")
+        on_heldout = log.take([i for i, pid in enumerate(log.product_id) if pid in heldout_ids])
+        train_log, valid_log, test_log = q.split_click_log(
+            log.without_products(heldout_ids | unknown),
+            cfg.valid_query_fraction, cfg.test_query_fraction, cfg.seed,
         )
-        eval_sets["valid"] = valid_q
-        eval_sets["test"] = test_q
-        eval_sets["heldout"] = q.generate_queries(heldout_products, cfg, rng_seed + 1)
-        click_query = [m.text for m in train_q]
-        click_pid = [m.product_id for m in train_q]
-        click_count = [int(m.count) for m in train_q]
-
-    clicks_table = pa.table(
-        {
-            "query": click_query,
-            "product_id": click_pid,
-            "count": pa.array(click_count, type=pa.int64()),
-            "qid": pa.array(query_ids(click_query), type=pa.uint32()),
+        for split, part in (("valid", valid_log), ("test", test_log), ("heldout", on_heldout)):
+            eval_counts[split] = q.export_click_beir(
+                part, products, eval_dir / split, max_queries=cfg.max_eval_queries, seed=cfg.seed
+            )
+    else:
+        train_products = [p for p in products if p.id not in heldout_ids]
+        heldout_products = [p for p in products if p.id in heldout_ids]
+        train_q, valid_q, test_q = q.split_queries(
+            q.generate_queries(train_products, cfg, cfg.seed),
+            cfg.valid_query_fraction, cfg.test_query_fraction, cfg.seed,
+        )
+        mocked_eval = {
+            "valid": valid_q,
+            "test": test_q,
+            "heldout": q.generate_queries(heldout_products, cfg, cfg.seed + 1),
         }
-    )
-    _write_parquet(out / "clicks" / "train.parquet", clicks_table)
+        for split, mocked in mocked_eval.items():
+            eval_counts[split] = q.export_beir(
+                mocked, products, eval_dir / split, max_queries=cfg.max_eval_queries, seed=cfg.seed
+            )
+        train_log = q.ClickLog.from_queries(train_q)
 
-    # Q(p): each product's share of the training click mass, written into products.parquet.
-    total = float(np.sum(click_count)) or 1.0
-    mass: dict[str, float] = {}
-    for pid, count in zip(click_pid, click_count):
-        mass[pid] = mass.get(pid, 0.0) + count / total
+    train_log.write_parquet(out / "clicks" / "train.parquet")
+    # Q(p): each product's share of the training click mass, stored beside the product.
+    mass = q.sampling_probabilities(train_log)
     table = table.set_column(
         table.schema.get_field_index("sampling_prob"),
         "sampling_prob",
         pa.array([mass.get(p.id, 0.0) for p in products], type=pa.float64()),
     )
     _write_parquet(out / "products.parquet", table)
-
-    eval_counts = {}
-    for split, mocked in eval_sets.items():
-        eval_counts[split] = q.export_beir(
-            mocked, products, out / "eval" / split, max_queries=cfg.max_eval_queries, seed=rng_seed
-        )
     return {
         "counts": {
-            "training_clicks": len(click_query),
-            "distinct_training_queries": len(set(click_query)),
+            "training_clicks": len(train_log),
+            "distinct_training_queries": len(set(train_log.query)),
         },
         "eval_queries": eval_counts,
+        "click_log_notes": notes,
     }
 
 
