@@ -90,6 +90,16 @@ def test_uni_and_dual_share_one_text_tower_make_has_a_separate_query_tower():
         assert (model.query is not None) is separate
 
 
+def test_make_query_head_starts_equal_to_the_title_head_unless_switched_off():
+    config = preset("tiny")
+    model = _build(config).model
+    for name, tensor in model.proj["text"].state_dict().items():
+        assert torch.equal(tensor, model.proj["query"].state_dict()[name])
+    config.model.tied_projection_init = False
+    model = _build(config).model
+    assert not torch.equal(model.proj["text"].weight, model.proj["query"].weight)
+
+
 def test_baselines_apply_and_zero_shot_setting():
     base = preset("tiny")
     for name in BASELINES:

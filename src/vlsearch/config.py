@@ -74,6 +74,7 @@ class ModelConfig:
     dropout: float = 0.1  # dropout inside the towers
     pooling: str = "mean"  # text pooling: mean (how MiniLM was trained) | cls (as in the papers)
     project: bool = True  # linear projection to embed_dim (False: output the pooled hidden state)
+    tied_projection_init: bool = True  # make: the query head starts as a copy of the title head
     fusion_layers: int = 1  # transformer layers of the fusion step (make, mixed-encoder)
     ma_hidden_size: int = 128  # hidden units of the Modal Adaptation MLP
     keyword_min_term_count: int = 3  # clicks a query term needs before it gets keywords

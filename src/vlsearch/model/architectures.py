@@ -79,6 +79,10 @@ class RetrievalModel(nn.Module):
         self.proj = nn.ModuleDict({"text": projection()})
         if self.query is not None:
             self.proj["query"] = projection()
+            if cfg.tied_projection_init:
+                # Both towers start from one checkpoint; equal heads keep its query-title
+                # similarity at step 0 instead of comparing two unrelated random projections.
+                self.proj["query"].load_state_dict(self.proj["text"].state_dict())
         self.patch_input = self.image = self.fusion = self.adaptation = None
         if cfg.use_images:
             if cfg.architecture == "uni-encoder":
