@@ -1,0 +1,603 @@
+"""Quality benchmark: the rows of the papers' Table 1 and the ablations, trained under one
+budget on one subset of the real catalog and scored with ``vlsearch.evaluation``.
+
+    .venv/bin/python benchmarks/quality.py --shared ../shared       # full run (about 55 min here)
+    .venv/bin/python benchmarks/quality.py --smoke --out /tmp/q     # sample catalog, < 1 minute
+
+Every row gets the same data (the first ``--products`` products of the real catalog,
+prepared once into ``work/bench/subset-N``), the same budget (``--steps`` optimiser steps of
+``--batch-size`` pairs, the preset's learning rate) and the same seed(s); rows that need
+CDNS run as 2 processes under torchrun (1 thread each, ``batch-size / 2`` pairs per process,
+so every row sees the same number of pairs per step). Each row is scored on the same test
+split (overall and its colour_only_in_image subset) and on the heldout split (queries about
+products never trained on), against the same corpus (every product of the subset) with
+exact inner-product search. BM25 is the lexical channel of the index alone (tantivy, no
+filters).
+
+Results are written row by row: ``work/bench/quality/rows/*.json`` (one file per row and
+seed; a rerun reuses rows whose settings did not change) and, after each row,
+``benchmarks/results/quality.json`` (rows not finished yet have ``"status": "pending"``),
+``quality.md`` and ``quality_curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the result table."""
+
+    name: str  # key in the results
+    label: str  # method column of the Markdown table
+    baseline: str | None  # key of vlsearch.model.BASELINES; None: BM25 (no model)
+    processes: int = 1  # training processes (torchrun when > 1)
+    table: str = "table1"  # table1 (the papers' comparison) | ablation
+
+
+ROWS: tuple[Row, ...] = (
+    Row("bm25", "BM25 (lexical channel alone)", None),
+    Row("zero-shot-minilm", "all-MiniLM-L6-v2 zero-shot, titles", "zero-shot-minilm"),
+    Row("uni-encoder", "uni-encoder (FashionBERT-like)", "uni-encoder"),
+    Row("dual-encoder", "dual-encoder (CLIP-like)", "dual-encoder"),
+    Row("mixed-encoder", "mixed-encoder (CommerceMM-like)", "mixed-encoder"),
+    Row("make", "MAKE", "make"),
+    Row("make+contrastive-mpm", "MAKE + contrastive MPM", "make+contrastive-mpm"),
+    Row("make+mbns", "MAKE + MBNS", "make+mbns"),
+    Row("make-2proc", "MAKE, 2 processes, no CDNS (CDNS control)", "make", 2),
+    Row("make+cdns", "MAKE + CDNS", "make+cdns", 2),
+    Row("full", "full: MAKE + contrastive MPM + MBNS + CDNS", "full", 2),
+    Row("title-only", "full, title only (no image)", "title-only", 2, "ablation"),
+    Row("no-ma", "full without Modal Adaptation", "no-ma", 2, "ablation"),
+    Row("no-ke", "full without Keyword Enhancement", "no-ke", 2, "ablation"),
+)
+ROW_BY_NAME = {row.name: row for row in ROWS}
+TABLE_COLUMNS = (  # (header, split, metric)
+    ("R@10", "test", "recall@10"),
+    ("R@100", "test", "recall@100"),
+    ("R@500", "test", "recall@500"),
+    ("set R@100", "test", "set_recall@100"),
+    ("NDCG@10", "test", "ndcg@10"),
+    ("Rel@100", "test", "strict_relevance@100"),
+    ("Cate@100", "test", "category_consistency@100"),
+    ("held-out R@100", "heldout", "recall@100"),
+    ("colour-in-image R@100", "colour_only_in_image", "recall@100"),
+)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Budget of the full run and of ``--smoke``."""
+
+    products: int = 10_000  # first N products of the real catalog
+    steps: int = 150  # optimiser steps per trained row
+    batch_size: int = 32  # (query, product) pairs per step, all processes together
+    preset: str = "minilm"  # model size (vlsearch.config.PRESETS)
+    backbone: str = "efficientnet-lite0"  # image backbone of the prepared subset
+    eval_queries: int = 1000  # queries per eval split (test, heldout)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    threads: int = 2  # CPU threads per row (both cores of this machine)
+    smoke_threads: int = 1  # smoke runs share the CPU with other work; 2 threads thrash there
+    smoke_steps: int = 6
+    smoke_eval_queries: int = 200
+    smoke_log_every: int = 2
+    validation_products: int = 0  # extra products in the trainer's own validation corpus
+
+
+DEFAULTS = Defaults()
+
+
+# --------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass
+class EvalSplit:
+    name: str
+    queries: list
+    qrels: dict
+
+
+class Evaluation:
+    """The fixed test bed: corpus (every product of the work dir) and the eval splits."""
+
+    def __init__(self, workdir, max_queries: int, ks: tuple[int, ...]):
+        from vlsearch.evaluation import read_beir_queries, read_qrels
+
+        self.ks = ks
+        self.products = workdir.products()
+        self.by_id = {p.id: p for p in self.products}
+        splits = workdir.product_table().column("split").to_pylist()
+        self.heldout_ids = {p.id for p, s in zip(self.products, splits) if s == "heldout"}
+        self.splits = []
+        for name in ("test", "heldout"):
+            directory = workdir.eval_dir(name)
+            queries = read_beir_queries(directory / "queries.jsonl")[:max_queries]
+            self.splits.append(EvalSplit(name, queries, read_qrels(directory / "qrels.tsv")))
+        self._workdir = workdir
+        self._patches = None
+
+    def patches(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._patches is None:
+            features = self._workdir.features()
+            self._patches = (features.patches(), features.has_image())
+        return self._patches
+
+    def score(self, runs: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+        """Metrics of every split/subset, keyed test | colour_only_in_image | heldout."""
+        from vlsearch.evaluation import evaluate
+
+        metrics, counts = {}, {}
+        for split in self.splits:
+            result = evaluate(runs[split.name], split.qrels, split.queries, self.by_id, ks=self.ks,
+                              heldout=self.heldout_ids)
+            subsets = result["subsets"]
+            keep = {"test": ("all", "colour_only_in_image"), "heldout": ("all",)}[split.name]
+            for subset in keep:
+                key = split.name if subset == "all" else subset
+                metrics[key] = subsets[subset]["metrics"]
+                counts[key] = subsets[subset]["queries"]
+        return {"metrics": metrics, "queries": counts, "corpus": len(self.products)}
+
+    def dense(self, retriever) -> dict[str, Any]:
+        """Encode every product and query; exact inner-product top-K; score."""
+        import torch
+
+        patches = has_image = None
+        if retriever.config.model.use_images:
+            patches, has_image = self.patches()
+        vectors, weights = retriever.encode_products(self.products, patches, has_image,
+                                                     return_weights=True)
+        corpus = torch.from_numpy(vectors)
+        k = min(max(self.ks), len(self.products))
+        runs = {}
+        for split in self.splits:
+            q = torch.from_numpy(retriever.encode_queries([x.text for x in split.queries]))
+            top = (q @ corpus.T).topk(k, dim=1).indices.numpy()
+            runs[split.name] = {x.id: [self.products[j].id for j in row]
+                                for x, row in zip(split.queries, top)}
+        out = self.score(runs)
+        out["modal_weights"] = {m: round(float(w), 4)
+                                for m, w in zip(retriever.modalities, weights.mean(axis=0))}
+        return out
+
+    def bm25(self) -> dict[str, Any]:
+        """The lexical channel of the index (tantivy BM25 over titles and attributes)."""
+        from vlsearch.index.lexical import LexicalIndex, build_lexical
+
+        k = min(max(self.ks), len(self.products))
+        with tempfile.TemporaryDirectory(prefix="bm25-") as tmp:
+            build_lexical(self.products, tmp)
+            lexical = LexicalIndex.open(tmp)
+            runs = {}
+            for split in self.splits:
+                runs[split.name] = {
+                    x.id: [self.products[r].id for r in lexical.search(x.text, k)[1]]
+                    for x in split.queries
+                }
+        return self.score(runs)
+
+
+# --------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Context:
+    """Everything a row needs; built the same way by the main process and torchrun workers."""
+
+    args: argparse.Namespace
+    workdir: Any  # vlsearch.workdir.Workdir
+    base: Any  # Config: the preset with the work dir's data/image settings
+    run_dir: Path
+    out_dir: Path
+    seeds: list[int]
+    rows: list[Row]
+    started: float = dataclasses.field(default_factory=time.time)
+    _evaluation: Evaluation | None = None
+
+    @property
+    def evaluation(self) -> Evaluation:
+        if self._evaluation is None:
+            self._evaluation = Evaluation(self.workdir, self.args.eval_queries, self.args.ks)
+        return self._evaluation
+
+    def row_file(self, row: Row, seed: int) -> Path:
+        return self.run_dir / "rows" / f"{row.name}-seed{seed}.json"
+
+    def model_dir(self, row: Row, seed: int) -> Path:
+        return self.run_dir / "models" / f"{row.name}-seed{seed}"
+
+    def seeds_of(self, row: Row) -> list[int]:
+        """Deterministic rows (BM25, untrained models) run once."""
+        return self.seeds if self.trains(row) else self.seeds[:1]
+
+    def trains(self, row: Row) -> bool:
+        return row.baseline is not None and self.row_config(row, self.seeds[0])[0].train.steps > 0
+
+    def budget_overrides(self, row: Row, seed: int) -> dict[str, Any]:
+        a = self.args
+        return {"train": {
+            "steps": a.steps, "seed": seed, "batch_size": a.batch_size // row.processes,
+            "num_threads": max(1, a.threads // row.processes),
+            # the memory bank holds the same number of vectors whatever the process count
+            "memory_bank_batches": self.base.train.memory_bank_batches * row.processes,
+            "log_every": a.log_every, "eval_every": 0, "eval_at_start": False,
+            "eval_max_products": DEFAULTS.validation_products,
+            "checkpoint_every": 0, "keep_checkpoints": 1, "device": "cpu",
+        }}
+
+    def row_config(self, row: Row, seed: int):
+        from vlsearch.config import update
+        from vlsearch.model import BASELINES, apply_baseline
+
+        budget = self.budget_overrides(row, seed)
+        config = update(self.base, budget, source="benchmark budget")
+        if row.baseline is not None:
+            config = apply_baseline(config, row.baseline)
+        overrides = {"preset": self.args.preset, "budget": budget,
+                     "baseline": BASELINES.get(row.baseline) if row.baseline else None}
+        return config, overrides
+
+    def spec_key(self, row: Row, seed: int) -> str:
+        """Changes whenever anything that affects the row's numbers changes."""
+        config, _ = self.row_config(row, seed)
+        payload = {"row": dataclasses.asdict(row), "config": config.to_dict(),
+                   "data": self.workdir.manifest.get("stages"), "eval_queries": self.args.eval_queries,
+                   "ks": list(self.args.ks)}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_context(args: argparse.Namespace, prepare: bool) -> Context:
+    """Open (and with ``prepare``, first create) the work dir the rows share."""
+    from vlsearch.config import preset
+    from vlsearch.workdir import Workdir
+    from vlsearch.workdir import prepare as prepare_workdir
+
+    work = Path(args.work)
+    if args.smoke:
+        data = common.SmokeData()
+        path = work / "workdir"
+        if prepare:
+            common.prepare_smoke_workdir(work, data)
+    else:
+        path = work / f"subset-{args.products}"
+        if prepare:
+            config = preset(args.preset)
+            config.data.limit = args.products
+            config.data.max_eval_queries = args.eval_queries
+            config.images.backbone = args.backbone
+            catalog = Path(args.shared) / common.REAL_CATALOG
+            common.log(f"preparing {path} from the first {args.products} products of {catalog}")
+            print(prepare_workdir(catalog, path, config, progress=False).format(), file=sys.stderr)
+    workdir = Workdir.open(path)
+    base = preset(args.preset)
+    base.data, base.images = workdir.config.data, workdir.config.images
+    seeds = [args.seed + i for i in range(args.seeds)]
+    rows = [ROW_BY_NAME[name] for name in args.rows]
+    if args.only:
+        rows = [row for row in rows if row.name in args.only]
+    return Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows)
+
+
+def run_row(ctx: Context, row: Row, seed: int) -> None:
+    """Train (every rank) and evaluate (rank 0) one row; write its result file."""
+    import torch
+
+    from vlsearch.distributed import barrier, is_main
+    from vlsearch.model import Retriever
+    from vlsearch.training import train
+
+    path = ctx.row_file(row, seed)
+    key = ctx.spec_key(row, seed)
+    if not ctx.args.fresh and path.exists() and json.loads(path.read_text()).get("spec_key") == key:
+        if is_main():
+            common.log(f"{row.name} seed {seed}: reusing {path}")
+        return
+    config, overrides = ctx.row_config(row, seed)
+    model_dir = ctx.model_dir(row, seed)
+    record: dict[str, Any] = {
+        "row": row.name, "seed": seed, "spec_key": key, "status": "done",
+        "config_overrides": overrides, "processes": row.processes,
+        "threads_per_process": config.train.num_threads,
+        "batch_per_process": config.train.batch_size, "load_average_before": common.load_average(),
+    }
+    if is_main():
+        common.log(f"{row.name} seed {seed}: start ({row.processes} process(es))")
+    started = time.perf_counter()
+    trained = row.baseline is not None and config.train.steps > 0
+    if trained:
+        if is_main() and model_dir.exists():
+            shutil.rmtree(model_dir)  # a killed earlier attempt
+        barrier()
+        result = train(ctx.workdir, config, model_dir, progress=False)
+        record["train"] = {
+            "steps": result.steps, "wall_s": round(result.seconds, 1),
+            "steps_per_s": round(result.steps_per_s, 3), "samples_per_s": round(result.samples_per_s, 2),
+            "final_loss": result.final_loss, f"val_recall@{result.eval_k}": result.val_recall,
+            "metrics_jsonl": str(result.metrics_path), "curve": result.history,
+        }
+    else:
+        record["train"] = {"steps": 0, "wall_s": 0.0}
+    if is_main():
+        previous = torch.get_num_threads()
+        torch.set_num_threads(ctx.args.threads)
+        try:
+            evaluated = time.perf_counter()
+            if row.baseline is None:
+                scores = ctx.evaluation.bm25()
+            else:
+                retriever = (Retriever.load(model_dir) if trained
+                             else Retriever.build(config, ctx.workdir))
+                scores = ctx.evaluation.dense(retriever)
+            record["eval_wall_s"] = round(time.perf_counter() - evaluated, 1)
+        finally:
+            torch.set_num_threads(previous)
+        record.update(scores)
+        record["wall_s"] = round(time.perf_counter() - started, 1)
+        record["load_average_after"] = common.load_average()
+        common.write_json(path, record)
+        if trained and not ctx.args.keep_checkpoints:
+            shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
+        test = scores["metrics"]["test"]
+        common.log(f"{row.name} seed {seed}: done in {record['wall_s']} s; test R@100 "
+                   f"{test['recall@100']:.4f}")
+        write_report(ctx)
+    barrier()
+
+
+def launch_workers(ctx: Context, rows: list[Row]) -> int:
+    """Run ``rows`` (all with the same process count) in one torchrun job."""
+    argv = [a for a in sys.argv[1:]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={rows[0].processes}", str(Path(__file__).resolve()), *argv,
+           "--worker", "--only", ",".join(row.name for row in rows)]
+    common.log("torchrun: " + ", ".join(row.name for row in rows))
+    return subprocess.run(cmd, check=False).returncode
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    from vlsearch.distributed import cleanup, init_distributed
+
+    init_distributed(device="cpu")
+    try:
+        ctx = build_context(args, prepare=False)
+        for row in ctx.rows:
+            for seed in ctx.seeds_of(row):
+                run_row(ctx, row, seed)
+    finally:
+        cleanup()
+
+
+def main_run(args: argparse.Namespace) -> int:
+    ctx = build_context(args, prepare=True)
+    write_report(ctx)
+    failures = 0
+    index = 0
+    while index < len(ctx.rows):
+        row = ctx.rows[index]
+        if row.processes == 1:
+            for seed in ctx.seeds_of(row):
+                run_row(ctx, row, seed)
+            index += 1
+            continue
+        group = [row]
+        while index + len(group) < len(ctx.rows) and \
+                ctx.rows[index + len(group)].processes == row.processes:
+            group.append(ctx.rows[index + len(group)])
+        rc = launch_workers(ctx, group)
+        if rc != 0:
+            common.log(f"torchrun exited with status {rc}; rows without results stay pending")
+            failures += 1
+        index += len(group)
+    write_report(ctx, finished=True)
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------------------
+# report
+
+
+def _aggregate(records: list[dict]) -> tuple[dict, dict]:
+    """Mean of each metric over seeds, and the spread (std, min, max) when there are several."""
+    mean: dict[str, dict] = {}
+    spread: dict[str, dict] = {}
+    for key in records[0]["metrics"]:
+        mean[key], spread[key] = {}, {}
+        for name in records[0]["metrics"][key]:
+            values = [r["metrics"][key][name] for r in records if r["metrics"][key][name] is not None]
+            mean[key][name] = float(np.mean(values)) if values else None
+            if len(values) > 1:
+                spread[key][name] = {"std": float(np.std(values, ddof=1)),
+                                     "min": float(min(values)), "max": float(max(values))}
+    return mean, (spread if len(records) > 1 else {})
+
+
+def collect(ctx: Context) -> list[dict]:
+    rows = []
+    for row in ctx.rows:
+        records = []
+        for seed in ctx.seeds_of(row):
+            path = ctx.row_file(row, seed)
+            if path.exists():
+                record = json.loads(path.read_text())
+                if record.get("spec_key") == ctx.spec_key(row, seed):
+                    records.append(record)
+        entry = {**dataclasses.asdict(row), "seeds": [r["seed"] for r in records],
+                 "status": "done" if len(records) == len(ctx.seeds_of(row)) else
+                 ("partial" if records else "pending"), "runs": records}
+        if records:
+            entry["metrics"], entry["spread"] = _aggregate(records)
+        rows.append(entry)
+    return rows
+
+
+def write_report(ctx: Context, finished: bool = False) -> None:
+    rows = collect(ctx)
+    a = ctx.args
+    budget = {
+        "catalog": "sample (generated, --smoke)" if a.smoke else f"first {a.products} products",
+        "products": len(ctx.workdir.products()), "preset": a.preset, "steps": a.steps,
+        "batch_size": a.batch_size, "lr": ctx.base.train.lr, "seeds": ctx.seeds,
+        "threads": a.threads, "eval_queries_per_split": a.eval_queries, "ks": list(a.ks),
+        "search": "exact inner product over the whole subset", "backbone": ctx.base.images.backbone,
+    }
+    report = {
+        "benchmark": "quality", "complete": all(r["status"] == "done" for r in rows),
+        "finished": finished, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "elapsed_s": round(time.time() - ctx.started, 1), "command": " ".join(sys.argv),
+        "budget": budget, "workdir": str(ctx.workdir.path), "machine": common.machine_info(),
+        "rows": rows,
+    }
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    common.write_json(ctx.out_dir / "quality.json", report)
+    (ctx.out_dir / "quality.md").write_text(markdown(report), encoding="utf-8")
+    plot_curves(rows, ctx.out_dir / "quality_curves.png")
+
+
+def _cell(row: dict, split: str, metric: str) -> str:
+    if row["status"] == "pending":
+        return "…"
+    value = row["metrics"].get(split, {}).get(metric)
+    if value is None:
+        return "n/a"
+    spread = row.get("spread", {}).get(split, {}).get(metric)
+    return f"{value:.4f}" + (f" ± {spread['std']:.4f}" if spread else "")
+
+
+def markdown(report: dict) -> str:
+    b = report["budget"]
+    header = "| Method | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " | train s |"
+    rule = "|---|" + "---:|" * (len(TABLE_COLUMNS) + 1)
+    lines = [
+        "# Quality benchmark",
+        "",
+        (f"{b['catalog']} ({b['products']} products), preset {b['preset']}, {b['steps']} steps "
+         f"at batch {b['batch_size']}, lr {b['lr']}, seeds {b['seeds']}, {b['threads']} threads; "
+         f"{b['eval_queries_per_split']} queries per split; {b['search']}. "
+         "R@K: hit rate of the clicked product; Rel: strict attribute relevance; Cate: category "
+         "consistency. Columns 1-7 on the test split; held-out: queries about products never "
+         "trained on; colour-in-image: test queries whose colour only the image shows."),
+        "",
+        (f"Status: {'complete' if report['complete'] else 'INCOMPLETE (pending rows marked …)'}; "
+         f"updated {report['updated']}; load average {report['machine']['load_average']}."),
+    ]
+    for table, title in (("table1", "Table 1: methods"), ("ablation", "Ablations of full")):
+        lines += ["", f"## {title}", "", header, rule]
+        for row in report["rows"]:
+            if row["table"] != table and not (table == "ablation" and row["name"] == "full"):
+                continue
+            walls = [r["train"]["wall_s"] for r in row.get("runs", [])]
+            train_s = f"{np.mean(walls):.0f}" if walls else "…"
+            cells = " | ".join(_cell(row, split, metric) for _, split, metric in TABLE_COLUMNS)
+            lines.append(f"| {row['label']} | {cells} | {train_s} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Total and QPM training loss against step for the Table-1 rows (first seed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    drawn = 0
+    for row in rows:
+        runs = row.get("runs") or []
+        curve = [p for p in (runs[0]["train"].get("curve") or []) if "loss" in p] if runs else []
+        if row["table"] != "table1" or not curve:
+            continue
+        steps = [p["step"] for p in curve]
+        axes[0].plot(steps, [p["loss"] for p in curve], label=row["name"])
+        qpm = [(p["step"], p["loss_qpm"]) for p in curve if p.get("loss_qpm") is not None]
+        if qpm:
+            axes[1].plot(*zip(*qpm), label=row["name"])
+        drawn += 1
+    for ax, title in zip(axes, ("total loss (weighted objectives)", "QPM (matching) loss")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if drawn:
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+# --------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = DEFAULTS
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shared", default=common.default_shared(), help="folder with data/fashion-products")
+    p.add_argument("--products", type=int, default=d.products, help="first N catalog products")
+    p.add_argument("--steps", type=int, help=f"steps per trained row (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step, all processes")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per trained row (spread reported when > 1)")
+    p.add_argument("--seed", type=int, default=13, help="first seed")
+    p.add_argument("--threads", type=int, help="CPU threads per row, split across its processes "
+                   f"(default {d.threads}; {d.smoke_threads} with --smoke)")
+    p.add_argument("--eval-queries", type=int, help=f"queries per eval split (default {d.eval_queries})")
+    p.add_argument("--ks", default="10,100,500", help="cut-offs")
+    p.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated row names")
+    p.add_argument("--preset", help=f"model preset (default {d.preset}; tiny with --smoke)")
+    p.add_argument("--backbone", default=d.backbone, help="image backbone of the prepared subset")
+    p.add_argument("--work", help="cache folder (default work/bench; with --smoke, OUT/work)")
+    p.add_argument("--out", help="results folder (default benchmarks/results; with --smoke, "
+                   "work/bench/smoke)")
+    p.add_argument("--smoke", action="store_true",
+                   help="generated sample catalog, tiny preset, random-cnn, a few steps")
+    p.add_argument("--fresh", action="store_true", help="recompute rows that have results")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each row's final checkpoint")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--only", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.ks = tuple(int(k) for k in args.ks.split(","))
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ROW_BY_NAME]
+    if unknown:
+        p.error(f"unknown rows {unknown}; expected some of {list(ROW_BY_NAME)}")
+    args.only = set(args.only.split(",")) if args.only else None
+    args.preset = args.preset or ("tiny" if args.smoke else d.preset)
+    args.steps = args.steps if args.steps is not None else (d.smoke_steps if args.smoke else d.steps)
+    args.eval_queries = args.eval_queries or (d.smoke_eval_queries if args.smoke else d.eval_queries)
+    args.threads = args.threads or (d.smoke_threads if args.smoke else d.threads)
+    args.log_every = d.smoke_log_every if args.smoke else d.log_every
+    args.out = args.out or str(common.WORK_DIR / "smoke" if args.smoke else common.RESULTS_DIR)
+    args.work = args.work or str(Path(args.out) / "work" if args.smoke else common.WORK_DIR)
+    if args.batch_size % 2:
+        p.error("--batch-size must be even (2-process rows split it)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return 0
+    return main_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

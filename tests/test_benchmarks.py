@@ -1,0 +1,148 @@
+"""Smoke runs of the benchmarks (sample catalog, tiny preset, random-cnn backbone): every row,
+section and field is written, and the values are sane."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import quality
+import speed
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke", "--out", str(out), *extra],
+        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def quality_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quality")
+    _run("quality.py", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def speed_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("speed")
+    _run("speed.py", out)
+    return out
+
+
+def _in_unit(value) -> bool:
+    return value is None or 0.0 <= value <= 1.0
+
+
+def test_quality_has_every_row_with_metrics(quality_out):
+    report = json.loads((quality_out / "quality.json").read_text())
+    assert report["complete"] and report["finished"]
+    assert [r["name"] for r in report["rows"]] == [r.name for r in quality.ROWS]
+    assert report["budget"]["steps"] == quality.DEFAULTS.smoke_steps
+    assert report["machine"]["cpus"] >= 1 and "1min" in report["machine"]["load_average"]
+    for row in report["rows"]:
+        assert row["status"] == "done", row["name"]
+        run = row["runs"][0]
+        for key in ("config_overrides", "load_average_before", "load_average_after", "wall_s",
+                    "eval_wall_s", "queries", "corpus"):
+            assert key in run, (row["name"], key)
+        assert set(row["metrics"]) == {"test", "colour_only_in_image", "heldout"}
+        for split, metrics in row["metrics"].items():
+            for k in report["budget"]["ks"]:
+                for name in ("recall", "set_recall", "ndcg", "category_consistency",
+                             "strict_relevance"):
+                    assert f"{name}@{k}" in metrics, (row["name"], split, name)
+                    assert _in_unit(metrics[f"{name}@{k}"]), (row["name"], split, name)
+        assert row["metrics"]["test"]["recall@10"] <= row["metrics"]["test"]["recall@500"]
+        assert run["queries"]["test"] > 0 and run["queries"]["heldout"] > 0
+
+
+def test_quality_rows_trained_as_configured(quality_out):
+    rows = {r["name"]: r for r in json.loads((quality_out / "quality.json").read_text())["rows"]}
+    assert rows["bm25"]["runs"][0]["train"]["steps"] == 0
+    assert rows["zero-shot-minilm"]["runs"][0]["train"]["steps"] == 0
+    for name, row in rows.items():
+        run = row["runs"][0]
+        assert run["processes"] == quality.ROW_BY_NAME[name].processes
+        if name in ("bm25", "zero-shot-minilm"):
+            continue
+        train = run["train"]
+        assert train["steps"] == quality.DEFAULTS.smoke_steps and train["wall_s"] > 0
+        last = [p for p in train["curve"] if "loss" in p][-1]
+        assert last["loss"] > 0
+        baseline = run["config_overrides"]["baseline"]["train"]
+        assert (last["neg_memory"] > 0) == baseline.get("memory_bank", False), name
+        assert (last["neg_cross_device"] > 0) == baseline.get("cross_device", False), name
+        assert run["batch_per_process"] * run["processes"] == 32
+    assert set(rows["make"]["runs"][0]["modal_weights"]) == {"title", "image", "fused"}
+    assert set(rows["title-only"]["runs"][0]["modal_weights"]) == {"title"}
+
+
+def test_quality_markdown_and_curves(quality_out):
+    text = (quality_out / "quality.md").read_text()
+    for row in quality.ROWS:
+        assert f"| {row.label} |" in text
+    assert "Status: complete" in text
+    assert (quality_out / "quality_curves.png").stat().st_size > 10_000
+
+
+def test_quality_rerun_reuses_finished_rows(quality_out):
+    row_file = quality_out / "work" / "quality" / "rows" / "bm25-seed13.json"
+    before = row_file.stat().st_mtime_ns
+    result = _run("quality.py", quality_out, "--rows", "bm25")
+    assert "reusing" in result.stderr
+    assert row_file.stat().st_mtime_ns == before
+
+
+def test_speed_has_every_section(speed_out):
+    report = json.loads((speed_out / "speed.json").read_text())
+    assert report["errors"] == {}
+    assert set(report["sections"]) == set(speed.SECTIONS)
+    for section in report["sections"].values():
+        assert "load_average_before" in section and section["section_wall_s"] >= 0
+    assert (speed_out / "speed_nprobe.png").stat().st_size > 10_000
+
+
+def test_speed_figures_are_sane(speed_out):
+    s = json.loads((speed_out / "speed.json").read_text())["sections"]
+    assert s["compute"]["gflops"]["1"]["median"] > 0
+    t = s["training"]
+    assert t["samples_per_s_median"] > 0 and t["flops"]["counted_flops_per_sample"] > 0
+    assert t["achieved_gflops_counted"] > 0 and 0 < t["share_of_matmul_peak_counted"]
+    e = s["encoding"]
+    assert e["sentence_transformers_titles"]["ratio_to_sentence_transformers"] == 1.0
+    for name in ("ours_titles_and_cached_patches", "ours_titles_and_images_via_cnn",
+                 "ours_titles_only_minilm"):
+        assert e[name]["median_per_s"] > 0
+    search = s["search"]
+    assert search["qid_hit"]["embedding_paths"] == {"qid": search["qid_hit"]["n"]}
+    assert set(search["encode_ann"]["embedding_paths"]) == {"ann"}
+    assert set(search["encode_ann_brand_filter"]["embedding_paths"]) <= {"ann+selector", "exact"}
+    assert set(search["encode_ann_gender_filter"]["embedding_paths"]) <= {"ann+postfilter",
+                                                                          "ann+selector", "exact"}
+    for case in ("qid_hit", "encode_ann", "engine_default_unlogged"):
+        assert 0 < search[case]["p50_ms"] <= search[case]["p99_ms"]
+    for figures in (search["ann_vs_exact"], s["synthetic"]):
+        assert _in_unit(figures["ann"]["recall_at_k_vs_exact"])
+        recalls = [p["recall_at_k"] for p in figures["nprobe_sweep"]]
+        assert recalls == sorted(recalls) and recalls[-1] == pytest.approx(1.0)
+    assert s["synthetic"]["n"] == speed.SMOKE.synthetic_n
+    build = s["build"]
+    assert set(build["core_parts"]) <= set(build["bytes_per_product"])
+    assert build["bytes_per_product_core"] > build["bytes_per_product"]["vectors"] > 0
+    http = s["http"]
+    assert http["errors"] == 0 and http["requests"] == speed.SMOKE.http_requests
+    assert http["qps"] > 0 and http["latency"]["p50_ms"] <= http["latency"]["p99_ms"]
