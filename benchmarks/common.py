@@ -12,7 +12,8 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,22 @@ def summarize_ms(seconds: Sequence[float]) -> dict[str, float]:
         "mean_ms": round(mean, 3),
         "sequential_qps": round(1000.0 / mean, 1) if mean > 0 else None,
     }
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """torch intra-op threads and FAISS OpenMP threads set to ``n`` inside the block."""
+    import faiss
+    import torch
+
+    previous = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        faiss.omp_set_num_threads(previous[1])
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -300,8 +300,6 @@ def build_context(args: argparse.Namespace, prepare: bool) -> Context:
 
 def run_row(ctx: Context, row: Row, seed: int) -> None:
     """Train (every rank) and evaluate (rank 0) one row; write its result file."""
-    import torch
-
     from vlsearch.distributed import barrier, is_main
     from vlsearch.model import Retriever
     from vlsearch.training import train
@@ -338,9 +336,7 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     else:
         record["train"] = {"steps": 0, "wall_s": 0.0}
     if is_main():
-        previous = torch.get_num_threads()
-        torch.set_num_threads(ctx.args.threads)
-        try:
+        with common.threads(ctx.args.threads):
             evaluated = time.perf_counter()
             if row.baseline is None:
                 scores = ctx.evaluation.bm25()
@@ -349,8 +345,6 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
                              else Retriever.build(config, ctx.workdir))
                 scores = ctx.evaluation.dense(retriever)
             record["eval_wall_s"] = round(time.perf_counter() - evaluated, 1)
-        finally:
-            torch.set_num_threads(previous)
         record.update(scores)
         record["wall_s"] = round(time.perf_counter() - started, 1)
         record["load_average_after"] = common.load_average()

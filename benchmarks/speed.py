@@ -108,17 +108,13 @@ def matmul_peak(sizes: Sizes) -> dict[str, Any]:
     n = sizes.matmul_size
     a, b = torch.randn(n, n), torch.randn(n, n)
     out = {"n": n, "repeats": sizes.matmul_repeats, "gflops": {}}
-    previous = torch.get_num_threads()
-    try:
-        for threads in sorted({1, sizes.threads}):
-            torch.set_num_threads(threads)
+    for threads in sorted({1, sizes.threads}):
+        with common.threads(threads):
             torch.mm(a, b)  # warm-up
             seconds = [common.timed(lambda: torch.mm(a, b))[1] for _ in range(sizes.matmul_repeats)]
-            rates = sorted(2 * n**3 / s / 1e9 for s in seconds)
-            out["gflops"][str(threads)] = {"median": round(float(np.median(rates)), 1),
-                                           "max": round(rates[-1], 1)}
-    finally:
-        torch.set_num_threads(previous)
+        rates = sorted(2 * n**3 / s / 1e9 for s in seconds)
+        out["gflops"][str(threads)] = {"median": round(float(np.median(rates)), 1),
+                                       "max": round(rates[-1], 1)}
     return out
 
 
@@ -164,14 +160,9 @@ def flops_per_sample(config, workdir, batches: int = 3) -> dict[str, Any]:
         tokens["image"] = float(model.num_patches + 1)  # patches + [CLS]
     formula = 6 * sum(n_params[k] * tokens[k] for k in n_params)
     batch = stream.batch(0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(config.train.num_threads or previous)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            out = trainer(batch, torch.Generator().manual_seed(0))
-            out.loss.backward()
-    finally:
-        torch.set_num_threads(previous)
+    with common.threads(config.train.num_threads), FlopCounterMode(display=False) as counter:
+        out = trainer(batch, torch.Generator().manual_seed(0))
+        out.loss.backward()
     counted = counter.get_total_flops() / config.train.batch_size
     return {"formula": "6 * sum_tower(non_embedding_params * tokens_per_sample)",
             "tower_params": n_params, "tokens_per_sample": tokens,
@@ -211,7 +202,6 @@ def training_speed(sizes: Sizes, inputs: Inputs, peak: dict | None) -> dict[str,
 
 def encoding_speed(sizes: Sizes, inputs: Inputs) -> dict[str, Any]:
     """Products/s of our encoders and of sentence-transformers on the same titles."""
-    import torch
     from sentence_transformers import SentenceTransformer
 
     from vlsearch.config import preset
@@ -242,17 +232,13 @@ def encoding_speed(sizes: Sizes, inputs: Inputs) -> dict[str, Any]:
             lambda: st.encode(titles, batch_size=batch, show_progress_bar=False,
                               convert_to_numpy=True), len(products)),
     }
-    previous = torch.get_num_threads()
-    torch.set_num_threads(sizes.threads)
     rates: dict[str, list[float]] = {name: [] for name in methods}
-    try:
+    with common.threads(sizes.threads):
         for fn, _ in methods.values():
             fn()  # warm-up (lazy loads, allocator)
         for _ in range(sizes.encode_repeats):  # interleaved so drifting load hits all alike
             for name, (fn, n) in methods.items():
                 rates[name].append(n / common.timed(fn)[1])
-    finally:
-        torch.set_num_threads(previous)
     out = {name: {"median_per_s": round(float(np.median(r)), 1), "min_per_s": round(min(r), 1),
                   "max_per_s": round(max(r), 1), "items": methods[name][1]}
            for name, r in rates.items()}
@@ -333,7 +319,6 @@ def _pick_filters(products_path: Path, selective_fraction: float) -> dict[str, A
 
 
 def search_speed(sizes: Sizes, inputs: Inputs) -> dict[str, Any]:
-    import torch
 
     from vlsearch.config import IndexConfig, ServeConfig
     from vlsearch.evaluation import read_beir_queries
@@ -373,11 +358,9 @@ def search_speed(sizes: Sizes, inputs: Inputs) -> dict[str, Any]:
         "engine_default_unlogged": (engine, unlogged, {}),
         "engine_default_logged": (engine, logged, {}),
     }
-    previous = torch.get_num_threads()
-    torch.set_num_threads(sizes.serve_threads)
     out: dict[str, Any] = {"products": engine.n_products, "version": version.name, "filters": filters,
                            "threads": sizes.serve_threads, "k": k}
-    try:
+    with common.threads(sizes.serve_threads):
         out["encode_query_only"] = common.summarize_ms(
             _latencies(lambda t: retriever.encode_queries([t]), unlogged, sizes.warmup_queries))
         for name, (engine_, texts, kw) in cases.items():
@@ -393,14 +376,11 @@ def search_speed(sizes: Sizes, inputs: Inputs) -> dict[str, Any]:
         ann = AnnIndex.load(version / "ann.faiss", config)
         vectors = np.load(version / "vectors.npy").astype(np.float32)
         out["ann_vs_exact"] = ann_figures(ann, vectors, retriever.encode_queries(unlogged), sizes)
-    finally:
-        torch.set_num_threads(previous)
     return out
 
 
 def synthetic_speed(sizes: Sizes) -> dict[str, Any]:
     """IVF over random L2-normalised vectors (the worst case for clustering)."""
-    import faiss
 
     from vlsearch.config import IndexConfig
     from vlsearch.index.ann import AnnIndex
@@ -412,11 +392,11 @@ def synthetic_speed(sizes: Sizes) -> dict[str, Any]:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     vectors, queries = unit(sizes.synthetic_n), unit(sizes.synthetic_queries)
-    faiss.omp_set_num_threads(sizes.threads)
     config = IndexConfig(kind="ivf", nlist=sizes.synthetic_nlist)
-    ann, build_s = common.timed(lambda: AnnIndex.build(vectors, config, seed=0))
-    faiss.omp_set_num_threads(sizes.serve_threads)
-    out = ann_figures(ann, vectors, queries, sizes)
+    with common.threads(sizes.threads):
+        ann, build_s = common.timed(lambda: AnnIndex.build(vectors, config, seed=0))
+    with common.threads(sizes.serve_threads):
+        out = ann_figures(ann, vectors, queries, sizes)
     out.update(build_s=round(build_s, 1), build_threads=sizes.threads,
                search_threads=sizes.serve_threads, ann_bytes=ann.size_bytes())
     return out
@@ -436,7 +416,6 @@ def build_speed(sizes: Sizes, inputs: Inputs, encode_rate: float | None) -> dict
     """Rebuild the index with the published vectors as the export (so the products are not
     encoded again) and time every other stage; the export is priced at the measured
     product-encoding rate. Bytes per product of each part of the published version."""
-    import torch
 
     from vlsearch.config import IndexConfig
     from vlsearch.index.builder import build_index_from_parts, current_version
@@ -453,17 +432,12 @@ def build_speed(sizes: Sizes, inputs: Inputs, encode_rate: float | None) -> dict
     vectors = np.load(version / "vectors.npy", mmap_mode="r")
     retriever = Retriever.load(version / "model")
     clicks = workdir.clicks()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(sizes.threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="speed-index-") as tmp:
-            report, wall = common.timed(lambda: build_index_from_parts(
-                tmp, products, lambda lo, hi: np.asarray(vectors[lo:hi], dtype=np.float32),
-                retriever.encode_queries, clicks.column("query").to_pylist(),
-                clicks.column("qid").to_pylist(), config=config, model_dir=version / "model",
-                seed=workdir.config.data.seed, progress=False))
-    finally:
-        torch.set_num_threads(previous)
+    with common.threads(sizes.threads), tempfile.TemporaryDirectory(prefix="speed-index-") as tmp:
+        report, wall = common.timed(lambda: build_index_from_parts(
+            tmp, products, lambda lo, hi: np.asarray(vectors[lo:hi], dtype=np.float32),
+            retriever.encode_queries, clicks.column("query").to_pylist(),
+            clicks.column("qid").to_pylist(), config=config, model_dir=version / "model",
+            seed=workdir.config.data.seed, progress=False))
     n = len(products)
     parts = {"vectors": version / "vectors.npy", "ann": version / "ann.faiss", "qid_table": version / "qid",
              "lexical": version / "lexical", "lexicon": version / "lexicon.json",
@@ -507,6 +481,7 @@ def http_speed(sizes: Sizes, inputs: Inputs, log_path: Path) -> dict[str, Any]:
 def plot_nprobe(results: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     figure = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(figure)
@@ -527,6 +502,7 @@ def plot_nprobe(results: dict, path: Path) -> None:
         ax.scatter([data["exact_flat"]["p50_ms"]], [1.0], marker="*", s=120, color=line.get_color(),
                    label=f"exact (IndexFlatIP), n={data['n']}")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("single-query latency p50 (ms, 1 thread)")
     ax.set_ylabel(f"recall@{results['sizes']['k']} vs exact")
     ax.set_title("IVF nprobe sweep (labels: nprobe)")
