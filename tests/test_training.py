@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from transformers import BertConfig
 
 from vlsearch.config import preset
 from vlsearch.errors import WorkdirError
@@ -165,3 +166,23 @@ def test_two_process_ddp_run_uses_cross_device_negatives(workdir, tmp_path):
     tensors = load_file(tmp_path / "run" / "checkpoints" / "step-00000004" / "tensors.safetensors")
     assert {"bank.0.vectors", "bank.1.vectors"} <= set(tensors)  # both ranks' memory banks
     assert Retriever.load(tmp_path / "run").encode_queries(["shoes"]).shape[0] == 1
+
+
+def test_layers_from_a_checkpoint_train_at_lr_and_new_layers_at_new_layer_lr():
+    from torch import nn
+
+    from vlsearch.config import TrainConfig
+    from vlsearch.model.towers import TextEncoder
+    from vlsearch.training import make_optimizer
+
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16)
+    pretrained = TextEncoder(config, "mean")
+    pretrained.pretrained = True  # as if loaded from a checkpoint
+    module = nn.ModuleDict({"tower": pretrained, "head": nn.Linear(8, 4)})
+    optimizer = make_optimizer(module, TrainConfig(lr=1e-5, new_layer_lr=1e-3))
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert {lr_of[id(p)] for p in pretrained.parameters()} == {1e-5}
+    assert {lr_of[id(p)] for p in module["head"].parameters()} == {1e-3}
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decay_of[id(module["head"].bias)] == 0.0 and decay_of[id(module["head"].weight)] > 0

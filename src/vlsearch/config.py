@@ -90,7 +90,8 @@ class TrainConfig:
     seed: int = 13  # drives data order, masking and random init
     steps: int = 1000  # optimiser steps
     batch_size: int = 64  # (query, product) pairs per step and per process
-    lr: float = 5e-5  # peak learning rate (AdamW)
+    lr: float = 5e-5  # peak learning rate (AdamW) of towers loaded from a checkpoint
+    new_layer_lr: float = 1e-3  # peak learning rate of layers that start from random weights
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_fraction: float = 0.05  # share of steps with linear warm-up, then linear decay
     grad_clip: float = 1.0  # max global gradient norm
@@ -260,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "init": "random", "hidden_size": 768, "num_layers": 12, "num_heads": 12,
             "intermediate_size": 3072, "image_layers": 12, "embed_dim": 256,
         },
-        "train": {"batch_size": 256, "lr": 1e-4},
+        "train": {"batch_size": 256, "lr": 1e-4, "new_layer_lr": 1e-4},
     },
 }
 

@@ -40,6 +40,7 @@ from vlsearch.distributed import barrier, init_distributed
 from vlsearch.errors import VlsearchError, WorkdirError
 from vlsearch.io import atomic_write_json, atomic_write_text, fsync_dir, read_json
 from vlsearch.model import Retriever
+from vlsearch.model.towers import TextEncoder
 from vlsearch.negatives import MemoryBank, NegativeSet, gather_across_devices
 from vlsearch.objectives import (
     UNKNOWN_CATEGORY,
@@ -271,11 +272,24 @@ class Pretrainer(nn.Module):
 
 
 def make_optimizer(module: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, vectors/scalars (biases, norms, temperatures) do not."""
-    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, t.adam_beta2))
+    """AdamW; matrices decay, vectors/scalars (biases, norms, temperatures) do not.
+
+    Towers loaded from a checkpoint train at ``t.lr``; every layer that starts from random
+    weights (heads, image tower, fusion, Modal Adaptation, objectives) at ``t.new_layer_lr``,
+    since a fine-tuning rate barely moves a freshly initialised layer in a short run.
+    """
+    pretrained = {
+        id(p) for m in module.modules() if isinstance(m, TextEncoder) and m.pretrained
+        for p in m.parameters()
+    }
+    groups = []
+    for from_checkpoint, lr in ((True, t.lr), (False, t.new_layer_lr)):
+        params = [p for p in module.parameters() if p.requires_grad and (id(p) in pretrained) == from_checkpoint]
+        decay = [p for p in params if p.ndim >= 2]
+        rest = [p for p in params if p.ndim < 2]
+        groups += [{"params": decay, "weight_decay": t.weight_decay, "lr": lr},
+                   {"params": rest, "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=(0.9, t.adam_beta2))
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float) -> float:

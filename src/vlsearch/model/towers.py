@@ -84,6 +84,7 @@ class TextEncoder(nn.Module):
         else:
             self.bert = BertModel(config, add_pooling_layer=False)
         self.pooling = pooling
+        self.pretrained = pretrained is not None  # weights came from a checkpoint
 
     @property
     def hidden_size(self) -> int:
