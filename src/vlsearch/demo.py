@@ -2,7 +2,8 @@
 
 Runs on the real catalog in ``<shared>/data/fashion-products`` when it exists (a subset sized
 to finish in about ten minutes on a 2-core CPU), else on the generated sample catalog.
-Every stage is idempotent, so a second `make demo` reuses what the first one built.
+A second `make demo` reuses what the first one built: prepare is idempotent, a finished
+model is not retrained, and the index is rebuilt only after a (re)training.
 """
 
 from __future__ import annotations
@@ -60,18 +61,23 @@ def run_demo(shared: Path, out: Path, limit: int | None = None, steps: int | Non
         print(f"\n(training/indexing not available in this build: {exc})")
         return
 
-    _banner("train: short run")
     config.train.steps = steps or demo.steps
     config.train.batch_size = demo.batch_size
-    model_dir = out / "model"
-    result = train(workdir, config, model_dir, resume=(model_dir / "checkpoints").exists())
-    if result is not None and hasattr(result, "format"):
+    model_dir, index_dir = out / "model", out / "index"
+    trained = False
+    if (model_dir / "config.json").exists():  # written last, when a run has finished
+        _banner(f"train: finished model found in {model_dir}; skipped")
+    else:
+        _banner(f"train: short run ({config.train.steps} steps)")
+        result = train(workdir, config, model_dir, resume=(model_dir / "checkpoints").exists())
         print(result.format())
+        trained = True
 
-    _banner("index")
-    index_dir = out / "index"
-    report = build_index(workdir, model_dir, index_dir, config.index)
-    print(report.format() if hasattr(report, "format") else report)
+    if trained or not (index_dir / "current").exists():
+        _banner("index")
+        print(build_index(workdir, model_dir, index_dir, config.index).format())
+    else:
+        _banner(f"index: {index_dir / 'current'} is up to date; skipped")
 
     _banner("search")
     engine = Engine.open(index_dir)
