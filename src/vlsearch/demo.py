@@ -35,19 +35,24 @@ def _banner(text: str) -> None:
     print(f"\n== {text} " + "=" * max(0, 70 - len(text)))
 
 
-def run_demo(shared: Path, out: Path, limit: int | None = None, steps: int | None = None) -> None:
+def run_demo(
+    shared: Path, out: Path, limit: int | None = None, steps: int | None = None,
+    preset_name: str = "minilm",
+) -> None:
     from vlsearch.sample import write_sample_catalog
     from vlsearch.workdir import prepare
 
     demo = DemoConfig()
-    config = preset("minilm")
+    config = preset(preset_name)
     real = shared / "data" / "fashion-products"
     if (real / "styles.csv").exists():
         catalog = real
         config.data.limit = limit or demo.real_limit
         _banner(f"prepare: real catalog {catalog} (first {config.data.limit} rows)")
     else:
-        catalog = write_sample_catalog(out / "sample-catalog", n_products=limit or demo.sample_products)
+        catalog = out / "sample-catalog"
+        if not (catalog / "styles.csv").exists():  # keep it: prepare's fingerprint sees mtimes
+            write_sample_catalog(catalog, n_products=limit or demo.sample_products)
         _banner(f"prepare: {real} not found; using the generated sample catalog {catalog}")
     workdir = out / "workdir"
     summary = prepare(catalog, workdir, config)
