@@ -551,8 +551,13 @@ def main(argv: list[str] | None = None) -> int:
                    "work/bench/smoke-speed)")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset")
     p.add_argument("--smoke", action="store_true", help="sample catalog, tiny model, small sizes")
+    p.add_argument("--threads", type=int, help="torch threads of the throughput sections (default "
+                   f"{Sizes.threads}; use 1 while another process keeps a core busy: 2 threads "
+                   "on a contended 2-core machine thrash)")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
+    if args.threads:
+        sizes = dataclasses.replace(sizes, threads=args.threads)
     out_dir = Path(args.out or (common.WORK_DIR / "smoke-speed" if args.smoke else common.RESULTS_DIR))
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
