@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from vlsearch.io import atomic_write, atomic_write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
@@ -95,6 +97,10 @@ class Defaults:
     log_every: int = 10  # steps between metrics.jsonl lines
     threads: int = 2  # CPU threads per row (both cores of this machine)
     smoke_threads: int = 1  # smoke runs share the CPU with other work; 2 threads thrash there
+    # single-process rows run 2 at a time with 1 thread each: one thread per process keeps
+    # training fast when another program takes a core (2-thread processes then collapse)
+    parallel: int = 2
+    smoke_parallel: int = 1
     smoke_steps: int = 6
     smoke_eval_queries: int = 200
     smoke_log_every: int = 2
@@ -232,11 +238,21 @@ class Context:
     def trains(self, row: Row) -> bool:
         return row.baseline is not None and self.row_config(row, self.seeds[0])[0].train.steps > 0
 
+    def row_threads(self, row: Row) -> int:
+        """Threads per training process: ``--threads`` shared by a row's processes, or by the
+        ``--parallel`` single-process rows that run at once."""
+        share = row.processes if row.processes > 1 else self.args.parallel
+        return max(1, self.args.threads // share)
+
+    def eval_threads(self, row: Row) -> int:
+        """Rank 0 of a multi-process row evaluates alone (the other ranks wait)."""
+        return self.args.threads if row.processes > 1 else self.row_threads(row)
+
     def budget_overrides(self, row: Row, seed: int) -> dict[str, Any]:
         a = self.args
         return {"train": {
             "steps": a.steps, "seed": seed, "batch_size": a.batch_size // row.processes,
-            "num_threads": max(1, a.threads // row.processes),
+            "num_threads": self.row_threads(row),
             # the memory bank holds the same number of vectors whatever the process count
             "memory_bank_batches": self.base.train.memory_bank_batches * row.processes,
             "log_every": a.log_every, "eval_every": 0, "eval_at_start": False,
@@ -315,6 +331,7 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     record: dict[str, Any] = {
         "row": row.name, "seed": seed, "spec_key": key, "status": "done",
         "config_overrides": overrides, "processes": row.processes,
+        "rows_at_once": 1 if row.processes > 1 else ctx.args.parallel,
         "threads_per_process": config.train.num_threads,
         "batch_per_process": config.train.batch_size, "load_average_before": common.load_average(),
     }
@@ -336,7 +353,7 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     else:
         record["train"] = {"steps": 0, "wall_s": 0.0}
     if is_main():
-        with common.threads(ctx.args.threads):
+        with common.threads(ctx.eval_threads(row)):
             evaluated = time.perf_counter()
             if row.baseline is None:
                 scores = ctx.evaluation.bm25()
@@ -358,14 +375,34 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     barrier()
 
 
-def launch_workers(ctx: Context, rows: list[Row]) -> int:
+def _worker_command(rows: list[Row]) -> list[str]:
+    return [str(Path(__file__).resolve()), *sys.argv[1:], "--worker",
+            "--only", ",".join(row.name for row in rows)]
+
+
+def launch_workers(rows: list[Row]) -> int:
     """Run ``rows`` (all with the same process count) in one torchrun job."""
-    argv = [a for a in sys.argv[1:]]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={rows[0].processes}", str(Path(__file__).resolve()), *argv,
-           "--worker", "--only", ",".join(row.name for row in rows)]
+           f"--nproc-per-node={rows[0].processes}", *_worker_command(rows)]
     common.log("torchrun: " + ", ".join(row.name for row in rows))
     return subprocess.run(cmd, check=False).returncode
+
+
+def run_parallel(ctx: Context, rows: list[Row]) -> int:
+    """Single-process rows, ``--parallel`` at a time, each in its own process; failures."""
+    pending, running, failures = list(rows), [], 0
+    while pending or running:
+        while pending and len(running) < ctx.args.parallel:
+            row = pending.pop(0)
+            running.append((row, subprocess.Popen([sys.executable, *_worker_command([row])])))
+        time.sleep(1)
+        for row, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((row, proc))
+                if proc.returncode:
+                    common.log(f"{row.name}: worker exited with status {proc.returncode}")
+                    failures += 1
+    return failures
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -386,22 +423,23 @@ def main_run(args: argparse.Namespace) -> int:
     write_report(ctx)
     failures = 0
     index = 0
-    while index < len(ctx.rows):
-        row = ctx.rows[index]
-        if row.processes == 1:
-            for seed in ctx.seeds_of(row):
-                run_row(ctx, row, seed)
-            index += 1
-            continue
-        group = [row]
+    while index < len(ctx.rows):  # consecutive rows with the same process count form a group
+        group = [ctx.rows[index]]
         while index + len(group) < len(ctx.rows) and \
-                ctx.rows[index + len(group)].processes == row.processes:
+                ctx.rows[index + len(group)].processes == group[0].processes:
             group.append(ctx.rows[index + len(group)])
-        rc = launch_workers(ctx, group)
-        if rc != 0:
-            common.log(f"torchrun exited with status {rc}; rows without results stay pending")
-            failures += 1
         index += len(group)
+        if group[0].processes > 1:
+            rc = launch_workers(group)
+            if rc != 0:
+                common.log(f"torchrun exited with status {rc}; rows without results stay pending")
+                failures += 1
+        elif ctx.args.parallel > 1:
+            failures += run_parallel(ctx, group)
+        else:
+            for row in group:
+                for seed in ctx.seeds_of(row):
+                    run_row(ctx, row, seed)
     write_report(ctx, finished=True)
     return 1 if failures else 0
 
@@ -463,7 +501,7 @@ def write_report(ctx: Context, finished: bool = False) -> None:
     }
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     common.write_json(ctx.out_dir / "quality.json", report)
-    (ctx.out_dir / "quality.md").write_text(markdown(report), encoding="utf-8")
+    atomic_write_text(ctx.out_dir / "quality.md", markdown(report))
     plot_curves(rows, ctx.out_dir / "quality_curves.png")
 
 
@@ -533,8 +571,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             ax.set_yscale("log")
             ax.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
 
 
 # --------------------------------------------------------------------------------------
@@ -552,6 +589,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=13, help="first seed")
     p.add_argument("--threads", type=int, help="CPU threads per row, split across its processes "
                    f"(default {d.threads}; {d.smoke_threads} with --smoke)")
+    p.add_argument("--parallel", type=int, help="single-process rows run at once, each in its own "
+                   f"process with threads/parallel threads (default {d.parallel}; "
+                   f"{d.smoke_parallel} with --smoke: in this process)")
     p.add_argument("--eval-queries", type=int, help=f"queries per eval split (default {d.eval_queries})")
     p.add_argument("--ks", default="10,100,500", help="cut-offs")
     p.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated row names")
@@ -577,6 +617,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = args.steps if args.steps is not None else (d.smoke_steps if args.smoke else d.steps)
     args.eval_queries = args.eval_queries or (d.smoke_eval_queries if args.smoke else d.eval_queries)
     args.threads = args.threads or (d.smoke_threads if args.smoke else d.threads)
+    args.parallel = args.parallel or (d.smoke_parallel if args.smoke else d.parallel)
     args.log_every = d.smoke_log_every if args.smoke else d.log_every
     args.out = args.out or str(common.WORK_DIR / "smoke" if args.smoke else common.RESULTS_DIR)
     args.work = args.work or str(Path(args.out) / "work" if args.smoke else common.WORK_DIR)

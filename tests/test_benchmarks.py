@@ -99,12 +99,15 @@ def test_quality_markdown_and_curves(quality_out):
     assert (quality_out / "quality_curves.png").stat().st_size > 10_000
 
 
-def test_quality_rerun_reuses_finished_rows(quality_out):
-    row_file = quality_out / "work" / "quality" / "rows" / "bm25-seed13.json"
-    before = row_file.stat().st_mtime_ns
-    result = _run("quality.py", quality_out, "--rows", "bm25")
-    assert "reusing" in result.stderr
-    assert row_file.stat().st_mtime_ns == before
+def test_quality_rerun_reuses_finished_rows_in_parallel_workers(quality_out):
+    rows = quality_out / "work" / "quality" / "rows"
+    files = [rows / "bm25-seed13.json", rows / "make-seed13.json"]
+    before = [f.stat().st_mtime_ns for f in files]
+    result = _run("quality.py", quality_out, "--rows", "bm25,make", "--parallel", "2")
+    assert result.stderr.count("reusing") == 2
+    assert [f.stat().st_mtime_ns for f in files] == before
+    report = json.loads((quality_out / "quality.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["bm25", "make"] and report["complete"]
 
 
 def test_speed_has_every_section(speed_out):
