@@ -173,5 +173,6 @@ def test_prepare_with_a_real_click_log(sample_catalog_dir, tmp_path):
     manifest = json.loads((tmp_path / "wd" / "manifest.json").read_text())
     notes = " ".join(manifest["click_log_notes"])
     assert "clicks.csv" in notes and "not in the catalog" in notes
+    assert "not in the catalog" in summary.format()  # prepare prints what it left out
     probs = dict(zip(table.column("id").to_pylist(), table.column("sampling_prob").to_pylist()))
     assert sum(probs.values()) == pytest.approx(1.0)

@@ -70,6 +70,7 @@ class PrepareSummary:
     eval_queries: dict[str, int] = field(default_factory=dict)
     image_problems: int = 0
     catalog_report: str = ""
+    click_log_notes: list[str] = field(default_factory=list)
     stages_run: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -95,6 +96,8 @@ class PrepareSummary:
         ]
         if self.catalog_report:
             lines.append("catalog report   " + self.catalog_report.replace("\n", "\n                 "))
+        for note in self.click_log_notes:
+            lines.append("click log        " + note.replace("\n", "\n                 "))
         if self.seconds:
             lines.append(
                 "seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
@@ -285,6 +288,7 @@ def prepare(
     summary.eval_queries = manifest.get("eval_queries", {})
     summary.image_problems = manifest.get("image_problems", 0)
     summary.catalog_report = manifest.get("catalog_summary", "")
+    summary.click_log_notes = list(manifest.get("click_log_notes", []))
     return summary
 
 
