@@ -30,7 +30,7 @@ def test_bad_input_is_a_one_line_error_not_a_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "vlsearch.cli", "prepare", "--catalog", str(empty),
          "--out", str(tmp_path / "w"), "--backbone", "random-cnn", "--quiet"],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -9,12 +9,12 @@ keys are refused with the section and key named, so a typo never silently does n
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
 
 class ConfigError(ValueError):

@@ -84,13 +84,13 @@ class PrepareSummary:
         lines = [
             f"work directory   {self.workdir}",
             f"stages run       {ran}",
-            f"products         {self.products} ({self.products_with_image} with an image, "
-            f"{self.heldout_products} held out for cold-start evaluation)",
+            (f"products         {self.products} ({self.products_with_image} with an image, "
+             f"{self.heldout_products} held out for cold-start evaluation)"),
             f"brands mined     {self.brands}; top 10: "
             + ", ".join(f"{name} ({count})" for name, count in self.top_brands[:10]),
             f"categories       {self.categories}",
-            f"training clicks  {self.training_clicks} rows, "
-            f"{self.distinct_training_queries} distinct queries",
+            (f"training clicks  {self.training_clicks} rows, "
+             f"{self.distinct_training_queries} distinct queries"),
             "eval queries     " + ", ".join(f"{k}: {v}" for k, v in self.eval_queries.items()),
             f"image problems   {self.image_problems}",
         ]
@@ -307,8 +307,7 @@ def _prepare_catalog(catalog: Path, out: Path, cfg: DataConfig) -> dict[str, Any
     products = loaded.products
     if not products:
         raise WorkdirError(f"{catalog}: no usable products\n{loaded.report.summary()}")
-    train_ids, heldout_ids = split_products(products, cfg.heldout_product_fraction, cfg.seed)
-    heldout = set(heldout_ids)
+    heldout = set(split_products(products, cfg.heldout_product_fraction, cfg.seed).heldout)
     splits = ["heldout" if p.id in heldout else "train" for p in products]
     _write_parquet(out / "products.parquet", products_to_table(products, splits, {}))
     atomic_write_json(out / "prepare_report.json", loaded.report.to_dict())
