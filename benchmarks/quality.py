@@ -215,7 +215,8 @@ class Context:
     run_dir: Path
     out_dir: Path
     seeds: list[int]
-    rows: list[Row]
+    rows: list[Row]  # rows this process runs
+    report_rows: list[Row]  # rows the report lists (--rows)
     started: float = dataclasses.field(default_factory=time.time)
     _evaluation: Evaluation | None = None
 
@@ -308,10 +309,9 @@ def build_context(args: argparse.Namespace, prepare: bool) -> Context:
     base = preset(args.preset)
     base.data, base.images = workdir.config.data, workdir.config.images
     seeds = [args.seed + i for i in range(args.seeds)]
-    rows = [ROW_BY_NAME[name] for name in args.rows]
-    if args.only:
-        rows = [row for row in rows if row.name in args.only]
-    return Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows)
+    selected = [ROW_BY_NAME[name] for name in args.rows]
+    rows = [row for row in selected if not args.only or row.name in args.only]
+    return Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows, selected)
 
 
 def run_row(ctx: Context, row: Row, seed: int) -> None:
@@ -465,7 +465,7 @@ def _aggregate(records: list[dict]) -> tuple[dict, dict]:
 
 def collect(ctx: Context) -> list[dict]:
     rows = []
-    for row in ctx.rows:
+    for row in ctx.report_rows:
         records = []
         for seed in ctx.seeds_of(row):
             path = ctx.row_file(row, seed)
@@ -603,6 +603,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="generated sample catalog, tiny preset, random-cnn, a few steps")
     p.add_argument("--fresh", action="store_true", help="recompute rows that have results")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report files from the finished rows; train nothing")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each row's final checkpoint")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--only", help=argparse.SUPPRESS)
@@ -628,6 +630,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        write_report(build_context(args, prepare=False))
+        return 0
     if args.worker:
         worker_main(args)
         return 0
