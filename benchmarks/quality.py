@@ -233,8 +233,10 @@ class Context:
         return self.run_dir / "models" / f"{row.name}-seed{seed}"
 
     def seeds_of(self, row: Row) -> list[int]:
-        """Deterministic rows (BM25, untrained models) run once."""
-        return self.seeds if self.trains(row) else self.seeds[:1]
+        """Every seed for trained rows (those of --seed-rows when given); deterministic rows
+        (BM25, untrained models) run once."""
+        chosen = self.args.seed_rows is None or row.name in self.args.seed_rows
+        return self.seeds if self.trains(row) and chosen else self.seeds[:1]
 
     def trains(self, row: Row) -> bool:
         return row.baseline is not None and self.row_config(row, self.seeds[0])[0].train.steps > 0
@@ -489,6 +491,7 @@ def write_report(ctx: Context, finished: bool = False) -> None:
         "catalog": "sample (generated, --smoke)" if a.smoke else f"first {a.products} products",
         "products": len(ctx.workdir.products()), "preset": a.preset, "steps": a.steps,
         "batch_size": a.batch_size, "lr": ctx.base.train.lr, "seeds": ctx.seeds,
+        "seed_rows": sorted(a.seed_rows) if a.seed_rows else "every trained row",
         "threads": a.threads, "eval_queries_per_split": a.eval_queries, "ks": list(a.ks),
         "search": "exact inner product over the whole subset", "backbone": ctx.base.images.backbone,
     }
@@ -523,7 +526,9 @@ def markdown(report: dict) -> str:
         "# Quality benchmark",
         "",
         (f"{b['catalog']} ({b['products']} products), preset {b['preset']}, {b['steps']} steps "
-         f"at batch {b['batch_size']}, lr {b['lr']}, seeds {b['seeds']}, {b['threads']} threads; "
+         f"at batch {b['batch_size']}, lr {b['lr']}, seeds {b['seeds']} "
+         f"({b['seed_rows'] if isinstance(b['seed_rows'], str) else ', '.join(b['seed_rows'])}; "
+         f"others the first; ± is the std over seeds), {b['threads']} threads; "
          f"{b['eval_queries_per_split']} queries per split; {b['search']}. "
          "R@K: hit rate of the clicked product; Rel: strict attribute relevance; Cate: category "
          "consistency. Columns 1-7 on the test split; held-out: queries about products never "
@@ -587,6 +592,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step, all processes")
     p.add_argument("--seeds", type=int, default=1, help="seeds per trained row (spread reported when > 1)")
     p.add_argument("--seed", type=int, default=13, help="first seed")
+    p.add_argument("--seed-rows", help="comma-separated rows that get all --seeds (default: every "
+                   "trained row); the others run with the first seed")
     p.add_argument("--threads", type=int, help="CPU threads per row, split across its processes "
                    f"(default {d.threads}; {d.smoke_threads} with --smoke)")
     p.add_argument("--parallel", type=int, help="single-process rows run at once, each in its own "
@@ -615,6 +622,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown rows {unknown}; expected some of {list(ROW_BY_NAME)}")
     args.only = set(args.only.split(",")) if args.only else None
+    args.seed_rows = set(args.seed_rows.split(",")) if args.seed_rows else None
     args.preset = args.preset or ("tiny" if args.smoke else d.preset)
     args.steps = args.steps if args.steps is not None else (d.smoke_steps if args.smoke else d.steps)
     args.eval_queries = args.eval_queries or (d.smoke_eval_queries if args.smoke else d.eval_queries)
