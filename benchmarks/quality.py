@@ -217,7 +217,8 @@ class Context:
     seeds: list[int]
     rows: list[Row]  # rows this process runs
     report_rows: list[Row]  # rows the report lists (--rows)
-    started: float = dataclasses.field(default_factory=time.time)
+    invocations: list[dict] = dataclasses.field(default_factory=list)  # runs behind the report
+    current: dict | None = None  # this process's entry of ``invocations`` (main run only)
     _evaluation: Evaluation | None = None
 
     @property
@@ -313,7 +314,17 @@ def build_context(args: argparse.Namespace, prepare: bool) -> Context:
     seeds = [args.seed + i for i in range(args.seeds)]
     selected = [ROW_BY_NAME[name] for name in args.rows]
     rows = [row for row in selected if not args.only or row.name in args.only]
-    return Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows, selected)
+    return Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows, selected,
+                   previous_invocations(Path(args.out)))
+
+
+def previous_invocations(out_dir: Path) -> list[dict]:
+    """The runs recorded in an existing report (kept when rows are added or re-reported)."""
+    try:
+        old = json.loads((out_dir / "quality.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return list(old.get("invocations", []))
 
 
 def run_row(ctx: Context, row: Row, seed: int) -> None:
@@ -421,7 +432,11 @@ def worker_main(args: argparse.Namespace) -> None:
 
 
 def main_run(args: argparse.Namespace) -> int:
+    started = time.time()
     ctx = build_context(args, prepare=True)
+    ctx.current = {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "started_epoch": started, "elapsed_s": 0.0, "finished": False}
+    ctx.invocations.append(ctx.current)
     write_report(ctx)
     failures = 0
     index = 0
@@ -487,18 +502,20 @@ def collect(ctx: Context) -> list[dict]:
 def write_report(ctx: Context, finished: bool = False) -> None:
     rows = collect(ctx)
     a = ctx.args
+    if ctx.current is not None:
+        ctx.current.update(elapsed_s=round(time.time() - ctx.current["started_epoch"], 1),
+                           finished=finished)
     budget = {
         "catalog": "sample (generated, --smoke)" if a.smoke else f"first {a.products} products",
         "products": len(ctx.workdir.products()), "preset": a.preset, "steps": a.steps,
         "batch_size": a.batch_size, "lr": ctx.base.train.lr, "seeds": ctx.seeds,
         "seed_rows": sorted(a.seed_rows) if a.seed_rows else "every trained row",
-        "threads": a.threads, "eval_queries_per_split": a.eval_queries, "ks": list(a.ks),
+        "threads": a.threads, "parallel_rows": a.parallel, "eval_queries_per_split": a.eval_queries, "ks": list(a.ks),
         "search": "exact inner product over the whole subset", "backbone": ctx.base.images.backbone,
     }
     report = {
         "benchmark": "quality", "complete": all(r["status"] == "done" for r in rows),
-        "finished": finished, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "elapsed_s": round(time.time() - ctx.started, 1), "command": " ".join(sys.argv),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "invocations": ctx.invocations,
         "budget": budget, "workdir": str(ctx.workdir.path), "machine": common.machine_info(),
         "rows": rows,
     }
@@ -528,7 +545,8 @@ def markdown(report: dict) -> str:
         (f"{b['catalog']} ({b['products']} products), preset {b['preset']}, {b['steps']} steps "
          f"at batch {b['batch_size']}, lr {b['lr']}, seeds {b['seeds']} "
          f"({b['seed_rows'] if isinstance(b['seed_rows'], str) else ', '.join(b['seed_rows'])}; "
-         f"others the first; ± is the std over seeds), {b['threads']} threads; "
+         f"others the first; ± is the std over seeds), {b['threads']} threads "
+         f"({b['parallel_rows']} single-process rows at a time, threads split evenly); "
          f"{b['eval_queries_per_split']} queries per split; {b['search']}. "
          "R@K: hit rate of the clicked product; Rel: strict attribute relevance; Cate: category "
          "consistency. Columns 1-7 on the test split; held-out: queries about products never "
@@ -536,6 +554,10 @@ def markdown(report: dict) -> str:
         "",
         (f"Status: {'complete' if report['complete'] else 'INCOMPLETE (pending rows marked …)'}; "
          f"updated {report['updated']}; load average {report['machine']['load_average']}."),
+        "",
+        "Runs: " + "; ".join(
+            f"`{i['command']}` ({i['elapsed_s'] / 60:.0f} min{'' if i['finished'] else ', unfinished'})"
+            for i in report["invocations"]) + ".",
     ]
     for table, title in (("table1", "Table 1: methods"), ("ablation", "Ablations of full")):
         lines += ["", f"## {title}", "", header, rule]
