@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -78,6 +80,27 @@ def test_second_prepare_does_no_work(sample_catalog_dir, sample_workdir):
     assert again.stages_run == []
     assert again.products == first.products
     assert (out / "manifest.json").read_text() == before
+
+
+def test_fresh_modification_times_keep_the_work_but_changed_contents_redo_it(
+        sample_catalog_dir, tmp_path):
+    catalog = tmp_path / "catalog"
+    shutil.copytree(sample_catalog_dir, catalog)
+    out = tmp_path / "wd"
+    prepare(catalog, out, fast_config(limit=60), progress=False, log=lambda _: None)
+    # A re-mounted or copied catalog gets new times but the same bytes: nothing to redo.
+    for path in [catalog / "styles.csv", *sorted((catalog / "images").iterdir())[:5]]:
+        os.utime(path, (1, 1))
+    same = prepare(catalog, out, fast_config(limit=60), progress=False, log=lambda _: None)
+    assert same.stages_run == []
+    # One edited byte of the table, or one image more, and the stages run again.
+    styles = catalog / "styles.csv"
+    styles.write_text(styles.read_text().replace("Shirt", "Shirts", 1))
+    edited = prepare(catalog, out, fast_config(limit=60), progress=False, log=lambda _: None)
+    assert edited.stages_run == ["catalog", "queries", "features"]
+    shutil.copy(next((catalog / "images").iterdir()), catalog / "images" / "999999.jpg")
+    added = prepare(catalog, out, fast_config(limit=60), progress=False, log=lambda _: None)
+    assert added.stages_run == ["catalog", "queries", "features"]
 
 
 def test_changed_settings_redo_only_what_depends_on_them(sample_catalog_dir, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,15 +40,31 @@ def _fingerprint(payload: Any) -> str:
 
 
 def catalog_signature(catalog: Path) -> dict[str, Any]:
-    """What identifies a catalog's contents cheaply: paths, sizes and modification times."""
+    """What identifies a catalog's contents: its path, a hash of each table file and the
+    names and sizes of its images. Modification times are left out on purpose: a catalog
+    copied or re-mounted with fresh times (``cp``, ``rsync`` without ``-t``, a new CI
+    checkout) must not throw away hours of prepared features."""
     catalog = catalog.resolve()
-    files = [catalog / "styles.csv", catalog / "images"] if catalog.is_dir() else [catalog]
     signature: dict[str, Any] = {"path": str(catalog)}
-    for path in files:
-        if path.exists():
-            stat = path.stat()
-            signature[path.name] = [stat.st_size, stat.st_mtime_ns]
+    tables = [catalog / "styles.csv"] if catalog.is_dir() else [catalog]
+    for path in tables:
+        if path.is_file():
+            signature[path.name] = _content_hash(path)
+    images = catalog / "images"
+    if catalog.is_dir() and images.is_dir():
+        listing = hashlib.blake2b(digest_size=16)
+        for entry in sorted(os.scandir(images), key=lambda e: e.name):
+            listing.update(f"{entry.name}\t{entry.stat().st_size}\n".encode())
+        signature["images"] = listing.hexdigest()
     return signature
+
+
+def _content_hash(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
