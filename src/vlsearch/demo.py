@@ -51,7 +51,7 @@ def run_demo(
         _banner(f"prepare: real catalog {catalog} (first {config.data.limit} rows)")
     else:
         catalog = out / "sample-catalog"
-        if not (catalog / "styles.csv").exists():  # keep it: prepare's fingerprint sees mtimes
+        if not (catalog / "styles.csv").exists():  # drawing it again is deterministic but slow
             write_sample_catalog(catalog, n_products=limit or demo.sample_products)
         _banner(f"prepare: {real} not found; using the generated sample catalog {catalog}")
     workdir = out / "workdir"
