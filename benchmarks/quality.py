@@ -9,9 +9,11 @@ prepared once into ``work/bench/subset-N``), the same budget (``--steps`` optimi
 ``--batch-size`` pairs, the preset's learning rate) and the same seed(s); rows that need
 CDNS run as 2 processes under torchrun (1 thread each, ``batch-size / 2`` pairs per process,
 so every row sees the same number of pairs per step). Each row is scored on the same test
-split (overall and its colour_only_in_image subset) and on the heldout split (queries about
-products never trained on), against the same corpus (every product of the subset) with
-exact inner-product search. BM25 is the lexical channel of the index alone (tantivy, no
+split (overall and its colour_only_in_image subset), on the heldout split (queries about
+products never trained on) and on a colour probe (one query per product whose title names
+no colour, so only its image shows it: ``vlsearch.queries.colour_probe_queries``), against
+the same corpus (every product of the subset) with exact inner-product search. A row whose
+model is trained but whose test bed changed is scored again from its saved model. BM25 is the lexical channel of the index alone (tantivy, no
 filters).
 
 Results are written row by row: ``work/bench/quality/rows/*.json`` (one file per row and
@@ -71,6 +73,14 @@ ROWS: tuple[Row, ...] = (
     Row("no-ke", "full without Keyword Enhancement", "no-ke", 2, "ablation"),
 )
 ROW_BY_NAME = {row.name: row for row in ROWS}
+# Bumped whenever the test bed (eval sets, metrics) changes; finished rows are then scored
+# again from their saved models. 2: the colour probe.
+TEST_BED_VERSION = 2
+# Queries naming the colour, category and gender of a product whose title names no colour
+# (vlsearch.queries.colour_probe_queries): only the image tells the colour.
+COLOUR_PROBE = "colour_probe"
+
+
 TABLE_COLUMNS = (  # (header, split, metric)
     ("R@10", "test", "recall@10"),
     ("R@100", "test", "recall@100"),
@@ -80,7 +90,7 @@ TABLE_COLUMNS = (  # (header, split, metric)
     ("Rel@100", "test", "strict_relevance@100"),
     ("Cate@100", "test", "category_consistency@100"),
     ("held-out R@100", "heldout", "recall@100"),
-    ("colour-in-image R@100", "colour_only_in_image", "recall@100"),
+    ("colour probe R@100", COLOUR_PROBE, "recall@100"),
 )
 
 
@@ -126,6 +136,7 @@ class Evaluation:
 
     def __init__(self, workdir, max_queries: int, ks: tuple[int, ...]):
         from vlsearch.evaluation import read_beir_queries, read_qrels
+        from vlsearch.queries import colour_probe_queries, export_beir
 
         self.ks = ks
         self.products = workdir.products()
@@ -137,6 +148,12 @@ class Evaluation:
             directory = workdir.eval_dir(name)
             queries = read_beir_queries(directory / "queries.jsonl")[:max_queries]
             self.splits.append(EvalSplit(name, queries, read_qrels(directory / "qrels.tsv")))
+        seed = workdir.config.data.seed
+        with tempfile.TemporaryDirectory(prefix="colour-probe-") as tmp:
+            export_beir(colour_probe_queries(self.products, seed), self.products, tmp,
+                        max_queries=max_queries, seed=seed, id_prefix="colour")
+            self.splits.append(EvalSplit(COLOUR_PROBE, read_beir_queries(Path(tmp) / "queries.jsonl"),
+                                         read_qrels(Path(tmp) / "qrels.tsv")))
         self._workdir = workdir
         self._patches = None
 
@@ -147,7 +164,8 @@ class Evaluation:
         return self._patches
 
     def score(self, runs: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
-        """Metrics of every split/subset, keyed test | colour_only_in_image | heldout."""
+        """Metrics of every split/subset, keyed test | colour_only_in_image | heldout |
+        colour_probe (and colour_probe_heldout: its queries about held-out products)."""
         from vlsearch.evaluation import evaluate
 
         metrics, counts = {}, {}
@@ -155,9 +173,11 @@ class Evaluation:
             result = evaluate(runs[split.name], split.qrels, split.queries, self.by_id, ks=self.ks,
                               heldout=self.heldout_ids)
             subsets = result["subsets"]
-            keep = {"test": ("all", "colour_only_in_image"), "heldout": ("all",)}[split.name]
-            for subset in keep:
-                key = split.name if subset == "all" else subset
+            keep = {"test": {"all": "test", "colour_only_in_image": "colour_only_in_image"},
+                    "heldout": {"all": "heldout"},
+                    COLOUR_PROBE: {"all": COLOUR_PROBE, "heldout": f"{COLOUR_PROBE}_heldout"},
+                    }[split.name]
+            for subset, key in keep.items():
                 metrics[key] = subsets[subset]["metrics"]
                 counts[key] = subsets[subset]["queries"]
         return {"metrics": metrics, "queries": counts, "corpus": len(self.products)}
@@ -276,14 +296,22 @@ class Context:
                      "baseline": BASELINES.get(row.baseline) if row.baseline else None}
         return config, overrides
 
-    def spec_key(self, row: Row, seed: int) -> str:
-        """Changes whenever anything that affects the row's numbers changes."""
+    def train_key(self, row: Row, seed: int) -> str:
+        """Changes whenever anything that affects the row's trained model changes."""
         config, _ = self.row_config(row, seed)
-        payload = {"row": dataclasses.asdict(row), "config": config.to_dict(),
-                   "data": self.workdir.manifest.get("stages"), "eval_queries": self.args.eval_queries,
-                   "ks": list(self.args.ks)}
-        blob = json.dumps(payload, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _digest({"row": dataclasses.asdict(row), "config": config.to_dict(),
+                        "data": self.workdir.manifest.get("stages")})
+
+    def spec_key(self, row: Row, seed: int) -> str:
+        """Changes whenever anything that affects the row's numbers changes: its model or
+        the test bed."""
+        return _digest({"train": self.train_key(row, seed), "test_bed": TEST_BED_VERSION,
+                        "eval_queries": self.args.eval_queries, "ks": list(self.args.ks)})
+
+
+def _digest(payload: dict) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def build_context(args: argparse.Namespace, prepare: bool) -> Context:
@@ -331,30 +359,40 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     """Train (every rank) and evaluate (rank 0) one row; write its result file."""
     from vlsearch.distributed import barrier, is_main
     from vlsearch.model import Retriever
+    from vlsearch.model.retriever import WEIGHTS_FILE
     from vlsearch.training import train
 
     path = ctx.row_file(row, seed)
-    key = ctx.spec_key(row, seed)
-    if not ctx.args.fresh and path.exists() and json.loads(path.read_text()).get("spec_key") == key:
+    key, train_key = ctx.spec_key(row, seed), ctx.train_key(row, seed)
+    previous = json.loads(path.read_text()) if path.exists() and not ctx.args.fresh else {}
+    config, overrides = ctx.row_config(row, seed)
+    model_dir = ctx.model_dir(row, seed)
+    trained = row.baseline is not None and config.train.steps > 0
+    # the same model, a changed test bed: score the saved model again
+    rescore = (trained and previous.get("train_key") == train_key
+               and (model_dir / WEIGHTS_FILE).exists())
+    barrier()  # every rank decided from the same file before rank 0 rewrites it
+    if previous.get("spec_key") == key:
         if is_main():
             common.log(f"{row.name} seed {seed}: reusing {path}")
         return
-    config, overrides = ctx.row_config(row, seed)
-    model_dir = ctx.model_dir(row, seed)
     record: dict[str, Any] = {
-        "row": row.name, "seed": seed, "spec_key": key, "status": "done",
+        "row": row.name, "seed": seed, "spec_key": key, "train_key": train_key, "status": "done",
         "config_overrides": overrides, "processes": row.processes,
         "rows_at_once": 1 if row.processes > 1 else ctx.args.parallel,
         "threads_per_process": config.train.num_threads,
         "batch_per_process": config.train.batch_size, "load_average_before": common.load_average(),
     }
-    if is_main():
-        common.log(f"{row.name} seed {seed}: start ({row.processes} process(es))")
     started = time.perf_counter()
-    trained = row.baseline is not None and config.train.steps > 0
-    if trained:
-        if is_main() and model_dir.exists():
-            shutil.rmtree(model_dir)  # a killed earlier attempt
+    if rescore:
+        if is_main():
+            common.log(f"{row.name} seed {seed}: scoring the saved model {model_dir} again")
+        record["train"] = previous["train"]
+    elif trained:
+        if is_main():
+            common.log(f"{row.name} seed {seed}: start ({row.processes} process(es))")
+            if model_dir.exists():
+                shutil.rmtree(model_dir)  # a killed earlier attempt
         barrier()
         result = train(ctx.workdir, config, model_dir, progress=False)
         record["train"] = {
@@ -381,9 +419,9 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
         common.write_json(path, record)
         if trained and not ctx.args.keep_checkpoints:
             shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)
-        test = scores["metrics"]["test"]
-        common.log(f"{row.name} seed {seed}: done in {record['wall_s']} s; test R@100 "
-                   f"{test['recall@100']:.4f}")
+        k = 100 if 100 in ctx.args.ks else max(ctx.args.ks)
+        common.log(f"{row.name} seed {seed}: done in {record['wall_s']} s; test R@{k} "
+                   f"{scores['metrics']['test'][f'recall@{k}']:.4f}")
         write_report(ctx)
     barrier()
 
@@ -550,7 +588,8 @@ def markdown(report: dict) -> str:
          f"{b['eval_queries_per_split']} queries per split; {b['search']}. "
          "R@K: hit rate of the clicked product; Rel: strict attribute relevance; Cate: category "
          "consistency. Columns 1-7 on the test split; held-out: queries about products never "
-         "trained on; colour-in-image: test queries whose colour only the image shows."),
+         "trained on; colour probe: one query (colour, category, gender) per product whose "
+         "title names no colour, so only the image shows it."),
         "",
         (f"Status: {'complete' if report['complete'] else 'INCOMPLETE (pending rows marked …)'}; "
          f"updated {report['updated']}; load average {report['machine']['load_average']}."),

@@ -59,7 +59,8 @@ def test_quality_has_every_row_with_metrics(quality_out):
         for key in ("config_overrides", "load_average_before", "load_average_after", "wall_s",
                     "eval_wall_s", "queries", "corpus"):
             assert key in run, (row["name"], key)
-        assert set(row["metrics"]) == {"test", "colour_only_in_image", "heldout"}
+        assert set(row["metrics"]) == {"test", "colour_only_in_image", "heldout",
+                                       "colour_probe", "colour_probe_heldout"}
         for split, metrics in row["metrics"].items():
             for k in report["budget"]["ks"]:
                 for name in ("recall", "set_recall", "ndcg", "category_consistency",
@@ -68,6 +69,7 @@ def test_quality_has_every_row_with_metrics(quality_out):
                     assert _in_unit(metrics[f"{name}@{k}"]), (row["name"], split, name)
         assert row["metrics"]["test"]["recall@10"] <= row["metrics"]["test"]["recall@500"]
         assert run["queries"]["test"] > 0 and run["queries"]["heldout"] > 0
+        assert run["queries"]["colour_probe"] > run["queries"]["colour_probe_heldout"] > 0
 
 
 def test_quality_rows_trained_as_configured(quality_out):
@@ -108,6 +110,20 @@ def test_quality_rerun_reuses_finished_rows_in_parallel_workers(quality_out):
     assert [f.stat().st_mtime_ns for f in files] == before
     report = json.loads((quality_out / "quality.json").read_text())
     assert [r["name"] for r in report["rows"]] == ["bm25", "make"] and report["complete"]
+
+
+def test_quality_changed_test_bed_scores_saved_models_again(quality_out):
+    """A new cut-off changes the test bed, not the models: trained rows are scored again
+    from their saved models, with their training record kept (runs after the reuse test)."""
+    before = json.loads((quality_out / "work" / "quality" / "rows" / "make-seed13.json").read_text())
+    result = _run("quality.py", quality_out, "--rows", "make", "--ks", "10,50")
+    assert "make seed 13: scoring the saved model" in result.stderr
+    assert "start (1 process(es))" not in result.stderr
+    after = json.loads((quality_out / "work" / "quality" / "rows" / "make-seed13.json").read_text())
+    assert after["train"] == before["train"] and after["train_key"] == before["train_key"]
+    assert after["spec_key"] != before["spec_key"]
+    assert "recall@50" in after["metrics"]["test"] and "recall@500" not in after["metrics"]["test"]
+    assert after["metrics"]["test"]["recall@10"] == before["metrics"]["test"]["recall@10"]
 
 
 def test_speed_has_every_section(speed_out):

@@ -28,9 +28,11 @@ from vlsearch.queries import (
     MockQuery,
     RelevanceIndex,
     _typo,
+    colour_probe_queries,
     export_beir,
     generate_queries,
     intent_key,
+    names_colour,
     read_click_log,
     relevant,
     sampling_probabilities,
@@ -294,6 +296,27 @@ def test_real_catalog_queries(real_products):
     print("\n40 generated queries from the real catalog:")
     for q in random.Random(0).sample(queries, 40):
         print(f"  {q.text!r:48} clicks={q.count:<5} {q.attributes}")
+
+
+def test_colour_probe_asks_for_colours_only_images_show(real_products):
+    by_id = {p.id: p for p in real_products}
+    probe = colour_probe_queries(real_products, seed=5)
+    colours = {p.attributes.get("colour") for p in real_products} - {None}
+    # about one product in eleven of the real catalog has a title without any colour
+    assert 0.04 * len(real_products) < len(probe) < 0.2 * len(real_products)
+    assert len({q.product_id for q in probe}) == len(probe)
+    for q in probe:
+        source = by_id[q.product_id]
+        assert set(q.attributes) <= {"category", "colour", "gender"}
+        assert {"category", "colour"} <= set(q.attributes)
+        assert relevant(source, q.attributes), q
+        assert not any(names_colour(source.title, c) for c in colours), (q, source.title)
+        assert any(names_colour(q.text, c) for c in colours), q  # the query does name it
+    # a product whose title names its colour is never a probe; same seed, same queries
+    assert not {p.id for p in real_products if names_colour(p.title, p.attributes.get("colour") or "")
+                } & {q.product_id for q in probe}
+    assert colour_probe_queries(list(reversed(real_products)), seed=5)[::-1] == probe
+    assert [q.text for q in colour_probe_queries(real_products, seed=6)] != [q.text for q in probe]
 
 
 # ------------------------------------------------------------------------ splits

@@ -623,6 +623,37 @@ def generate_queries(
     return out
 
 
+def colour_probe_queries(products: Iterable[ProductLike], seed: int) -> list[MockQuery]:
+    """One query per product whose colour only its image shows: the product's colour and
+    category, with its gender when it has one ("men's grey tshirt").
+
+    The title of each source product names no colour of the catalog (neither its own, nor a
+    synonym, nor another one that would contradict the label), so a model can only rank the
+    product for the colour it sees in the picture. The brand is left out so that the query
+    matches many products of the category, which the colour alone tells apart. No typos.
+    Phrasing and word order are drawn like :func:`generate_queries` from an RNG seeded by
+    (seed, product id).
+    """
+    products = list(products)
+    values_of = [_query_values(product) for product in products]
+    colours = sorted({v["colour"][0] for v in values_of if "colour" in v})
+    out: list[MockQuery] = []
+    for product, values in zip(products, values_of):
+        if "colour" not in values or "category" not in values:
+            continue
+        if any(names_colour(product.title, colour) for colour in colours):
+            continue
+        rng = random.Random(_seeded_int(seed, "colour-probe", str(product.id)))
+        keys = [k for k in ("category", "colour", "gender") if k in values]
+        attributes = {k: values[k][0] for k in keys if k != "gender"}
+        gender = None
+        if "gender" in keys:
+            attributes["gender"] = _weighted(rng, _SOURCE_GENDERS[values["gender"][1]])
+            gender = attributes["gender"].lower()
+        out.append(MockQuery(_phrase(rng, keys, values, gender), attributes, str(product.id)))
+    return out
+
+
 # --- splits -----------------------------------------------------------------------------------
 
 
