@@ -76,8 +76,8 @@ ROW_BY_NAME = {row.name: row for row in ROWS}
 # Bumped whenever the test bed (eval sets, metrics) changes; finished rows are then scored
 # again from their saved models. 2: the colour probe.
 TEST_BED_VERSION = 2
-# Queries naming the colour, category and gender of a product whose title names no colour
-# (vlsearch.queries.colour_probe_queries): only the image tells the colour.
+# The work dir's eval split of queries naming the colour, category and gender of a product
+# whose title names no colour (vlsearch.queries.colour_probe_queries): only the image shows it.
 COLOUR_PROBE = "colour_probe"
 
 
@@ -136,7 +136,6 @@ class Evaluation:
 
     def __init__(self, workdir, max_queries: int, ks: tuple[int, ...]):
         from vlsearch.evaluation import read_beir_queries, read_qrels
-        from vlsearch.queries import colour_probe_queries, export_beir
 
         self.ks = ks
         self.products = workdir.products()
@@ -144,16 +143,10 @@ class Evaluation:
         splits = workdir.product_table().column("split").to_pylist()
         self.heldout_ids = {p.id for p, s in zip(self.products, splits) if s == "heldout"}
         self.splits = []
-        for name in ("test", "heldout"):
+        for name in ("test", "heldout", COLOUR_PROBE):
             directory = workdir.eval_dir(name)
             queries = read_beir_queries(directory / "queries.jsonl")[:max_queries]
             self.splits.append(EvalSplit(name, queries, read_qrels(directory / "qrels.tsv")))
-        seed = workdir.config.data.seed
-        with tempfile.TemporaryDirectory(prefix="colour-probe-") as tmp:
-            export_beir(colour_probe_queries(self.products, seed), self.products, tmp,
-                        max_queries=max_queries, seed=seed, id_prefix="colour")
-            self.splits.append(EvalSplit(COLOUR_PROBE, read_beir_queries(Path(tmp) / "queries.jsonl"),
-                                         read_qrels(Path(tmp) / "qrels.tsv")))
         self._workdir = workdir
         self._patches = None
 

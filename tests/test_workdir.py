@@ -60,7 +60,7 @@ def test_eval_splits_are_beir_and_judged_by_the_relevance_rule(sample_workdir):
     wd = Workdir.open(out)
     by_id = {p.id: p for p in wd.products()}
     train_queries = set(wd.clicks().column("query").to_pylist())
-    for split in ("valid", "test", "heldout"):
+    for split in ("valid", "test", "heldout", "colour_probe"):
         queries = read_beir_queries(wd.eval_dir(split) / "queries.jsonl")
         qrels = read_qrels(wd.eval_dir(split) / "qrels.tsv")
         assert queries, split
@@ -71,6 +71,8 @@ def test_eval_splits_are_beir_and_judged_by_the_relevance_rule(sample_workdir):
                 assert relevant(by_id[pid], q.metadata["attributes"])
         if split in ("valid", "test"):
             assert not {q.text for q in queries} & train_queries
+    probe = read_beir_queries(wd.eval_dir("colour_probe") / "queries.jsonl")
+    assert all(q.metadata["colour_only_in_image"] for q in probe)
 
 
 def test_second_prepare_does_no_work(sample_catalog_dir, sample_workdir):
@@ -193,6 +195,8 @@ def test_prepare_with_a_real_click_log(sample_catalog_dir, tmp_path):
                 assert query_id(q.text) not in train_qids  # no eval query is trained on
             else:
                 assert set(qrels[q.id]) <= heldout
+    # the colour probe comes from the catalog whatever the click source
+    assert summary.eval_queries["colour_probe"] > 0
     manifest = json.loads((tmp_path / "wd" / "manifest.json").read_text())
     notes = " ".join(manifest["click_log_notes"])
     assert "clicks.csv" in notes and "not in the catalog" in notes

@@ -29,7 +29,10 @@ from vlsearch.errors import WorkdirError
 from vlsearch.io import atomic_write, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
-EVAL_SPLITS = ("valid", "test", "heldout")
+EVAL_SPLITS = ("valid", "test", "heldout", "colour_probe")
+# Part of the queries stage's fingerprint: bumped when the stage writes something new, so
+# that existing work directories gain it. 2: eval/colour_probe.
+QUERIES_STAGE_VERSION = 2
 # ImageConfig fields that change the cached features (threads and batch sizes do not).
 IMAGE_OUTPUT_FIELDS = ("backbone", "width", "height")
 
@@ -238,7 +241,7 @@ def prepare(
 
     Stages and their fingerprints:
       - ``catalog``: catalog signature + DataConfig → products.parquet, brands.json, report
-      - ``queries``: catalog fingerprint + click-log signature → clicks/, eval/
+      - ``queries``: catalog fingerprint + click-log signature + stage version → clicks/, eval/
       - ``features``: catalog fingerprint + ImageConfig → features/ (resumable)
     """
     config = config or Config()
@@ -274,7 +277,8 @@ def prepare(
         summary.seconds["catalog"] = time.perf_counter() - started
 
     click_sig = catalog_signature(Path(clicks)) if clicks else None
-    queries_fp = _fingerprint({"catalog": catalog_fp, "clicks": click_sig})
+    queries_fp = _fingerprint({"catalog": catalog_fp, "clicks": click_sig,
+                               "version": QUERIES_STAGE_VERSION})
     if stages.get("queries", {}).get("fingerprint") != queries_fp:
         started = time.perf_counter()
         _merge(manifest, _prepare_queries(out, data_cfg, Path(clicks) if clicks else None))
@@ -393,6 +397,11 @@ def _prepare_queries(out: Path, cfg: DataConfig, clicks: Path | None) -> dict[st
                 mocked, products, eval_dir / split, max_queries=cfg.max_eval_queries, seed=cfg.seed
             )
         train_log = q.ClickLog.from_queries(train_q)
+    # From the catalog alone, whatever the click source: colours that only images show.
+    eval_counts["colour_probe"] = q.export_beir(
+        q.colour_probe_queries(products, cfg.seed), products, eval_dir / "colour_probe",
+        max_queries=cfg.max_eval_queries, seed=cfg.seed, id_prefix="colour",
+    )
 
     train_log.write_parquet(out / "clicks" / "train.parquet")
     # Q(p): each product's share of the training click mass, stored beside the product.
