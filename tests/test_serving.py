@@ -69,6 +69,9 @@ def test_no_result_violates_an_active_constraint(engine, products, vocabulary, d
     for hit in result.hits:
         assert satisfies(by_id[hit.product_id], result.constraints), (text, filters, hit)
     satisfying = sum(satisfies(p, result.constraints) for p in products)
+    assert all(c.source == "auto" for c in result.relaxed)  # caller filters are never relaxed
+    if result.relaxed:  # only when nothing satisfied them all (relax_below = 1)
+        assert not any(satisfies(p, result.constraints + result.relaxed) for p in products)
     assert result.allowed in (None, satisfying)
     if channels in (None, ["embedding"]):  # fewer than k only when fewer satisfy
         assert len(result.hits) == min(k, satisfying)
@@ -119,6 +122,43 @@ def test_auto_constraints_filters_override_and_off(engine, products):
     red_tape = {c.field: c.values for c in engine.search("red tape shoes for men", k=5).constraints}
     assert red_tape["brand"] == ("red tape",) and "colour" not in red_tape
     assert set(red_tape["gender"]) == {"men", "unisex"}
+
+
+def _unmatched_gender_and_category(engine, products):
+    """A typed query ("girls kurtas") whose gender and category each match products of the
+    catalog but never together."""
+    genders = sorted({product_value(p, "gender") for p in products} - {None})
+    categories = sorted({p.category for p in products if p.category})
+    for gender in genders:
+        for category in categories:
+            text = f"{gender} {category}"
+            auto = {c.field: c for c in engine.constraints(text)}
+            if set(auto) != {"gender", "category"}:
+                continue
+            if not any(satisfies(p, list(auto.values())) for p in products):
+                return text, auto
+    raise AssertionError("the sample catalog has every gender x category")
+
+
+def test_null_result_recovery_relaxes_auto_constraints_not_filters(built, engine, products):
+    text, auto = _unmatched_gender_and_category(engine, products)
+    res = engine.search(text, k=20)
+    assert [c.field for c in res.relaxed] == ["gender"]  # relax_order: gender before category
+    assert [c.field for c in res.constraints] == ["category"] and res.allowed > 0
+    assert res.hits and all(satisfies(next(p for p in products if p.id == h.product_id), [auto["category"]])
+                            for h in res.hits)
+    assert res.to_dict()["relaxed"][0]["field"] == "gender"
+    strict = Engine.open(built[0], ServeConfig(relax_below=0)).search(text, k=20)
+    assert strict.hits == [] and strict.relaxed == [] and strict.allowed == 0
+    # the same gender asked as a filter is the caller's demand: the auto category goes instead
+    gender = {"gender": list(auto["gender"].values)}
+    filtered = engine.search(" ".join(auto["category"].terms), k=20, filters=gender)
+    assert [c.field for c in filtered.relaxed] == ["category"]
+    assert filtered.hits and all(satisfies(next(p for p in products if p.id == h.product_id),
+                                           filtered.constraints) for h in filtered.hits)
+    both = {**gender, "category": list(auto["category"].values)}
+    only_filters = engine.search(text, k=20, filters=both)
+    assert only_filters.hits == [] and only_filters.relaxed == []
 
 
 def test_selective_filter_runs_inside_the_ann_search(engine, products):

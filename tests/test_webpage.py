@@ -92,3 +92,20 @@ def test_page_with_constraint_switched_off(server, tmp_path):
     page = html.unescape(dom.stdout)
     assert 'class="card result"' in page and 'data-field="brand"' not in page
     assert "brand (off)" in page
+
+
+def test_page_shows_a_relaxed_constraint(server, tmp_path):
+    """A query whose understood constraints match nothing together: the page says which one
+    it dropped, and shows the results without it."""
+    import json
+    import urllib.parse
+
+    def relaxed(text: str) -> list:
+        url = f"{server}/search?" + urllib.parse.urlencode({"q": text, "k": 1})
+        return json.loads(urllib.request.urlopen(url, timeout=30).read())["relaxed"]
+
+    text = next(f"{g} {c}" for g in ("girls", "boys", "kids", "men", "women")
+                for c in ("backpacks", "watches", "heels", "kurtas", "sarees") if relaxed(f"{g} {c}"))
+    page = html.unescape(_chromium(tmp_path, f"{server}/?q={text.replace(' ', '+')}", "--dump-dom").stdout)
+    assert 'class="chip relaxed"' in page and "(no match)" in page and "no exact match for" in page
+    assert 'class="card result"' in page

@@ -157,6 +157,13 @@ class ServeConfig:
     overfetch_factor: int = 4  # broad filters: fetch k*factor from ANN, then post-filter
     filter_widen_search: bool = True  # selective filters scale nprobe/efSearch by 1/selectivity
     rrf_k: int = 60  # reciprocal-rank fusion: channel score = weight / (rrf_k + rank)
+    # Null-result recovery: when fewer than relax_below products satisfy every constraint,
+    # query-understanding constraints are dropped one at a time (caller filters never) until
+    # enough do: first the single drop that suffices, earliest in relax_order, else the
+    # earliest of relax_order. 0 switches it off.
+    relax_below: int = 1
+    relax_order: tuple[str, ...] = ("usage", "gender", "colour", "sub_category", "master_category",
+                                    "category", "brand")
     filter_cache_size: int = 256  # constraint sets whose row masks are kept (LRU)
     reload_check: bool = True  # each search checks whether a new index version was published
     qid_table: bool = True  # answer logged queries from the qid table (False: always encode + ANN)

@@ -5,6 +5,9 @@
 1. Constraints: query understanding (lexicon) gives auto constraints; caller ``filters``
    add more and replace an auto constraint on the same field; ``off`` drops auto ones by
    field. All are evaluated once on the inverted index into a row mask (LRU-cached).
+   Null-result recovery: while fewer than ``relax_below`` products satisfy them all, one
+   auto constraint is dropped (the earliest in ``relax_order`` whose drop suffices, else
+   the earliest) and reported in ``SearchResult.relaxed``; caller filters are never dropped.
 2. Embedding channel: the qid table stores each logged query's top-K computed offline
    under the query's own auto constraints. A hit answers from it when the request's
    constraints are those (the default), or, for an unconstrained entry, post-filtered when
@@ -84,12 +87,14 @@ class SearchResult:
     version: str = ""
     allowed: int | None = None  # products satisfying the constraints (None: no constraint)
     embedding_path: str = ""  # qid | ann | ann+postfilter | ann+selector | exact ("" if off)
+    relaxed: list[Constraint] = field(default_factory=list)  # auto constraints dropped: no match
 
     def to_dict(self) -> dict:
         return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
                 "constraints": [c.to_dict() for c in self.constraints], "qid": self.qid,
                 "qid_hit": self.qid_hit, "timings": self.timings, "channels": list(self.channels),
-                "version": self.version, "allowed": self.allowed, "embedding_path": self.embedding_path}
+                "version": self.version, "allowed": self.allowed, "embedding_path": self.embedding_path,
+                "relaxed": [c.to_dict() for c in self.relaxed]}
 
 
 class _Version:
@@ -283,7 +288,7 @@ class Engine:
         if self.config.reload_check:
             self.reload_if_changed()
         state = self._state  # one version for the whole request
-        active = self.constraints(text, filters, auto_constraints, off)
+        active, relaxed = self._relax(state, self.constraints(text, filters, auto_constraints, off))
         mask = state.mask(active) if active else None
         allowed = int(mask.sum()) if mask is not None else None
         timings["constraints_ms"] = (time.perf_counter() - started) * 1000
@@ -310,7 +315,27 @@ class Engine:
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
                             timings=timings, channels=channels, version=state.name, allowed=allowed,
-                            embedding_path=path)
+                            embedding_path=path, relaxed=relaxed)
+
+    def _relax(self, state: _Version, active: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
+        """Null-result recovery (see ``ServeConfig.relax_below``): the constraints kept and
+        the auto ones dropped, in the order they were dropped."""
+        need, order = self.config.relax_below, self.config.relax_order
+        relaxed: list[Constraint] = []
+
+        def enough(constraints: list[Constraint]) -> bool:
+            return not constraints or int(state.mask(constraints).sum()) >= need
+
+        while not enough(active):
+            candidates = sorted((c for c in active if c.source == "auto"),
+                                key=lambda c: order.index(c.field) if c.field in order else len(order))
+            if not candidates:
+                break  # only the caller's filters are left: an empty answer is what they asked for
+            drop = next((c for c in candidates if enough([x for x in active if x is not c])),
+                        candidates[0])
+            active = [c for c in active if c is not drop]
+            relaxed.append(drop)
+        return active, relaxed
 
     def _from_qid_table(self, state: _Version, qid: int, k: int, mask, allowed, active):
         found = state.qid.lookup(qid)

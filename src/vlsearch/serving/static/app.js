@@ -21,9 +21,14 @@ function syncUrl() {
   history.replaceState(null, "", params.toString() ? `/?${params}` : "/");
 }
 
-function renderConstraints(constraints) {
+function renderConstraints(constraints, relaxed) {
   const box = document.getElementById("constraints");
   box.replaceChildren();
+  for (const c of relaxed) {
+    box.append(el("span", { class: "chip relaxed", "data-field": c.field,
+                            title: "no product matches every constraint, so this one was dropped" },
+                  `${c.text} (no match)`));
+  }
   for (const c of constraints) {
     const chip = el("span", { class: `chip ${c.source}`, "data-field": c.field,
                               title: c.source === "auto" ? `from "${c.terms.join(" ")}"` : "filter" },
@@ -76,7 +81,10 @@ async function runSearch() {
     status.className = "";
     const t = body.timings.total_ms.toFixed(1);
     status.textContent = `${body.hits.length} results · ${t} ms · qid ${body.qid_hit ? "hit" : "miss"} · index ${body.version}`;
-    renderConstraints(body.constraints);
+    if (body.relaxed.length) {
+      status.textContent += ` · no exact match for ${body.relaxed.map(c => c.text).join(", ")}`;
+    }
+    renderConstraints(body.constraints, body.relaxed);
     renderHits(body.hits);
   } catch (err) {
     status.className = "error";
