@@ -246,6 +246,32 @@ def test_build_publishes_complete_versions_and_prunes(tmp_path, products):
     assert prune_versions(tmp_path, 1) and current_version(tmp_path).name == third.version
 
 
+def test_killed_builds_leave_versions_the_next_build_removes(tmp_path, products):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    enc = HashEncoder()
+    config = IndexConfig(kind="flat", qid_top_k=50, keep_versions=5)
+    build_synthetic_index(tmp_path, products, enc, config)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    host = socket.gethostname()
+    markers = {"v000090-killed": {"pid": int(dead.stdout), "host": host},  # SIGKILLed build
+               "v000091-running": {"pid": os.getpid(), "host": host},  # a build still at work
+               "v000092-elsewhere": {"pid": int(dead.stdout), "host": host + "-other"}}
+    for name, owner in markers.items():
+        (tmp_path / "versions" / name).mkdir()
+        (tmp_path / "versions" / name / "BUILDING").write_text(json.dumps(owner))
+    (tmp_path / "versions" / "v000093-unmarked").mkdir()  # a build between mkdir and marker
+    report = build_synthetic_index(tmp_path, products, enc, config)
+    assert report.removed_versions == ["v000090-killed"]
+    left = {p.name for p in (tmp_path / "versions").iterdir()}
+    assert {"v000091-running", "v000092-elsewhere", "v000093-unmarked", report.version} <= left
+    assert not (tmp_path / "versions" / report.version / "BUILDING").exists()
+
+
 def test_failed_build_never_becomes_current(tmp_path, products):
     enc = HashEncoder()
     good = build_synthetic_index(tmp_path, products, enc, IndexConfig(kind="flat"))

@@ -7,8 +7,10 @@ engine encodes queries with), ``manifest.json`` and last the ``COMPLETE`` marker
 Publishing points ``OUT/current`` (a relative symlink) at the new version by renaming a
 temporary symlink over it, so a reader resolving ``current`` sees the old complete version
 or the new complete one, never a half-written one. Old versions beyond
-``IndexConfig.keep_versions`` are removed (never the current one). The vector export is
-staged in ``OUT/export/`` and resumes there after a killed build.
+``IndexConfig.keep_versions`` are removed (never the current one), and so are the
+half-written versions of killed builds: a ``BUILDING`` marker names the process writing a
+version, and a version whose process is gone is removed by the next build. The vector
+export is staged in ``OUT/export/`` and resumes there after a killed build.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,10 +37,11 @@ from vlsearch.index.export import export_vectors
 from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
-from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir
+from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
 
 FORMAT_VERSION = 1
 COMPLETE = "COMPLETE"
+BUILDING = "BUILDING"  # JSON {pid, host} of the build writing a version; removed when complete
 CURRENT = "current"
 VERSIONS = "versions"
 _VERSION_RE = re.compile(r"^v(\d{6})-")
@@ -88,9 +92,32 @@ def _new_version_dir(out: Path) -> Path:
         name = f"v{max(numbers, default=0) + 1:06d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
         try:
             (versions / name).mkdir()
-            return versions / name
         except FileExistsError:  # a concurrent build took the number
             continue
+        atomic_write_json(versions / name / BUILDING, {"pid": os.getpid(), "host": socket.gethostname()})
+        return versions / name
+
+
+def _abandoned(version_dir: Path) -> bool:
+    """An incomplete version whose build is gone: its BUILDING marker names a process of this
+    host that no longer runs (a SIGKILLed or crashed-machine build). Versions of builds that
+    may still run (other hosts, no marker yet) are never taken for abandoned."""
+    if is_complete(version_dir):
+        return False
+    try:
+        owner = read_json(version_dir / BUILDING)
+        pid, host = int(owner["pid"]), owner["host"]
+    except (WorkdirError, OSError, ValueError, KeyError, TypeError):
+        return False  # no marker (yet) or an unreadable one: leave the version alone
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def is_complete(version_dir: Path) -> bool:
@@ -135,14 +162,19 @@ def current_version(index_dir: str | Path) -> Path:
 
 
 def prune_versions(out_dir: str | Path, keep: int) -> list[str]:
-    """Remove complete versions beyond the newest ``keep`` (never the current one)."""
+    """Remove complete versions beyond the newest ``keep`` (never the current one) and the
+    half-written versions of builds that were killed."""
     out = Path(out_dir)
     try:
         current = os.readlink(out / CURRENT)
     except OSError:
         current = None
-    complete = sorted(p for p in (out / VERSIONS).iterdir() if _VERSION_RE.match(p.name) and is_complete(p))
+    versions = sorted(p for p in (out / VERSIONS).iterdir() if _VERSION_RE.match(p.name))
+    complete = [p for p in versions if is_complete(p)]
     removed = []
+    for dead in filter(_abandoned, versions):
+        shutil.rmtree(dead, ignore_errors=True)
+        removed.append(dead.name)
     for old in complete[: max(0, len(complete) - max(1, keep))]:
         if current and Path(current).name == old.name:
             continue
@@ -265,6 +297,7 @@ def build_index_from_parts(
         })
         lap("metadata")
         atomic_write_text(version / COMPLETE, "complete\n")
+        (version / BUILDING).unlink(missing_ok=True)
         fsync_dir(version)
     except BaseException:
         shutil.rmtree(version, ignore_errors=True)
