@@ -76,6 +76,8 @@ ROW_BY_NAME = {row.name: row for row in ROWS}
 # Bumped whenever the test bed (eval sets, metrics) changes; finished rows are then scored
 # again from their saved models. 2: the colour probe.
 TEST_BED_VERSION = 2
+# Config sections that shape a trained model (index and serving settings do not).
+MODEL_SHAPING_SECTIONS = ("data", "images", "model", "train")
 # The work dir's eval split of queries naming the colour, category and gender of a product
 # whose title names no colour (vlsearch.queries.colour_probe_queries): only the image shows it.
 COLOUR_PROBE = "colour_probe"
@@ -292,7 +294,8 @@ class Context:
     def train_key(self, row: Row, seed: int) -> str:
         """Changes whenever anything that affects the row's trained model changes."""
         config, _ = self.row_config(row, seed)
-        return _digest({"row": dataclasses.asdict(row), "config": config.to_dict(),
+        shaping = {k: v for k, v in config.to_dict().items() if k in MODEL_SHAPING_SECTIONS}
+        return _digest({"row": dataclasses.asdict(row), "config": shaping,
                         "data": self.workdir.manifest.get("stages")})
 
     def spec_key(self, row: Row, seed: int) -> str:

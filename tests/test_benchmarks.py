@@ -165,3 +165,15 @@ def test_speed_figures_are_sane(speed_out):
     http = s["http"]
     assert http["errors"] == 0 and http["requests"] == speed.SMOKE.http_requests
     assert http["qps"] > 0 and http["latency"]["p50_ms"] <= http["latency"]["p99_ms"]
+
+
+def test_quality_train_key_follows_model_settings_only(quality_out):
+    """Serving and index settings never retrain a row; a training setting does."""
+    ctx = quality.build_context(quality.parse_args(["--smoke", "--out", str(quality_out)]), prepare=False)
+    row = quality.ROW_BY_NAME["make"]
+    before = ctx.train_key(row, 13), ctx.spec_key(row, 13)
+    ctx.base.serve.relax_below += 5
+    ctx.base.index.nlist = 7
+    assert (ctx.train_key(row, 13), ctx.spec_key(row, 13)) == before
+    ctx.base.train.weight_decay += 0.1
+    assert ctx.train_key(row, 13) != before[0] and ctx.train_key(row, 14) != ctx.train_key(row, 13)
