@@ -569,6 +569,23 @@ def _cell(row: dict, split: str, metric: str) -> str:
     return f"{value:.4f}" + (f" ± {spread['std']:.4f}" if spread else "")
 
 
+def _runs(invocations: list[dict]) -> list[str]:
+    """One entry per command; interrupted attempts of a command folded into the next run."""
+    out: list[str] = []
+    interrupted = 0
+    for i, run in enumerate(invocations):
+        following = invocations[i + 1]["command"] if i + 1 < len(invocations) else None
+        if not run["finished"] and following == run["command"]:
+            interrupted += 1
+            continue
+        notes = [f"{run['elapsed_s'] / 60:.0f} min"] + ([] if run["finished"] else ["unfinished"])
+        if interrupted:
+            notes.append(f"after {interrupted} interrupted attempt{'s' * (interrupted > 1)}")
+        out.append(f"`{run['command']}` ({', '.join(notes)})")
+        interrupted = 0
+    return out
+
+
 def markdown(report: dict) -> str:
     b = report["budget"]
     header = "| Method | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " | train s |"
@@ -590,9 +607,7 @@ def markdown(report: dict) -> str:
         (f"Status: {'complete' if report['complete'] else 'INCOMPLETE (pending rows marked …)'}; "
          f"updated {report['updated']}; load average {report['machine']['load_average']}."),
         "",
-        "Runs: " + "; ".join(
-            f"`{i['command']}` ({i['elapsed_s'] / 60:.0f} min{'' if i['finished'] else ', unfinished'})"
-            for i in report["invocations"]) + ".",
+        "Runs: " + "; ".join(_runs(report["invocations"])) + ".",
     ]
     for table, title in (("table1", "Table 1: methods"), ("ablation", "Ablations of full")):
         lines += ["", f"## {title}", "", header, rule]

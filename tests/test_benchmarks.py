@@ -177,3 +177,10 @@ def test_quality_train_key_follows_model_settings_only(quality_out):
     assert (ctx.train_key(row, 13), ctx.spec_key(row, 13)) == before
     ctx.base.train.weight_decay += 0.1
     assert ctx.train_key(row, 13) != before[0] and ctx.train_key(row, 14) != ctx.train_key(row, 13)
+
+
+def test_quality_report_folds_interrupted_attempts_into_the_run_that_finished():
+    runs = [("a", 600, True), ("b", 0, False), ("b", 60, False), ("b", 1260, True), ("c", 120, False)]
+    invocations = [{"command": c, "elapsed_s": s, "finished": f} for c, s, f in runs]
+    assert quality._runs(invocations) == [
+        "`a` (10 min)", "`b` (21 min, after 2 interrupted attempts)", "`c` (2 min, unfinished)"]
