@@ -13,8 +13,8 @@ split (overall and its colour_only_in_image subset), on the heldout split (queri
 products never trained on) and on a colour probe (one query per product whose title names
 no colour, so only its image shows it: ``vlsearch.queries.colour_probe_queries``), against
 the same corpus (every product of the subset) with exact inner-product search. A row whose
-model is trained but whose test bed changed is scored again from its saved model. BM25 is the lexical channel of the index alone (tantivy, no
-filters).
+model is trained but whose test bed changed is scored again from its saved model. BM25 is
+the lexical channel of the index alone (tantivy, no filters).
 
 Results are written row by row: ``work/bench/quality/rows/*.json`` (one file per row and
 seed; a rerun reuses rows whose settings did not change) and, after each row,
