@@ -372,13 +372,18 @@ def colour_phrases(colour: str) -> tuple[str, ...]:
 
 def names_colour(title: str, colour: str) -> bool:
     """True when ``title`` names ``colour`` (or a synonym of it) as consecutive terms."""
-    terms = segment(title)
-    for phrase in (colour, *colour_phrases(colour)):
-        words = segment(phrase)
-        n = len(words)
-        if n and any(terms[i : i + n] == words for i in range(len(terms) - n + 1)):
-            return True
-    return False
+    return _names_any(segment(title), _colour_words(colour))
+
+
+def _colour_words(colour: str) -> list[list[str]]:
+    """The segmented spellings of a colour: its name and its synonyms."""
+    return [words for phrase in (colour, *colour_phrases(colour)) if (words := segment(phrase))]
+
+
+def _names_any(terms: list[str], phrases: Iterable[list[str]]) -> bool:
+    """True when one of ``phrases`` occurs in ``terms`` as consecutive terms."""
+    return any(terms[i : i + len(words)] == words
+               for words in phrases for i in range(len(terms) - len(words) + 1))
 
 
 # --- mocked-query generator -------------------------------------------------------------------
@@ -637,11 +642,12 @@ def colour_probe_queries(products: Iterable[ProductLike], seed: int) -> list[Moc
     products = list(products)
     values_of = [_query_values(product) for product in products]
     colours = sorted({v["colour"][0] for v in values_of if "colour" in v})
+    every_colour = [words for colour in colours for words in _colour_words(colour)]
     out: list[MockQuery] = []
     for product, values in zip(products, values_of):
         if "colour" not in values or "category" not in values:
             continue
-        if any(names_colour(product.title, colour) for colour in colours):
+        if _names_any(segment(product.title), every_colour):
             continue
         rng = random.Random(_seeded_int(seed, "colour-probe", str(product.id)))
         keys = [k for k in ("category", "colour", "gender") if k in values]
