@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from vlsearch.io import atomic_write, atomic_write_text
+from vlsearch.workdir import COLOUR_PROBE_SPLIT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
@@ -80,7 +81,7 @@ TEST_BED_VERSION = 2
 MODEL_SHAPING_SECTIONS = ("data", "images", "model", "train")
 # The work dir's eval split of queries naming the colour, category and gender of a product
 # whose title names no colour (vlsearch.queries.colour_probe_queries): only the image shows it.
-COLOUR_PROBE = "colour_probe"
+COLOUR_PROBE = COLOUR_PROBE_SPLIT
 
 
 TABLE_COLUMNS = (  # (header, split, metric)

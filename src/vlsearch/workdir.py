@@ -29,7 +29,8 @@ from vlsearch.errors import WorkdirError
 from vlsearch.io import atomic_write, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
-EVAL_SPLITS = ("valid", "test", "heldout", "colour_probe")
+COLOUR_PROBE_SPLIT = "colour_probe"  # eval split of queries.colour_probe_queries
+EVAL_SPLITS = ("valid", "test", "heldout", COLOUR_PROBE_SPLIT)
 # Part of the queries stage's fingerprint: bumped when the stage writes something new, so
 # that existing work directories gain it. 2: eval/colour_probe.
 QUERIES_STAGE_VERSION = 2
@@ -398,8 +399,8 @@ def _prepare_queries(out: Path, cfg: DataConfig, clicks: Path | None) -> dict[st
             )
         train_log = q.ClickLog.from_queries(train_q)
     # From the catalog alone, whatever the click source: colours that only images show.
-    eval_counts["colour_probe"] = q.export_beir(
-        q.colour_probe_queries(products, cfg.seed), products, eval_dir / "colour_probe",
+    eval_counts[COLOUR_PROBE_SPLIT] = q.export_beir(
+        q.colour_probe_queries(products, cfg.seed), products, eval_dir / COLOUR_PROBE_SPLIT,
         max_queries=cfg.max_eval_queries, seed=cfg.seed, id_prefix="colour",
     )
 
