@@ -139,6 +139,7 @@ class IndexConfig:
     hnsw_ef_search: int = 128  # HNSW search breadth
     export_batch_size: int = 256  # products encoded per batch during export
     export_dtype: str = "float32"  # float32 | float16 on disk
+    export_device: str = "cpu"  # product encoding: cpu, or cuda (under torchrun: cuda:LOCAL_RANK)
     qid_top_k: int = 200  # products stored per logged query in the qid table
     recall_sample_queries: int = 500  # queries used to report ANN recall@100 against exact
     keep_versions: int = 3  # published index versions kept on disk

@@ -37,6 +37,11 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def is_active() -> bool:
+    """True when a process group is running (this process was launched by torchrun and joined)."""
+    return _active()
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if value is None:

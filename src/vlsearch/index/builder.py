@@ -11,6 +11,11 @@ or the new complete one, never a half-written one. Old versions beyond
 half-written versions of killed builds: a ``BUILDING`` marker names the process writing a
 version, and a version whose process is gone is removed by the next build. The vector
 export is staged in ``OUT/export/`` and resumes there after a killed build.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank exports its shard of the catalog
+(``index.export.export_sharded``); rank 0 merges the shards and builds and publishes the
+version alone, the other ranks return a :class:`ShardReport`. A killed sharded build leaves
+``current`` as it was; rerunning resumes each shard.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import pyarrow.parquet as pq
 from vlsearch.config import IndexConfig
 from vlsearch.errors import WorkdirError
 from vlsearch.index.ann import AnnReport, build_ann, constrained_search
-from vlsearch.index.export import export_vectors
+from vlsearch.index.export import export_sharded, export_vectors, shard_rows
 from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
@@ -79,6 +84,29 @@ class IndexReport:
             f"lexicon          {self.lexicon_phrases} phrases",
             "seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
         ])
+
+
+@dataclass
+class ShardReport:
+    """What a rank other than 0 did in a sharded build: its rows of the export."""
+
+    rank: int
+    world: int
+    rows: tuple[int, int]
+    staging: str
+
+    def format(self) -> str:
+        return (f"rank {self.rank}/{self.world}: exported rows {self.rows[0]}:{self.rows[1]} into "
+                f"{self.staging}; rank 0 merges the shards and publishes the index")
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """This process's place in a sharded export (from ``distributed.init_distributed``)."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
 
 
 # --- versions and publishing ----------------------------------------------------------------
@@ -233,8 +261,12 @@ def build_index_from_parts(
     export_key: dict | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> IndexReport:
-    """Build every part from in-memory inputs, then publish (the testable core of build_index)."""
+    sharding: Sharding | None = None,
+) -> IndexReport | ShardReport:
+    """Build every part from in-memory inputs, then publish (the testable core of build_index).
+
+    With ``sharding`` over several ranks, every rank exports its shard; rank 0 builds the rest
+    and publishes, the others return a :class:`ShardReport`."""
     config = config or IndexConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,10 +280,20 @@ def build_index_from_parts(
         clock = now
 
     staging = out / "export"
-    vectors = export_vectors(
-        encode_products, len(products), staging, config.export_batch_size, config.export_dtype,
-        key=export_key, progress=progress,
-    )
+    sharding = sharding or Sharding()
+    if sharding.world > 1:
+        vectors = export_sharded(
+            encode_products, len(products), staging, sharding.rank, sharding.world, sharding.barrier,
+            config.export_batch_size, config.export_dtype, key=export_key, progress=progress,
+        )
+        if sharding.rank != 0:
+            rows = shard_rows(len(products), config.export_batch_size, sharding.rank, sharding.world)
+            return ShardReport(sharding.rank, sharding.world, rows, str(staging))
+    else:
+        vectors = export_vectors(
+            encode_products, len(products), staging, config.export_batch_size, config.export_dtype,
+            key=export_key, progress=progress,
+        )
     lap("export")
     version = _new_version_dir(out)
     try:
@@ -317,9 +359,26 @@ def build_index(
     out_dir: str | Path,
     config: IndexConfig | None = None,
     progress: bool = True,
-) -> IndexReport:
+) -> IndexReport | ShardReport:
     """Export vectors with the trained Retriever, build ANN + qid table + tantivy + lexicon,
-    copy the model and product metadata in, and publish the version as ``out_dir/current``."""
+    copy the model and product metadata in, and publish the version as ``out_dir/current``.
+
+    Launched by ``torchrun`` the export is sharded over the ranks (module docstring)."""
+    from vlsearch import distributed
+
+    config = config or IndexConfig()
+    started_here = not distributed.is_active()
+    info = distributed.init_distributed(device=config.export_device)
+    try:
+        return _build_index(workdir, model_dir, out_dir, config, progress, info.device, Sharding(
+            info.rank, info.world_size, distributed.barrier))
+    finally:
+        if started_here:
+            distributed.cleanup()
+
+
+def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: bool, device,
+                 sharding: Sharding) -> IndexReport | ShardReport:
     from vlsearch.model import Retriever
     from vlsearch.workdir import Workdir
 
@@ -327,7 +386,7 @@ def build_index(
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise WorkdirError(f"{model_dir}: model directory not found; train one with `vlsearch train`")
-    retriever = Retriever.load(model_dir)
+    retriever = Retriever.load(model_dir, device=device)
     products = wd.products()
     try:
         features = wd.features()
@@ -350,5 +409,5 @@ def build_index(
         out_dir, products, encode, retriever.encode_queries,
         clicks.column("query").to_pylist(), clicks.column("qid").to_pylist(),
         config=config, model_dir=model_dir, export_key=json.loads(json.dumps(key, default=str)),
-        seed=wd.config.data.seed, progress=progress,
+        seed=wd.config.data.seed, progress=progress and sharding.rank == 0, sharding=sharding,
     )
