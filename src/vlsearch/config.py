@@ -155,9 +155,13 @@ class ServeConfig:
     channels: tuple[str, ...] = ("embedding", "lexical")  # retrieval channels merged
     lexical_weight: float = 0.3  # weight of the lexical channel in the merge
     filter_selective_fraction: float = 0.05  # filters matching less than this share run inside ANN
-    overfetch_factor: int = 4  # broad filters: fetch k*factor from ANN, then post-filter
+    overfetch_factor: float = 2.0  # broad filters: fetch k / (filter's share) * factor from ANN, then post-filter
     filter_widen_search: bool = True  # selective filters scale nprobe/efSearch by 1/selectivity
     rrf_k: int = 60  # reciprocal-rank fusion: channel score = weight / (rrf_k + rank)
+    # Every channel fetches this many results (at least offset + k) before fusion, so the
+    # order of the top results never depends on k (Elasticsearch's rank_window_size).
+    fusion_depth: int = 100
+    max_offset: int = 1000  # largest pagination offset accepted
     # Null-result recovery: when fewer than relax_below products satisfy every constraint,
     # query-understanding constraints are dropped one at a time (caller filters never) until
     # enough do: first the single drop that suffices, earliest in relax_order, else the
@@ -166,6 +170,7 @@ class ServeConfig:
     relax_order: tuple[str, ...] = ("usage", "gender", "colour", "sub_category", "master_category",
                                     "category", "brand")
     filter_cache_size: int = 256  # constraint sets whose row masks are kept (LRU)
+    understanding_cache_size: int = 4096  # normalised query texts whose auto constraints are kept (LRU)
     reload_check: bool = True  # each search checks whether a new index version was published
     qid_table: bool = True  # answer logged queries from the qid table (False: always encode + ANN)
     torch_threads: int = 1  # torch intra-op threads in `vlsearch serve` (1 is fastest for one short query)

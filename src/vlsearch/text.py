@@ -109,6 +109,27 @@ def segment(text: str) -> list[str]:
     return terms
 
 
+_HAN_RUN_RE = re.compile(f"[{_HAN}]+")
+
+
+def has_cjk(text: str) -> bool:
+    """True when ``text`` has a Han/hiragana run (the script jieba segments)."""
+    return bool(text) and _HAN_RUN_RE.search(text) is not None
+
+
+def space_cjk(text: str) -> str:
+    """``text`` with every Han/hiragana run cut into its jieba words, separated by spaces
+    (the rest untouched): lets a whitespace/punctuation tokenizer see Chinese words."""
+    if not has_cjk(text):
+        return text
+    return _HAN_RUN_RE.sub(lambda m: " " + " ".join(_segment_cjk(m.group())) + " ", text)
+
+
+def warm_cjk() -> None:
+    """Load jieba's dictionary now (first use costs about a second)."""
+    _jieba()
+
+
 def query_terms(text: str, sort: bool = True) -> list[str]:
     """``segment(text)``, sorted by code point when ``sort`` (duplicates are kept)."""
     terms = segment(text)

@@ -185,7 +185,7 @@ class FilterPolicy:
     """How a constrained search runs (the engine fills it from ServeConfig)."""
 
     selective_fraction: float = 0.05  # allowed share below which the filter runs inside the scan
-    overfetch_factor: int = 4  # broad filters: fetch k*factor, then post-filter
+    overfetch_factor: float = 2.0  # broad filters: fetch k / share * factor, then post-filter
     widen: bool = True  # selective filters scale nprobe/efSearch by 1/selectivity
 
 
@@ -194,20 +194,39 @@ def _valid(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return scores[keep], rows[keep]
 
 
+def top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (score descending, then row ascending) by a partial sort."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        scores, rows = scores[part], rows[part]
+    order = np.lexsort((rows, -scores))
+    return scores[order], rows[order].astype(np.int64)
+
+
 def exact_among(vectors: np.ndarray, query: np.ndarray, rows: np.ndarray, k: int):
     """Exact top-k of ``query`` among ``rows`` (completes a filtered search)."""
     scores = np.asarray(vectors[rows], dtype=np.float32) @ query
-    top = np.argsort(-scores, kind="stable")[:k]
-    return scores[top], rows[top].astype(np.int64)
+    return top_k(scores, np.asarray(rows), k)
+
+
+def exact_masked(vectors: np.ndarray, query: np.ndarray, mask: np.ndarray, k: int, allowed: int):
+    """Exact top-k of ``query`` among the rows ``mask`` allows: a few allowed rows are
+    gathered; many are scored in place (one pass over the vectors, no copy of the rows)."""
+    if allowed * 4 < len(mask):
+        return exact_among(vectors, query, np.flatnonzero(mask), k)
+    scores = np.asarray(vectors @ query, dtype=np.float32)
+    rows = np.flatnonzero(mask)
+    return top_k(scores[rows], rows, k)
 
 
 def constrained_search(
     ann: AnnIndex, vectors: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | None,
-    policy: FilterPolicy = FilterPolicy(),
+    policy: FilterPolicy = FilterPolicy(), allowed: int | None = None,
 ) -> tuple[str, np.ndarray, np.ndarray]:
     """Top-k of one query vector among the rows ``mask`` allows: (path, scores, rows).
 
-    No mask: plain ANN. Broad mask (>= ``selective_fraction``): over-fetch and post-filter.
+    No mask: plain ANN. Broad mask (>= ``selective_fraction``): over-fetch
+    ``k / share * overfetch_factor`` and post-filter (one pass when the share is right).
     Selective mask (or too few survivors): ANN with an ID selector, nprobe/efSearch widened.
     Fewer than min(k, allowed) found: exact scan of the allowed rows' vectors.
     """
@@ -215,13 +234,14 @@ def constrained_search(
     if mask is None:
         scores, rows = ann.search(vec, k)
         return ("ann", *_valid(scores[0], rows[0]))
-    allowed = int(mask.sum())
+    allowed = int(mask.sum()) if allowed is None else allowed
     if allowed == 0:
         return "ann+selector", np.zeros(0, np.float32), np.zeros(0, np.int64)
     want = min(k, allowed)
     fraction = allowed / ann.ntotal
     if fraction >= policy.selective_fraction:
-        scores, rows = _valid(*(a[0] for a in ann.search(vec, k * policy.overfetch_factor)))
+        fetch = min(ann.ntotal, math.ceil(k / fraction * policy.overfetch_factor))
+        scores, rows = _valid(*(a[0] for a in ann.search(vec, fetch)))
         keep = mask[rows]
         if keep.sum() >= want:
             return "ann+postfilter", scores[keep][:k], rows[keep][:k]
@@ -234,4 +254,4 @@ def constrained_search(
     scores, rows = _valid(scores[0], rows[0])
     if len(rows) >= want:
         return "ann+selector", scores, rows
-    return ("exact", *exact_among(vectors, vec[0], np.flatnonzero(mask), k))
+    return ("exact", *exact_masked(vectors, vec[0], mask, k, allowed))

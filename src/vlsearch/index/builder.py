@@ -39,7 +39,8 @@ from vlsearch.config import IndexConfig
 from vlsearch.errors import WorkdirError
 from vlsearch.index.ann import AnnReport, build_ann, constrained_search
 from vlsearch.index.export import export_sharded, export_vectors, shard_rows
-from vlsearch.index.lexical import LexicalIndex, build_lexical
+from vlsearch.index.lexical import build_lexical
+from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
 from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
@@ -226,7 +227,7 @@ def products_table(products: Sequence) -> pa.Table:
     })
 
 
-def _constrained_answers(ann, vectors, lexical, lexicon, encode_queries, top_k: int):
+def _constrained_answers(ann, vectors, constraint_masks: ConstraintMasks, lexicon, encode_queries, top_k: int):
     """The qid table's search: each logged query answered as the engine answers it by default,
     i.e. under the constraints query understanding derives from it (paper section 3.2)."""
     masks: dict[int, np.ndarray] = {}
@@ -240,7 +241,7 @@ def _constrained_answers(ann, vectors, lexical, lexicon, encode_queries, top_k: 
             constraints = understand(text, lexicon).constraints
             sig = constraint_signature(constraints)
             if sig and sig not in masks:
-                masks[sig] = lexical.filter_mask({c.field: list(c.values) for c in constraints})
+                masks[sig] = constraint_masks.mask_canonical((c.field, c.values) for c in constraints)
             _, s, r = constrained_search(ann, vectors, vecs[i], top_k, masks.get(sig))
             scores[i, :len(r)], rows[i, :len(r)] = s, r
             sigs.append(sig)
@@ -313,7 +314,7 @@ def build_index_from_parts(
         lap("lexical")
 
         top_k = min(config.qid_top_k, len(products))
-        answer = _constrained_answers(ann, x, LexicalIndex.open(version / "lexical"), lexicon,
+        answer = _constrained_answers(ann, x, ConstraintMasks.from_products(products), lexicon,
                                       encode_queries, top_k)
         table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size,
                                progress=progress)

@@ -9,9 +9,11 @@ temporary directory and renamed into place (into an existing directory file by f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,7 @@ class Retriever:
             model.load_state_dict(state, strict=True)
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
             raise WorkdirError(f"{model_dir / WEIGHTS_FILE}: cannot load weights ({exc})") from None
+        model.eval()  # loaded for inference: once here, never switched per call
         retriever = cls(config, model, tokenizer, keywords, categories, image)
         retriever.model.to(device)
         return retriever
@@ -229,6 +232,20 @@ class Retriever:
         return self.tokenizer.encode(list(titles), self.config.model.max_title_len, sort_terms=self.config.data.sort_terms)
 
     # --- encoding -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode and no autograd; a model in training (validation during training) is
+        switched to eval and back, a loaded one (always eval) is not touched."""
+        was_training = self.model.training
+        if was_training:
+            self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            if was_training:
+                self.model.train(True)
+
     def _tensor(self, array: np.ndarray, dtype=None) -> torch.Tensor:
         return torch.as_tensor(array, dtype=dtype, device=self.device)
 
@@ -237,16 +254,11 @@ class Retriever:
         texts = list(texts)
         batch_size = batch_size or self.config.model.encode_batch_size
         out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for lo in range(0, len(texts), batch_size):
-                    ids, mask, types = self.tokenize_queries(texts[lo:lo + batch_size])
-                    vec = self.model.encode_query(self._tensor(ids), self._tensor(mask), self._tensor(types))
-                    out[lo:lo + len(ids)] = vec.float().cpu().numpy()
-        finally:
-            self.model.train(was_training)
+        with self._inference():
+            for lo in range(0, len(texts), batch_size):
+                ids, mask, types = self.tokenize_queries(texts[lo:lo + batch_size])
+                vec = self.model.encode_query(self._tensor(ids), self._tensor(mask), self._tensor(types))
+                out[lo:lo + len(ids)] = vec.float().cpu().numpy()
         return out
 
     def encode_products(
@@ -268,26 +280,33 @@ class Retriever:
         use_images = self.config.model.use_images
         if use_images and patches is None:
             patches, has_image = self.extract_patches(products)
+        if use_images and not isinstance(patches, np.ndarray):
+            patches = np.asarray(patches)
         if use_images and has_image is None:
             has_image = np.abs(np.asarray(patches)).reshape(n, -1).sum(1) > 0
         vectors = np.zeros((n, self.embed_dim), dtype=np.float32)
         weights = np.zeros((n, len(self.modalities)), dtype=np.float32)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for lo in range(0, n, batch_size):
-                    hi = min(lo + batch_size, n)
-                    ids, mask, _ = self.tokenize_titles([p.title for p in products[lo:hi]])
-                    batch_patches = batch_has = None
-                    if use_images:
-                        batch_patches = self._tensor(np.asarray(patches[lo:hi], dtype=np.float32))
-                        batch_has = self._tensor(np.asarray(has_image[lo:hi], dtype=bool))
-                    out = self.model.encode_product(self._tensor(ids), self._tensor(mask), batch_patches, batch_has)
-                    vectors[lo:hi] = out.vectors.float().cpu().numpy()
-                    weights[lo:hi] = out.weights.float().cpu().numpy()
-        finally:
-            self.model.train(was_training)
+        if n == 0:
+            return (vectors, weights) if return_weights else vectors
+        # Tokenize all, encode in order of token length (each batch padded only to its own
+        # longest title), write each vector back to its product's row.
+        all_ids, all_mask, _ = self.tokenize_titles([p.title for p in products])
+        lengths = all_mask.sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        with self._inference():
+            for lo in range(0, n, batch_size):
+                rows = order[lo:lo + batch_size]
+                width = max(1, int(lengths[rows].max()))
+                ids, mask = all_ids[rows, :width], all_mask[rows, :width]
+                batch_patches = batch_has = None
+                if use_images:
+                    batch_rows = np.sort(rows)  # memory-mapped patches read in row order
+                    back = np.searchsorted(batch_rows, rows)
+                    batch_patches = self._tensor(np.asarray(patches[batch_rows], dtype=np.float32)[back])
+                    batch_has = self._tensor(np.asarray(has_image, dtype=bool)[rows])
+                out = self.model.encode_product(self._tensor(ids), self._tensor(mask), batch_patches, batch_has)
+                vectors[rows] = out.vectors.float().cpu().numpy()
+                weights[rows] = out.weights.float().cpu().numpy()
         return (vectors, weights) if return_weights else vectors
 
     def extract_patches(self, products: list) -> tuple[np.ndarray, np.ndarray]:

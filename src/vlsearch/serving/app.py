@@ -35,6 +35,7 @@ class SearchRequest(BaseModel):
 
     q: str = Field(description="query text")
     k: int | None = Field(default=None, description="number of results (default from config)")
+    offset: int = Field(default=0, description="rank of the first result (pagination: next page at offset + k)")
     filters: dict[str, list[str] | str] | None = Field(
         default=None, description='constraints, e.g. {"brand": ["Nike"], "gender": "Men"}')
     channels: list[str] | None = Field(default=None, description="embedding and/or lexical")
@@ -132,8 +133,10 @@ def create_app(index_dir: str | Path | None = None, engine: Engine | None = None
             return error(400, "query string: expected UTF-8 (percent-encoded) text")
         return await call_next(request)
 
-    def run_search(q: str, k: int | None, filters: dict, channels, auto: bool, off: list[str]) -> dict[str, Any]:
-        result = engine.search(q, k=k, filters=filters, channels=channels, auto_constraints=auto, off=off)
+    def run_search(q: str, k: int | None, filters: dict, channels, auto: bool, off: list[str],
+                   offset: int = 0) -> dict[str, Any]:
+        result = engine.search(q, k=k, filters=filters, channels=channels, auto_constraints=auto, off=off,
+                               offset=offset)
         out = result.to_dict()
         for hit in out["hits"]:
             hit["image"] = f"/products/{hit['product_id']}/image"
@@ -150,13 +153,15 @@ def create_app(index_dir: str | Path | None = None, engine: Engine | None = None
             description="embedding, lexical (repeat or comma-separate)")] = None,
         auto: Annotated[bool, Query(description="apply query-understanding constraints")] = True,
         off: Annotated[list[str] | None, Query(description="auto constraint fields to switch off")] = None,
+        offset: Annotated[int, Query(description="rank of the first result (next page: offset + k)")] = 0,
     ) -> dict[str, Any]:
-        return run_search(q, k, parse_filter_params(filter or [], filters), _channels(channels), auto, off or [])
+        return run_search(q, k, parse_filter_params(filter or [], filters), _channels(channels), auto, off or [],
+                          offset)
 
     @app.post("/search", summary="Search (JSON body)")
     def search_post(body: SearchRequest) -> dict[str, Any]:
         filters = parse_filter_params([], json.dumps(body.filters)) if body.filters else {}
-        return run_search(body.q, body.k, filters, _channels(body.channels), body.auto, body.off)
+        return run_search(body.q, body.k, filters, _channels(body.channels), body.auto, body.off, body.offset)
 
     @app.get("/products/{product_id}", summary="Product metadata")
     def product(product_id: str) -> dict[str, Any]:

@@ -4,24 +4,30 @@
 
 1. Constraints: query understanding (lexicon) gives auto constraints; caller ``filters``
    add more and replace an auto constraint on the same field; ``off`` drops auto ones by
-   field. All are evaluated once on the inverted index into a row mask (LRU-cached).
+   field. Query understanding is cached per normalised query text (LRU). The row mask is
+   ANDs/ORs of bitmaps precomputed at load per (field, value) (``index.masks``; no
+   inverted-index call per request), the last sets kept in an LRU.
    Null-result recovery: while fewer than ``relax_below`` products satisfy them all, one
    auto constraint is dropped (the earliest in ``relax_order`` whose drop suffices, else
    the earliest) and reported in ``SearchResult.relaxed``; caller filters are never dropped.
 2. Embedding channel: the qid table stores each logged query's top-K computed offline
    under the query's own auto constraints. A hit answers from it when the request's
    constraints are those (the default), or, for an unconstrained entry, post-filtered when
-   at least k rows survive or the list holds every allowed product. Otherwise (and on a
+   at least the fusion depth (below) survives or the list holds every allowed product. Otherwise (and on a
    miss) the query is encoded and searched in the ANN index. A selective filter
    (< ``filter_selective_fraction`` of the catalog) runs inside the ANN scan via an ID
    selector with ``nprobe``/``efSearch`` widened by 1/selectivity; a broad one over-fetches
-   ``k * overfetch_factor`` and post-filters.
+   ``depth / share * overfetch_factor`` (sized from the filter's share of the catalog) and
+   post-filters.
    When either returns fewer than min(k, allowed) rows, an exact scan of the allowed rows'
    vectors completes it.
 3. Lexical channel: BM25 (tantivy) with the same Boolean filter.
 4. Merge: weighted reciprocal-rank fusion, score = sum over channels of
    w_c / (rrf_k + rank_c), w_lexical = ``lexical_weight``, w_embedding = 1 - lexical_weight;
-   duplicates merge into one hit listing every channel that found it.
+   duplicates merge into one hit listing every channel that found it. Every channel fetches
+   ``depth = max(fusion_depth, offset + k)`` results, the fused ranking is cut to hits
+   ``offset .. offset + k``: within the fusion window the order never depends on k, and
+   pages of one query concatenate to the single request for ``offset + n``.
 5. Every hit is checked against the row mask: a result never violates an active constraint.
 
 ``reload_if_changed()`` (called per request) compares the ``current`` link target with the
@@ -50,9 +56,11 @@ from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.ann import AnnIndex, FilterPolicy, constrained_search
 from vlsearch.index.builder import current_version
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
+from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
 from vlsearch.io import read_json
+from vlsearch.text import normalize_text
 
 log = logging.getLogger(__name__)
 CHANNELS = ("embedding", "lexical")
@@ -88,13 +96,38 @@ class SearchResult:
     allowed: int | None = None  # products satisfying the constraints (None: no constraint)
     embedding_path: str = ""  # qid | ann | ann+postfilter | ann+selector | exact ("" if off)
     relaxed: list[Constraint] = field(default_factory=list)  # auto constraints dropped: no match
+    offset: int = 0  # rank (0-based) of the first hit in the fused ranking
 
     def to_dict(self) -> dict:
         return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
                 "constraints": [c.to_dict() for c in self.constraints], "qid": self.qid,
                 "qid_hit": self.qid_hit, "timings": self.timings, "channels": list(self.channels),
                 "version": self.version, "allowed": self.allowed, "embedding_path": self.embedding_path,
-                "relaxed": [c.to_dict() for c in self.relaxed]}
+                "relaxed": [c.to_dict() for c in self.relaxed], "offset": self.offset}
+
+
+class _Lru:
+    """A small thread-safe LRU map (bounded by ``size`` entries; 0 disables it)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 class _Version:
@@ -120,6 +153,7 @@ class _Version:
         self.attributes: list[str] = table["attributes"]
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.n = len(self.ids)
+        self.masks = ConstraintMasks.from_columns(self.brands, self.categories, self.attributes)
         if not (self.n == self.ann.ntotal == self.lexical.n == len(self.vectors)):
             raise WorkdirError(f"{path}: index parts disagree on the number of products")
         if retriever is None:
@@ -129,23 +163,27 @@ class _Version:
                 raise WorkdirError(f"{path}: index version has no model/ to encode queries with")
             retriever = Retriever.load(path / "model")
         self.retriever = retriever
-        self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._mask_lock = threading.Lock()
-        self._cache_size = config.filter_cache_size
+        self._masks: _Lru = _Lru(config.filter_cache_size)
+        self._understood: _Lru = _Lru(config.understanding_cache_size)
 
     def mask(self, constraints: Sequence[Constraint]) -> np.ndarray:
+        """Rows satisfying every constraint, from the precomputed bitmaps (LRU of the last sets)."""
         key = tuple(sorted((c.field, c.values) for c in constraints))
-        with self._mask_lock:
-            if key in self._masks:
-                self._masks.move_to_end(key)
-                return self._masks[key]
-        mask = self.lexical.filter_mask({c.field: list(c.values) for c in constraints})
-        mask.setflags(write=False)
-        with self._mask_lock:
-            self._masks[key] = mask
-            while len(self._masks) > self._cache_size:
-                self._masks.popitem(last=False)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self.masks.mask_canonical(key)
+            mask.setflags(write=False)
+            self._masks.put(key, mask)
         return mask
+
+    def understand(self, text: str) -> list[Constraint]:
+        """Query understanding's constraints for ``text``, cached per normalised text."""
+        key = " ".join(normalize_text(text).split())
+        found = self._understood.get(key)
+        if found is None:
+            found = tuple(understand(text, self.lexicon).constraints)
+            self._understood.put(key, found)
+        return list(found)
 
     def product(self, row: int) -> dict:
         return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
@@ -233,7 +271,7 @@ class Engine:
         return FILTER_FIELDS
 
     # --- search -----------------------------------------------------------------------------
-    def _check(self, text: Any, k: Any, channels) -> tuple[str, int, tuple[str, ...]]:
+    def _check(self, text: Any, k: Any, channels, offset: Any = 0) -> tuple[str, int, tuple[str, ...]]:
         cfg = self.config
         if isinstance(text, bytes):
             try:
@@ -248,6 +286,9 @@ class Engine:
             raise InputError("query: contains NUL or undecodable (non-UTF-8) characters")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= cfg.max_k:
             raise InputError(f"k: expected an integer from 1 to {cfg.max_k}, got {k!r}")
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) \
+                or not 0 <= offset <= cfg.max_offset:
+            raise InputError(f"offset: expected an integer from 0 to {cfg.max_offset}, got {offset!r}")
         channels = tuple(cfg.channels if not channels else channels)
         unknown = [c for c in channels if c not in CHANNELS]
         if unknown or not channels:
@@ -266,7 +307,7 @@ class Engine:
             raise InputError(f"off: unknown fields {unknown_off}; expected some of {list(FILTER_FIELDS)}")
         active = [Constraint(field=f, values=tuple(v), source="filter") for f, v in given.items()]
         if auto_constraints:
-            for c in understand(text, state.lexicon).constraints:
+            for c in state.understand(text):
                 if c.field not in given and c.field not in off:
                     active.append(c)
         return active
@@ -279,12 +320,16 @@ class Engine:
         channels: Sequence[str] | None = None,
         auto_constraints: bool = True,
         off: Collection[str] = (),
+        offset: int = 0,
     ) -> SearchResult:
+        """Hits ``offset .. offset + k`` of the fused ranking (see the module docstring)."""
         from vlsearch.text import query_id
 
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        text, k, channels = self._check(text, self.config.default_k if k is None else k, channels)
+        text, k, channels = self._check(text, self.config.default_k if k is None else k, channels, offset)
+        offset = int(offset)
+        depth = max(self.config.fusion_depth, offset + k)  # what each channel fetches
         if self.config.reload_check:
             self.reload_if_changed()
         state = self._state  # one version for the whole request
@@ -298,24 +343,25 @@ class Engine:
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if "embedding" in channels:
             t = time.perf_counter()
-            stored = self._from_qid_table(state, qid, k, mask, allowed, active) if self.config.qid_table else None
+            stored = self._from_qid_table(state, qid, depth, mask, allowed, active) \
+                if self.config.qid_table else None
             if stored is not None:
                 qid_hit, path = True, "qid"
                 lists["embedding"] = stored
             else:
-                path, *lists["embedding"] = self._embedding(state, text, k, mask)
+                path, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed)
             timings["embedding_ms"] = (time.perf_counter() - t) * 1000
         if "lexical" in channels:
             t = time.perf_counter()
             filt = {c.field: list(c.values) for c in active}
-            scores, rows = state.lexical.search(text, k, filt or None)
+            scores, rows = state.lexical.search(text, depth, filt or None)
             lists["lexical"] = (scores, rows)
             timings["lexical_ms"] = (time.perf_counter() - t) * 1000
-        hits = self._merge(state, lists, k, mask)
+        hits = self._merge(state, lists, mask, offset, k)
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
                             timings=timings, channels=channels, version=state.name, allowed=allowed,
-                            embedding_path=path, relaxed=relaxed)
+                            embedding_path=path, relaxed=relaxed, offset=offset)
 
     def _relax(self, state: _Version, active: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
         """Null-result recovery (see ``ServeConfig.relax_below``): the constraints kept and
@@ -356,11 +402,13 @@ class Engine:
             return scores[:k], rows[:k]
         return None
 
-    def _embedding(self, state: _Version, text: str, k: int, mask):
+    def _embedding(self, state: _Version, text: str, k: int, mask, allowed):
         vec = np.asarray(state.retriever.encode_queries([text]), dtype=np.float32)[0]
-        return constrained_search(state.ann, state.vectors, vec, k, mask, self.policy)
+        return constrained_search(state.ann, state.vectors, vec, k, mask, self.policy, allowed)
 
-    def _merge(self, state: _Version, lists, k: int, mask) -> list[Hit]:
+    def _merge(self, state: _Version, lists, mask, offset: int, k: int) -> list[Hit]:
+        """Fuse the channel lists into one ranking (ties: earliest rank, then channel, then
+        row) and cut hits ``offset .. offset + k`` from it."""
         cfg = self.config
         weights = {"embedding": 1.0 - cfg.lexical_weight, "lexical": cfg.lexical_weight}
         fused: dict[int, float] = {}
@@ -373,7 +421,7 @@ class Engine:
                 fused[row] = fused.get(row, 0.0) + weights[channel] / (cfg.rrf_k + rank + 1)
                 found.setdefault(row, {})[channel] = float(score)
                 first_rank.setdefault(row, (rank, c_index))
-        order = sorted(fused, key=lambda r: (-fused[r], first_rank[r], r))[:k]
+        order = sorted(fused, key=lambda r: (-fused[r], first_rank[r], r))[offset:offset + k]
         return [
             Hit(product_id=state.ids[r], score=fused[r], channels=tuple(found[r]), title=state.titles[r],
                 brand=state.brands[r], category=state.categories[r], row=r, channel_scores=found[r])
