@@ -143,6 +143,13 @@ class IndexConfig:
     qid_top_k: int = 200  # products stored per logged query in the qid table
     recall_sample_queries: int = 500  # queries used to report ANN recall@100 against exact
     keep_versions: int = 3  # published index versions kept on disk
+    backend: str = "faiss"  # faiss (in-process, one machine) | milvus (pymilvus: milvus-lite or a server)
+    milvus_uri: str = "work/milvus.db"  # milvus: a file path runs milvus-lite embedded, http://host:19530 a server
+    milvus_token_env: str = "VLSEARCH_MILVUS_TOKEN"  # milvus: env variable holding the token (never stored)
+    milvus_prefix: str = "vlsearch"  # milvus: collection name prefix; alias <prefix>_current is published
+    milvus_lexical: bool = True  # milvus: BM25 lexical channel inside Milvus (False: tantivy in-process)
+    milvus_qid_table: bool = True  # milvus: qid table as a Milvus collection (False: memory-mapped files)
+    milvus_timeout_s: float = 10.0  # milvus: seconds per call before the server counts as unreachable
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """Build a self-contained index version and publish it atomically.
 
 ``OUT/versions/<vNNNNNN-stamp>/`` gets: ``vectors.npy`` (exported product vectors),
-``ann.faiss``, ``qid/`` (qid table), ``lexical/`` (tantivy), ``lexicon.json``,
+the vector store's files (FAISS backend: ``ann.faiss`` + ``attributes.parquet``; Milvus
+backend: a collection ``<prefix>_<version>``, see ``index/milvus.py``), ``qid/`` (qid
+table), ``lexical/`` (tantivy), ``lexicon.json``,
 ``products.parquet`` (product metadata incl. image paths), ``model/`` (the Retriever the
 engine encodes queries with), ``manifest.json`` and last the ``COMPLETE`` marker.
 Publishing points ``OUT/current`` (a relative symlink) at the new version by renaming a
 temporary symlink over it, so a reader resolving ``current`` sees the old complete version
-or the new complete one, never a half-written one. Old versions beyond
+or the new complete one, never a half-written one (the Milvus backend first switches the
+alias ``<prefix>_current`` to the new collection). Old versions beyond
 ``IndexConfig.keep_versions`` are removed (never the current one), and so are the
 half-written versions of killed builds: a ``BUILDING`` marker names the process writing a
 version, and a version whose process is gone is removed by the next build. The vector
@@ -37,11 +40,12 @@ import pyarrow.parquet as pq
 
 from vlsearch.config import IndexConfig
 from vlsearch.errors import WorkdirError
-from vlsearch.index.ann import AnnReport, build_ann, constrained_search
+from vlsearch.index.ann import AnnReport
 from vlsearch.index.export import export_sharded, export_vectors, shard_rows
 from vlsearch.index.lexical import build_lexical
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
+from vlsearch.index.store import build_store, product_attributes, publish_store, sweep_stores
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
 from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
 
@@ -227,10 +231,11 @@ def products_table(products: Sequence) -> pa.Table:
     })
 
 
-def _constrained_answers(ann, vectors, constraint_masks: ConstraintMasks, lexicon, encode_queries, top_k: int):
+def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, encode_queries, top_k: int):
     """The qid table's search: each logged query answered as the engine answers it by default,
     i.e. under the constraints query understanding derives from it (paper section 3.2)."""
     masks: dict[int, np.ndarray] = {}
+    filters: dict[int, dict] = {}
 
     def answer(texts: list[str]):
         vecs = np.asarray(encode_queries(texts), dtype=np.float32)
@@ -241,8 +246,9 @@ def _constrained_answers(ann, vectors, constraint_masks: ConstraintMasks, lexico
             constraints = understand(text, lexicon).constraints
             sig = constraint_signature(constraints)
             if sig and sig not in masks:
+                filters[sig] = {c.field: list(c.values) for c in constraints}
                 masks[sig] = constraint_masks.mask_canonical((c.field, c.values) for c in constraints)
-            _, s, r = constrained_search(ann, vectors, vecs[i], top_k, masks.get(sig))
+            _, s, r = store.constrained_search(vecs[i], top_k, filters.get(sig), masks.get(sig))
             scores[i, :len(r)], rows[i, :len(r)] = s, r
             sigs.append(sig)
         return scores, rows, sigs
@@ -304,8 +310,7 @@ def build_index_from_parts(
         take = min(config.recall_sample_queries, len(distinct))
         sample = [distinct[i] for i in sorted(rng.choice(len(distinct), take, replace=False))] if take else []
         recall_q = encode_queries(sample) if sample else None
-        ann, ann_report = build_ann(x, config, recall_q, seed)
-        ann.save(version / "ann.faiss")
+        store, ann_report = build_store(x, product_attributes(products), config, version, recall_q, seed)
         lap("ann")
 
         build_lexical(products, version / "lexical")
@@ -314,7 +319,7 @@ def build_index_from_parts(
         lap("lexical")
 
         top_k = min(config.qid_top_k, len(products))
-        answer = _constrained_answers(ann, x, ConstraintMasks.from_products(products), lexicon,
+        answer = _constrained_answers(store, ConstraintMasks.from_products(products), lexicon,
                                       encode_queries, top_k)
         table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size,
                                progress=progress)
@@ -332,8 +337,9 @@ def build_index_from_parts(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": asdict(config),
             "products": len(products),
-            "dim": ann.dim,
+            "dim": store.dim,
             "ann": ann_report.to_dict(),
+            **store.manifest_entry(),
             "qid_queries": len(table),
             "qid_top_k": top_k,
             "has_model": model_dir is not None,
@@ -345,10 +351,12 @@ def build_index_from_parts(
     except BaseException:
         shutil.rmtree(version, ignore_errors=True)
         raise
+    publish_store(store)
     publish(out, version)
     removed = prune_versions(out, config.keep_versions)
+    sweep_stores(out, config, {p.name for p in (out / VERSIONS).iterdir()})
     return IndexReport(
-        version=version.name, path=str(version), products=len(products), dim=ann.dim, ann=ann_report,
+        version=version.name, path=str(version), products=len(products), dim=store.dim, ann=ann_report,
         qid_queries=len(table), qid_top_k=top_k, lexicon_phrases=len(lexicon.phrases),
         seconds=seconds, removed_versions=removed,
     )

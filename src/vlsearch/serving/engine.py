@@ -51,13 +51,12 @@ from typing import IO, Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from vlsearch.config import IndexConfig, ServeConfig
+from vlsearch.config import ServeConfig
 from vlsearch.errors import InputError, WorkdirError
-from vlsearch.index.ann import AnnIndex, FilterPolicy, constrained_search
 from vlsearch.index.builder import current_version
-from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
+from vlsearch.index.lexical import FILTER_FIELDS, check_filter
 from vlsearch.index.masks import ConstraintMasks
-from vlsearch.index.qid_table import QidTable
+from vlsearch.index.store import FilterPolicy, open_lexical, open_qid_table, open_store
 from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
 from vlsearch.io import read_json
 from vlsearch.text import normalize_text
@@ -137,12 +136,11 @@ class _Version:
         self.path = path
         self.name = path.name
         manifest = read_json(path / "manifest.json")
-        index_cfg = IndexConfig(**{k: v for k, v in manifest.get("config", {}).items()
-                                   if k in IndexConfig.__dataclass_fields__})
-        self.ann = AnnIndex.load(path / "ann.faiss", index_cfg)
-        self.vectors = np.load(path / "vectors.npy", mmap_mode="r")
-        self.qid = QidTable.load(path / "qid")
-        self.lexical = LexicalIndex.open(path / "lexical")
+        policy = FilterPolicy(config.filter_selective_fraction, config.overfetch_factor,
+                              config.filter_widen_search)
+        self.store = open_store(path, manifest, policy)
+        self.qid = open_qid_table(path, manifest)
+        self.lexical = open_lexical(path, manifest, self.store)
         self.lexicon = Lexicon.from_json(read_json(path / "lexicon.json"))
         table = pq.read_table(path / "products.parquet").to_pydict()
         self.ids: list[str] = table["id"]
@@ -154,7 +152,7 @@ class _Version:
         self.row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.n = len(self.ids)
         self.masks = ConstraintMasks.from_columns(self.brands, self.categories, self.attributes)
-        if not (self.n == self.ann.ntotal == self.lexical.n == len(self.vectors)):
+        if not (self.n == self.store.count() == self.lexical.n):
             raise WorkdirError(f"{path}: index parts disagree on the number of products")
         if retriever is None:
             from vlsearch.model import Retriever
@@ -349,7 +347,7 @@ class Engine:
                 qid_hit, path = True, "qid"
                 lists["embedding"] = stored
             else:
-                path, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed)
+                path, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed, active)
             timings["embedding_ms"] = (time.perf_counter() - t) * 1000
         if "lexical" in channels:
             t = time.perf_counter()
@@ -402,9 +400,10 @@ class Engine:
             return scores[:k], rows[:k]
         return None
 
-    def _embedding(self, state: _Version, text: str, k: int, mask, allowed):
+    def _embedding(self, state: _Version, text: str, k: int, mask, allowed, active):
         vec = np.asarray(state.retriever.encode_queries([text]), dtype=np.float32)[0]
-        return constrained_search(state.ann, state.vectors, vec, k, mask, self.policy, allowed)
+        constraints = {c.field: list(c.values) for c in active} or None
+        return state.store.constrained_search(vec, k, constraints, mask, allowed)
 
     def _merge(self, state: _Version, lists, mask, offset: int, k: int) -> list[Hit]:
         """Fuse the channel lists into one ranking (ties: earliest rank, then channel, then
