@@ -142,6 +142,9 @@ class IndexConfig:
     export_device: str = "cpu"  # product encoding: cpu, or cuda (under torchrun: cuda:LOCAL_RANK)
     qid_top_k: int = 200  # products stored per logged query in the qid table
     recall_sample_queries: int = 500  # queries used to report ANN recall@100 against exact
+    onnx_query_encoder: bool = True  # export the query tower to model/query.onnx (needs onnxruntime)
+    onnx_parity_queries: int = 200  # logged queries the ONNX export is checked on against torch
+    onnx_min_cosine: float = 0.9999  # ONNX vs torch cosine every parity query must reach, else no export
     keep_versions: int = 3  # published index versions kept on disk
     backend: str = "faiss"  # faiss (in-process, one machine) | milvus (pymilvus: milvus-lite or a server)
     milvus_uri: str = "work/milvus.db"  # milvus: a file path runs milvus-lite embedded, http://host:19530 a server
@@ -181,6 +184,8 @@ class ServeConfig:
     reload_check: bool = True  # each search checks whether a new index version was published
     qid_table: bool = True  # answer logged queries from the qid table (False: always encode + ANN)
     torch_threads: int = 1  # torch intra-op threads in `vlsearch serve` (1 is fastest for one short query)
+    query_encoder: str = "auto"  # auto (ONNX when the version has model/query.onnx) | onnx | torch
+    onnx_threads: int = 1  # onnxruntime intra-op threads per worker
     host: str = "127.0.0.1"  # bind address
     port: int = 8000  # bind port
 

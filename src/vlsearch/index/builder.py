@@ -30,6 +30,7 @@ import shutil
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,6 +257,19 @@ def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, enco
     return answer
 
 
+def _export_onnx(retriever, model_dir: Path, queries: Sequence[str], config: IndexConfig) -> dict | None:
+    """Export the query tower next to the copied model; None when switched off or no onnxruntime."""
+    from vlsearch.model.onnx_query import export_query_onnx, onnx_available
+
+    if not config.onnx_query_encoder or not onnx_available():
+        return None
+    report = export_query_onnx(retriever, model_dir, list(queries)[:config.onnx_parity_queries],
+                               config.onnx_min_cosine)
+    if not report.exported:
+        warnings.warn(report.reason, stacklevel=2)
+    return report.to_dict()
+
+
 def build_index_from_parts(
     out_dir: str | Path,
     products: Sequence,
@@ -269,8 +283,12 @@ def build_index_from_parts(
     seed: int = 0,
     progress: bool = True,
     sharding: Sharding | None = None,
+    retriever=None,
 ) -> IndexReport | ShardReport:
     """Build every part from in-memory inputs, then publish (the testable core of build_index).
+
+    With ``retriever`` (and ``model_dir``), the query tower is exported to
+    ``model/query.onnx`` when it passes the parity check (``IndexConfig.onnx_*``).
 
     With ``sharding`` over several ranks, every rank exports its shard; rank 0 builds the rest
     and publishes, the others return a :class:`ShardReport`."""
@@ -328,7 +346,11 @@ def build_index_from_parts(
 
         atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products), tmp))
         if model_dir is not None:
-            shutil.copytree(model_dir, version / "model", ignore=shutil.ignore_patterns("checkpoints"))
+            shutil.copytree(model_dir, version / "model",  # query.onnx: exported below, per version
+                            ignore=shutil.ignore_patterns("checkpoints", "query.onnx"))
+        onnx = _export_onnx(retriever, version / "model", sample, config) \
+            if retriever is not None and model_dir is not None else None
+        lap("onnx")
         del vectors
         os.replace(staging / "vectors.npy", version / "vectors.npy")
         shutil.rmtree(staging, ignore_errors=True)
@@ -343,6 +365,7 @@ def build_index_from_parts(
             "qid_queries": len(table),
             "qid_top_k": top_k,
             "has_model": model_dir is not None,
+            "onnx_query_encoder": onnx,
         })
         lap("metadata")
         atomic_write_text(version / COMPLETE, "complete\n")
@@ -419,4 +442,5 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
         clicks.column("query").to_pylist(), clicks.column("qid").to_pylist(),
         config=config, model_dir=model_dir, export_key=json.loads(json.dumps(key, default=str)),
         seed=wd.config.data.seed, progress=progress and sharding.rank == 0, sharding=sharding,
+        retriever=retriever,
     )

@@ -160,6 +160,12 @@ class _Version:
             if not (path / "model").is_dir():
                 raise WorkdirError(f"{path}: index version has no model/ to encode queries with")
             retriever = Retriever.load(path / "model")
+            from vlsearch.model.onnx_query import load_query_encoder
+
+            self.encoder = load_query_encoder(retriever, path / "model", config.query_encoder,
+                                              config.onnx_threads)
+        else:
+            self.encoder = retriever  # the caller's encoder (tests, benchmarks) as given
         self.retriever = retriever
         self._masks: _Lru = _Lru(config.filter_cache_size)
         self._understood: _Lru = _Lru(config.understanding_cache_size)
@@ -401,7 +407,7 @@ class Engine:
         return None
 
     def _embedding(self, state: _Version, text: str, k: int, mask, allowed, active):
-        vec = np.asarray(state.retriever.encode_queries([text]), dtype=np.float32)[0]
+        vec = np.asarray(state.encoder.encode_queries([text]), dtype=np.float32)[0]
         constraints = {c.field: list(c.values) for c in active} or None
         return state.store.constrained_search(vec, k, constraints, mask, allowed)
 
