@@ -142,6 +142,7 @@ class IndexConfig:
     export_device: str = "cpu"  # product encoding: cpu, or cuda (under torchrun: cuda:LOCAL_RANK)
     qid_top_k: int = 200  # products stored per logged query in the qid table
     recall_sample_queries: int = 500  # queries used to report ANN recall@100 against exact
+    lexical_stemmer: str = "english"  # tantivy Snowball stemmer of the BM25 fields ("" for none)
     onnx_query_encoder: bool = True  # export the query tower to model/query.onnx (needs onnxruntime)
     onnx_parity_queries: int = 200  # logged queries the ONNX export is checked on against torch
     onnx_min_cosine: float = 0.9999  # ONNX vs torch cosine every parity query must reach, else no export

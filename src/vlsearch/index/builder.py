@@ -43,7 +43,7 @@ from vlsearch.config import IndexConfig
 from vlsearch.errors import WorkdirError
 from vlsearch.index.ann import AnnReport
 from vlsearch.index.export import export_sharded, export_vectors, shard_rows
-from vlsearch.index.lexical import build_lexical
+from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.store import build_store, product_attributes, publish_store, sweep_stores
@@ -232,9 +232,11 @@ def products_table(products: Sequence) -> pa.Table:
     })
 
 
-def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, encode_queries, top_k: int):
+def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, encode_queries, top_k: int,
+                         lexical=None):
     """The qid table's search: each logged query answered as the engine answers it by default,
-    i.e. under the constraints query understanding derives from it (paper section 3.2)."""
+    i.e. under the constraints query understanding derives from it (paper section 3.2);
+    with ``lexical`` also its BM25 list under the same constraints."""
     masks: dict[int, np.ndarray] = {}
     filters: dict[int, dict] = {}
 
@@ -242,6 +244,8 @@ def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, enco
         vecs = np.asarray(encode_queries(texts), dtype=np.float32)
         scores = np.full((len(texts), top_k), -np.inf, np.float32)
         rows = np.full((len(texts), top_k), -1, np.int64)
+        lex_scores = np.full((len(texts), top_k), -np.inf, np.float32)
+        lex_rows = np.full((len(texts), top_k), -1, np.int64)
         sigs = []
         for i, text in enumerate(texts):
             constraints = understand(text, lexicon).constraints
@@ -252,7 +256,12 @@ def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, enco
             _, s, r = store.constrained_search(vecs[i], top_k, filters.get(sig), masks.get(sig))
             scores[i, :len(r)], rows[i, :len(r)] = s, r
             sigs.append(sig)
-        return scores, rows, sigs
+            if lexical is not None:
+                s, r = lexical.search(text, top_k, filters.get(sig))
+                lex_scores[i, :len(r)], lex_rows[i, :len(r)] = s, r
+        if lexical is None:
+            return scores, rows, sigs
+        return scores, rows, sigs, lex_scores, lex_rows
 
     return answer
 
@@ -331,14 +340,14 @@ def build_index_from_parts(
         store, ann_report = build_store(x, product_attributes(products), config, version, recall_q, seed)
         lap("ann")
 
-        build_lexical(products, version / "lexical")
+        build_lexical(products, version / "lexical", config.lexical_stemmer)
         lexicon = build_lexicon(products)
         atomic_write_json(version / "lexicon.json", lexicon.to_json())
         lap("lexical")
 
         top_k = min(config.qid_top_k, len(products))
         answer = _constrained_answers(store, ConstraintMasks.from_products(products), lexicon,
-                                      encode_queries, top_k)
+                                      encode_queries, top_k, LexicalIndex.open(version / "lexical"))
         table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size,
                                progress=progress)
         table.save(version / "qid")

@@ -1,10 +1,17 @@
 """The inverted index (tantivy): BM25 over titles and attributes (the lexical channel) and
 Boolean attribute filters (the relevance-control constraints).
 
-Schema: ``row`` (u64, fast: the product-table row), ``title`` and ``attrs`` (default
-tokenizer, BM25), and one raw-tokenized field per filter field holding the normalised
-value (``normalize_value``). A filter ``{field: [values]}`` is a term-set query per
-field (OR within a field) joined by Must (AND across fields).
+Schema: ``row`` (u64, fast: the product-table row), ``title`` and ``attrs`` (BM25), and
+one raw-tokenized field per filter field holding the normalised value (``normalize_value``).
+A filter ``{field: [values]}`` is a term-set query per field (OR within a field) joined by
+Must (AND across fields).
+
+Text analysis (written to ``analysis.json`` in the index directory, so the query side always
+matches the index it opens): tantivy's simple tokenizer, long tokens removed, lower-cased,
+then tantivy's Snowball stemmer (``stemmer``, default English: "shoes" and "Shoe" meet at
+"shoe"); Han/hiragana runs are cut into words by jieba first (``text.space_cjk``), on the
+titles and on the query, since a Chinese title has no spaces. An index without
+``analysis.json`` (built before stemming) is read with the unstemmed analyzer it was built with.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import numpy as np
 import tantivy
 
 from vlsearch.errors import InputError, WorkdirError
+from vlsearch.io import atomic_write_json, read_json
 from vlsearch.queries import canonical
 from vlsearch.queries import product_value as queries_product_value
 
@@ -24,6 +32,8 @@ ROW, TITLE, ATTRS = "row", "title", "attrs"
 MAX_TOKEN_CHARS = 40  # tantivy's default tokenizer drops longer tokens; the query side does too
 WRITER_HEAP_BYTES = 64_000_000  # tantivy writer memory budget
 QUERY_TERMS_MAX = 64  # query tokens used by BM25 at most
+TEXT_TOKENIZER = "vlsearch_text"  # name the title/attrs analyzer is registered under
+ANALYSIS_FILE = "analysis.json"
 
 Filter = Mapping[str, Sequence[str]]
 
@@ -56,61 +66,94 @@ def check_filter(filters: Filter) -> dict[str, list[str]]:
     return out
 
 
-def _schema() -> tantivy.Schema:
+def _schema(analysis: dict | None) -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field(ROW, stored=True, indexed=True, fast=True)
-    builder.add_text_field(TITLE)
-    builder.add_text_field(ATTRS)
+    tokenizer = TEXT_TOKENIZER if analysis else "default"
+    builder.add_text_field(TITLE, tokenizer_name=tokenizer)
+    builder.add_text_field(ATTRS, tokenizer_name=tokenizer)
     for field in FILTER_FIELDS:
         builder.add_text_field(field, tokenizer_name="raw")
     return builder.build()
 
 
-def _analyzer() -> tantivy.TextAnalyzer:
-    """The query-side twin of tantivy's default tokenizer (simple, remove_long, lowercase)."""
-    return (
+def _analyzer(analysis: dict | None) -> tantivy.TextAnalyzer:
+    """The title/attrs analyzer: simple, remove_long, lowercase (tantivy's default
+    tokenizer), plus the stemmer of ``analysis`` when it names one."""
+    builder = (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
         .filter(tantivy.Filter.remove_long(MAX_TOKEN_CHARS))
         .filter(tantivy.Filter.lowercase())
-        .build()
     )
+    if analysis and analysis.get("stemmer"):
+        builder = builder.filter(tantivy.Filter.stemmer(analysis["stemmer"]))
+    return builder.build()
 
 
-def build_lexical(products: Sequence, path: str | Path) -> None:
-    """Index ``products`` (row i = products[i]) into a new tantivy index at ``path``."""
+def _prepare_text(text: str, analysis: dict | None) -> str:
+    """What the analyzer sees: CJK runs cut into words when the index was built that way."""
+    if analysis and analysis.get("cjk") == "jieba":
+        from vlsearch.text import space_cjk
+
+        return space_cjk(text)
+    return text
+
+
+def build_lexical(products: Sequence, path: str | Path, stemmer: str = "english") -> None:
+    """Index ``products`` (row i = products[i]) into a new tantivy index at ``path``;
+    ``stemmer``: a tantivy Snowball language ("" for none)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    index = tantivy.Index(_schema(), path=str(path), reuse=False)
+    analysis = {"stemmer": stemmer or "", "cjk": "jieba"}
+    try:
+        _analyzer(analysis)
+    except ValueError as exc:
+        raise InputError(f"lexical stemmer {stemmer!r}: not a tantivy stemmer language ({exc})") from None
+    index = tantivy.Index(_schema(analysis), path=str(path), reuse=False)
+    index.register_tokenizer(TEXT_TOKENIZER, _analyzer(analysis))
     writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
     for row, product in enumerate(products):
         doc = tantivy.Document()
         doc.add_unsigned(ROW, row)
-        doc.add_text(TITLE, product.title or "")
+        doc.add_text(TITLE, _prepare_text(product.title or "", analysis))
         attrs = [product_value(product, f) for f in FILTER_FIELDS]
-        doc.add_text(ATTRS, " ".join(a for a in attrs if a))
+        doc.add_text(ATTRS, _prepare_text(" ".join(a for a in attrs if a), analysis))
         for field, value in zip(FILTER_FIELDS, attrs):
             if value:
                 doc.add_text(field, value)
         writer.add_document(doc)
     writer.commit()
     writer.wait_merging_threads()
+    from vlsearch.text import has_cjk
+
+    analysis["catalog_has_cjk"] = any(has_cjk(p.title or "") for p in products)
+    atomic_write_json(path / ANALYSIS_FILE, analysis)
 
 
 class LexicalIndex:
     """Read side: BM25 search and filter evaluation; returns product-table rows."""
 
-    def __init__(self, index: tantivy.Index):
+    def __init__(self, index: tantivy.Index, analysis: dict | None = None):
         self.index = index
+        self.analysis = analysis
+        self.analyzer = _analyzer(analysis)
+        if analysis:
+            self.index.register_tokenizer(TEXT_TOKENIZER, self.analyzer)
         self.index.reload()
         self.schema = index.schema
         self.searcher = index.searcher()
         self.n = int(self.searcher.num_docs)
-        self.analyzer = _analyzer()
 
     @classmethod
     def open(cls, path: str | Path) -> LexicalIndex:
+        path = Path(path)
+        analysis = read_json(path / ANALYSIS_FILE) if (path / ANALYSIS_FILE).is_file() else None
+        if analysis and analysis.get("catalog_has_cjk"):
+            from vlsearch.text import warm_cjk
+
+            warm_cjk()  # jieba's dictionary loads now, not on the first Chinese query
         try:
-            return cls(tantivy.Index.open(str(path)))
+            return cls(tantivy.Index.open(str(path)), analysis)
         except (ValueError, OSError) as exc:
             raise WorkdirError(f"{path}: cannot open tantivy index ({exc})") from None
 
@@ -135,7 +178,7 @@ class LexicalIndex:
         return mask
 
     def terms(self, text: str) -> list[str]:
-        return list(dict.fromkeys(self.analyzer.analyze(text)))[:QUERY_TERMS_MAX]
+        return list(dict.fromkeys(self.analyzer.analyze(_prepare_text(text, self.analysis))))[:QUERY_TERMS_MAX]
 
     def search(self, text: str, k: int, filters: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top-``k`` over title and attributes, restricted by ``filters``: (scores, rows)."""

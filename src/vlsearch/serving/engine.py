@@ -21,7 +21,8 @@
    post-filters.
    When either returns fewer than min(k, allowed) rows, an exact scan of the allowed rows'
    vectors completes it.
-3. Lexical channel: BM25 (tantivy) with the same Boolean filter.
+3. Lexical channel: BM25 (tantivy) with the same Boolean filter; a logged query answers from
+   the BM25 list the qid table stores for it (same rules as the embedding channel's list).
 4. Merge: weighted reciprocal-rank fusion, score = sum over channels of
    w_c / (rrf_k + rank_c), w_lexical = ``lexical_weight``, w_embedding = 1 - lexical_weight;
    duplicates merge into one hit listing every channel that found it. Every channel fetches
@@ -54,7 +55,7 @@ import pyarrow.parquet as pq
 from vlsearch.config import ServeConfig
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.builder import current_version
-from vlsearch.index.lexical import FILTER_FIELDS, check_filter
+from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.store import FilterPolicy, open_lexical, open_qid_table, open_store
 from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
@@ -141,6 +142,9 @@ class _Version:
         self.store = open_store(path, manifest, policy)
         self.qid = open_qid_table(path, manifest)
         self.lexical = open_lexical(path, manifest, self.store)
+        # logged queries' BM25 lists were computed with tantivy: usable when it serves the channel
+        self.stored_lexical = isinstance(self.lexical, LexicalIndex) and \
+            bool(getattr(self.qid, "has_lexical", False))
         self.lexicon = Lexicon.from_json(read_json(path / "lexicon.json"))
         table = pq.read_table(path / "products.parquet").to_pydict()
         self.ids: list[str] = table["id"]
@@ -357,9 +361,12 @@ class Engine:
             timings["embedding_ms"] = (time.perf_counter() - t) * 1000
         if "lexical" in channels:
             t = time.perf_counter()
-            filt = {c.field: list(c.values) for c in active}
-            scores, rows = state.lexical.search(text, depth, filt or None)
-            lists["lexical"] = (scores, rows)
+            stored = self._stored(state, state.qid.lookup_lexical(qid), depth, mask, allowed, active) \
+                if self.config.qid_table and state.stored_lexical else None
+            if stored is None:
+                filt = {c.field: list(c.values) for c in active}
+                stored = state.lexical.search(text, depth, filt or None)
+            lists["lexical"] = stored
             timings["lexical_ms"] = (time.perf_counter() - t) * 1000
         hits = self._merge(state, lists, mask, offset, k)
         timings["total_ms"] = (time.perf_counter() - started) * 1000
@@ -388,14 +395,21 @@ class Engine:
         return active, relaxed
 
     def _from_qid_table(self, state: _Version, qid: int, k: int, mask, allowed, active):
-        found = state.qid.lookup(qid)
+        return self._stored(state, state.qid.lookup(qid), k, mask, allowed, active)
+
+    @staticmethod
+    def _stored(state: _Version, found, k: int, mask, allowed, active):
+        """A channel's list stored offline, usable for this request: (scores, rows) or None.
+
+        Usable when stored under the request's constraints, or stored unconstrained and
+        post-filtered by the request's mask, and then either at least ``k`` long or complete
+        (a list shorter than the table's K holds every match; one holding every allowed row)."""
         if found is None:
             return None
         rows, scores, stored_sig = found
-        complete = len(rows) >= state.n  # the stored list ranks the whole catalog
+        complete = len(rows) >= state.n or len(rows) < state.qid.top_k
         if stored_sig == constraint_signature(active):
-            # answered offline under these very constraints: a short list means all allowed rows
-            complete = complete or len(rows) < state.qid.top_k
+            pass  # answered offline under these very constraints
         elif stored_sig == 0 and mask is not None:
             keep = mask[rows]
             rows, scores = rows[keep], scores[keep]
