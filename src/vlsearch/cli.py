@@ -99,7 +99,10 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from vlsearch.serving.app import serve
 
-    serve(args.index, host=args.host, port=args.port)
+    config = _config(args).serve
+    if args.workers is not None:
+        config.workers = args.workers
+    serve(args.index, host=args.host, port=args.port, config=config)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -171,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, help="worker processes (default: [serve] workers, 0 = one per core)")
+    p.add_argument("--config", help="TOML config file ([serve] section)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score an index (or a TREC run file) on a BEIR query set")

@@ -187,6 +187,7 @@ class ServeConfig:
     torch_threads: int = 1  # torch intra-op threads in `vlsearch serve` (1 is fastest for one short query)
     query_encoder: str = "auto"  # auto (ONNX when the version has model/query.onnx) | onnx | torch
     onnx_threads: int = 1  # onnxruntime intra-op threads per worker
+    workers: int = 0  # `vlsearch serve` worker processes (0: one per CPU core)
     host: str = "127.0.0.1"  # bind address
     port: int = 8000  # bind port
 

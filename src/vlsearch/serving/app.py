@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
@@ -186,7 +187,8 @@ def create_app(index_dir: str | Path | None = None, engine: Engine | None = None
     @app.get("/health", summary="Liveness and the index version served")
     def health() -> dict[str, Any]:
         engine.reload_if_changed()
-        return {"status": "ok", "version": engine.version, "products": engine.n_products}
+        return {"status": "ok", "version": engine.version, "products": engine.n_products,
+                "worker": os.getpid()}
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -196,15 +198,57 @@ def create_app(index_dir: str | Path | None = None, engine: Engine | None = None
     return app
 
 
-def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          config: ServeConfig | None = None) -> None:
-    """Open the index (WorkdirError if missing/half-written) and run the app with uvicorn."""
-    import uvicorn
+ENV_INDEX = "VLSEARCH_SERVE_INDEX"  # index directory, for each worker process of `serve --workers`
+ENV_CONFIG = "VLSEARCH_SERVE_CONFIG"  # the ServeConfig as JSON, likewise
 
-    config = config or ServeConfig()
-    app = create_app(index_dir=index_dir, config=config)
+
+def _worker_threads(config: ServeConfig) -> None:
     if config.torch_threads > 0:
         import torch
 
         torch.set_num_threads(config.torch_threads)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of ``serve --workers N`` (a uvicorn factory): the index
+    directory and ServeConfig come from the parent through ``ENV_INDEX`` / ``ENV_CONFIG``.
+    Every worker opens the same index version itself (vectors, qid table memory-mapped, so
+    the page cache holds one copy) and hot-reloads on its own."""
+    from vlsearch.config import update
+
+    config = update(ServeConfig(), json.loads(os.environ.get(ENV_CONFIG, "{}")), source=ENV_CONFIG)
+    _worker_threads(config)
+    return create_app(index_dir=os.environ[ENV_INDEX], config=config)
+
+
+def worker_count(config: ServeConfig) -> int:
+    """``config.workers``, or the number of CPU cores this process may run on when 0."""
+    if config.workers > 0:
+        return config.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          config: ServeConfig | None = None) -> None:
+    """Open the index (WorkdirError if missing/half-written) and run the app with uvicorn:
+    in this process for one worker, else ``worker_count`` processes sharing the socket."""
+    import uvicorn
+
+    from vlsearch.config import to_dict
+    from vlsearch.index.builder import current_version
+
+    config = config or ServeConfig()
+    workers = worker_count(config)
+    if workers == 1:
+        app = create_app(index_dir=index_dir, config=config)
+        _worker_threads(config)
+        uvicorn.run(app, host=host, port=port, log_level="info")
+        return
+    current_version(index_dir)  # a missing or half-written index fails here, before any worker
+    os.environ[ENV_INDEX] = str(Path(index_dir).resolve())
+    os.environ[ENV_CONFIG] = json.dumps(to_dict(config))
+    uvicorn.run("vlsearch.serving.app:app_from_env", factory=True, workers=workers, host=host,
+                port=port, log_level="info")
