@@ -22,6 +22,8 @@ Sections (each records the load average before and after; the machine is shared)
   scan) and + gender filter (broad: over-fetch and post-filter), the default engine path,
   and the ANN alone beside FAISS exact search (IndexFlatIP) on the same vectors, with
   recall@100 against exact and an nprobe sweep.
+* ``serving``: the issue-10 in-process targets (qid hit with default channels, misses with
+  and without filters, ONNX vs torch encoder, parity), cases interleaved (serving_bench.py).
 * ``synthetic``: the same ANN figures on random L2-normalised vectors (1M x 256).
 * ``build``: index build time per stage and bytes per product of each part.
 * ``http``: ``vlsearch serve`` under concurrent load from this process (see http_load.py).
@@ -47,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import http_load
+import serving_bench
 
 
 @dataclass(frozen=True)
@@ -538,7 +541,7 @@ def real_inputs(args: argparse.Namespace) -> Inputs:
     return Inputs(workdir, model, index, smoke=False)
 
 
-SECTIONS = ("compute", "training", "encoding", "search", "synthetic", "build", "http")
+SECTIONS = ("compute", "training", "encoding", "search", "serving", "synthetic", "build", "http")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         "training": lambda: training_speed(sizes, inputs, results["sections"].get("compute")),
         "encoding": lambda: encoding_speed(sizes, inputs),
         "search": lambda: search_speed(sizes, inputs),
+        "serving": lambda: serving_bench.serving_speed(inputs.index, inputs.workdir, sizes.latency_queries,
+                                                       sizes.warmup_queries, sizes.k),
         "synthetic": lambda: synthetic_speed(sizes),
         "build": lambda: build_speed(sizes, inputs, results["sections"].get("encoding", {}).get(
             "ours_titles_and_cached_patches", {}).get("median_per_s")),

@@ -144,4 +144,8 @@ class QidTable:
         if not (len(qids) == len(rows) == len(scores) == len(queries) == len(signatures)) or (
                 lexical[0] is not None and not len(lexical[0]) == len(lexical[1]) == len(qids)):
             raise WorkdirError(f"{directory}: qid table arrays disagree in length")
-        return cls(qids, rows, scores, queries, signatures, *lexical)
+        # plain ndarray views of the maps (no copy): numpy's memmap subclass costs microseconds
+        # per slice on the request path
+        views = [np.asarray(a) for a in (qids, rows, scores, signatures)]
+        lexical = tuple(None if a is None else np.asarray(a) for a in lexical)
+        return cls(views[0], views[1], views[2], queries, views[3], *lexical)

@@ -184,14 +184,23 @@ class _Version:
             self._masks.put(key, mask)
         return mask
 
-    def understand(self, text: str) -> list[Constraint]:
-        """Query understanding's constraints for ``text``, cached per normalised text."""
+    def _analysed(self, text: str) -> tuple[tuple[Constraint, ...], int]:
+        """(auto constraints, qid) of ``text``, cached per normalised text (LRU)."""
+        from vlsearch.text import query_id
+
         key = " ".join(normalize_text(text).split())
         found = self._understood.get(key)
         if found is None:
-            found = tuple(understand(text, self.lexicon).constraints)
+            found = (tuple(understand(text, self.lexicon).constraints), int(query_id(text)))
             self._understood.put(key, found)
-        return list(found)
+        return found
+
+    def understand(self, text: str) -> list[Constraint]:
+        """Query understanding's constraints for ``text``, cached per normalised text."""
+        return list(self._analysed(text)[0])
+
+    def query_id(self, text: str) -> int:
+        return self._analysed(text)[1]
 
     def product(self, row: int) -> dict:
         return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
@@ -331,8 +340,6 @@ class Engine:
         offset: int = 0,
     ) -> SearchResult:
         """Hits ``offset .. offset + k`` of the fused ranking (see the module docstring)."""
-        from vlsearch.text import query_id
-
         started = time.perf_counter()
         timings: dict[str, float] = {}
         text, k, channels = self._check(text, self.config.default_k if k is None else k, channels, offset)
@@ -346,12 +353,13 @@ class Engine:
         allowed = int(mask.sum()) if mask is not None else None
         timings["constraints_ms"] = (time.perf_counter() - started) * 1000
 
-        qid = int(query_id(text))
+        qid = state.query_id(text)
+        signature = constraint_signature(active)
         qid_hit, path = False, ""
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if "embedding" in channels:
             t = time.perf_counter()
-            stored = self._from_qid_table(state, qid, depth, mask, allowed, active) \
+            stored = self._stored(state, state.qid.lookup(qid), depth, mask, allowed, signature) \
                 if self.config.qid_table else None
             if stored is not None:
                 qid_hit, path = True, "qid"
@@ -361,7 +369,7 @@ class Engine:
             timings["embedding_ms"] = (time.perf_counter() - t) * 1000
         if "lexical" in channels:
             t = time.perf_counter()
-            stored = self._stored(state, state.qid.lookup_lexical(qid), depth, mask, allowed, active) \
+            stored = self._stored(state, state.qid.lookup_lexical(qid), depth, mask, allowed, signature) \
                 if self.config.qid_table and state.stored_lexical else None
             if stored is None:
                 filt = {c.field: list(c.values) for c in active}
@@ -394,11 +402,8 @@ class Engine:
             relaxed.append(drop)
         return active, relaxed
 
-    def _from_qid_table(self, state: _Version, qid: int, k: int, mask, allowed, active):
-        return self._stored(state, state.qid.lookup(qid), k, mask, allowed, active)
-
     @staticmethod
-    def _stored(state: _Version, found, k: int, mask, allowed, active):
+    def _stored(state: _Version, found, k: int, mask, allowed, signature: int):
         """A channel's list stored offline, usable for this request: (scores, rows) or None.
 
         Usable when stored under the request's constraints, or stored unconstrained and
@@ -408,7 +413,7 @@ class Engine:
             return None
         rows, scores, stored_sig = found
         complete = len(rows) >= state.n or len(rows) < state.qid.top_k
-        if stored_sig == constraint_signature(active):
+        if stored_sig == signature:
             pass  # answered offline under these very constraints
         elif stored_sig == 0 and mask is not None:
             keep = mask[rows]
@@ -427,25 +432,41 @@ class Engine:
 
     def _merge(self, state: _Version, lists, mask, offset: int, k: int) -> list[Hit]:
         """Fuse the channel lists into one ranking (ties: earliest rank, then channel, then
-        row) and cut hits ``offset .. offset + k`` from it."""
+        row) and cut hits ``offset .. offset + k`` from it (vectorised: one pass in numpy)."""
         cfg = self.config
         weights = {"embedding": 1.0 - cfg.lexical_weight, "lexical": cfg.lexical_weight}
-        fused: dict[int, float] = {}
-        found: dict[int, dict[str, float]] = {}
-        first_rank: dict[int, tuple[int, int]] = {}
-        for c_index, (channel, (scores, rows)) in enumerate(lists.items()):
-            for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist())):
-                if row < 0 or (mask is not None and not mask[row]):
-                    continue  # never return a product that violates a constraint
-                fused[row] = fused.get(row, 0.0) + weights[channel] / (cfg.rrf_k + rank + 1)
-                found.setdefault(row, {})[channel] = float(score)
-                first_rank.setdefault(row, (rank, c_index))
-        order = sorted(fused, key=lambda r: (-fused[r], first_rank[r], r))[offset:offset + k]
-        return [
-            Hit(product_id=state.ids[r], score=fused[r], channels=tuple(found[r]), title=state.titles[r],
-                brand=state.brands[r], category=state.categories[r], row=r, channel_scores=found[r])
-            for r in order
-        ]
+        parts_rows, parts_contrib, parts_rank, parts_channel = [], [], [], []
+        for c_index, (channel, (_, rows)) in enumerate(lists.items()):
+            rows = np.asarray(rows, dtype=np.int64)
+            rank = np.arange(len(rows))
+            keep = rows >= 0
+            if mask is not None:
+                keep &= mask[np.where(keep, rows, 0)]  # never return a product that violates a constraint
+            rows, rank = rows[keep], rank[keep]
+            parts_rows.append(rows)
+            parts_rank.append(rank)
+            parts_contrib.append(weights[channel] / (cfg.rrf_k + rank + 1.0))
+            parts_channel.append(np.full(len(rows), c_index))
+        if not parts_rows or not sum(len(r) for r in parts_rows):
+            return []
+        all_rows = np.concatenate(parts_rows)
+        unique, first, inverse = np.unique(all_rows, return_index=True, return_inverse=True)
+        fused = np.bincount(inverse, weights=np.concatenate(parts_contrib), minlength=len(unique))
+        first_rank = np.concatenate(parts_rank)[first]  # channels in order: first = earliest channel
+        first_channel = np.concatenate(parts_channel)[first]
+        order = np.lexsort((unique, first_channel, first_rank, -fused))[offset:offset + k]
+        if not len(order):
+            return []
+        scores = [dict(zip(np.asarray(r).tolist(), np.asarray(sc).tolist())) for sc, r in lists.values()]
+        names = list(lists)
+        hits = []
+        for idx in order.tolist():
+            r = int(unique[idx])
+            found = {names[c]: float(scores[c][r]) for c in range(len(names)) if r in scores[c]}
+            hits.append(Hit(product_id=state.ids[r], score=float(fused[idx]), channels=tuple(found),
+                            title=state.titles[r], brand=state.brands[r], category=state.categories[r],
+                            row=r, channel_scores=found))
+        return hits
 
 
 def search_queries_file(
