@@ -35,7 +35,11 @@ lint: setup
 bench-quality: setup
 	$(BIN)/python benchmarks/quality.py --shared $(SHARED)
 
+# wrk (Debian) is the HTTP load client of the http_wrk section; without it (no root, no apt)
+# the section falls back to a raw-socket client.
 bench-speed: setup
+	command -v wrk >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk not installed: raw-socket client"
 	$(BIN)/python benchmarks/speed.py --shared $(SHARED)
 
 clean:

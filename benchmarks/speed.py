@@ -27,6 +27,8 @@ Sections (each records the load average before and after; the machine is shared)
 * ``synthetic``: the same ANN figures on random L2-normalised vectors (1M x 256).
 * ``build``: index build time per stage and bytes per product of each part.
 * ``http``: ``vlsearch serve`` under concurrent load from this process (see http_load.py).
+* ``http_wrk``: ``vlsearch serve --workers 2`` and a bare FastAPI endpoint driven by ``wrk``
+  (or a raw-socket client) from another process: logged queries and misses (http_wrk.py).
 
 Writes ``speed.json`` (after every section) and ``speed_nprobe.png``.
 """
@@ -49,6 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import http_load
+import http_wrk
 import serving_bench
 
 
@@ -79,6 +82,7 @@ class Sizes:
     http_requests: int = 2000
     http_concurrency: int = 8
     http_max_seconds: float = 300.0
+    wrk_seconds: float = 60.0  # per workload of the http_wrk section (bare, logged, miss)
 
 
 SMOKE = Sizes(
@@ -86,7 +90,7 @@ SMOKE = Sizes(
     train_log_every=2, encode_products=128, encode_cnn_products=16, encode_repeats=2,
     latency_queries=30, warmup_queries=3, synthetic_n=20_000, synthetic_nlist=64,
     synthetic_queries=30, nprobe_sweep=(1, 4, 16, 64), http_requests=60, http_concurrency=4,
-    http_max_seconds=60.0,
+    http_max_seconds=60.0, wrk_seconds=5.0,
 )
 
 
@@ -541,7 +545,8 @@ def real_inputs(args: argparse.Namespace) -> Inputs:
     return Inputs(workdir, model, index, smoke=False)
 
 
-SECTIONS = ("compute", "training", "encoding", "search", "serving", "synthetic", "build", "http")
+SECTIONS = ("compute", "training", "encoding", "search", "serving", "synthetic", "build", "http",
+            "http_wrk")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -587,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
             "ours_titles_and_cached_patches", {}).get("median_per_s")),
         "http": lambda: http_speed(sizes, inputs, (out_dir / "work" if args.smoke
                                                    else common.WORK_DIR) / "speed-serve.log"),
+        "http_wrk": lambda: http_wrk.http_figures(
+            inputs.index, inputs.workdir, http_wrk.WrkConfig(seconds=sizes.wrk_seconds),
+            out_dir / "work" if args.smoke else common.WORK_DIR),
     }
     for name in wanted:
         common.log(f"section {name}")
