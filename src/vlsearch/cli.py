@@ -64,6 +64,15 @@ def cmd_index(args: argparse.Namespace) -> None:
     print(report.format() if hasattr(report, "format") else report)
 
 
+def cmd_update(args: argparse.Namespace) -> None:
+    from vlsearch.index.update import update_from_files
+
+    config = _config(args).index if args.config else None  # default: the index's own settings
+    report = update_from_files(args.index, args.catalog, args.delete, args.model, config,
+                               progress=not args.quiet)
+    print(report.format())
+
+
 def _filters(pairs: list[str]) -> dict[str, list[str]]:
     filters: dict[str, list[str]] = {}
     for pair in pairs or []:
@@ -158,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["flat", "ivf", "hnsw"])
     p.add_argument("--config", help="TOML config file")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("update", help="apply new, changed and deleted products to an index (no rebuild)")
+    p.add_argument("--index", required=True, help="index directory (a new version is published into it)")
+    p.add_argument("--catalog", help="new and changed products (any catalog format `prepare` reads)")
+    p.add_argument("--delete", help="file of product ids to delete, one per line")
+    p.add_argument("--model", help="the model the index was built with (default: the index's copy)")
+    p.add_argument("--config", help="TOML config file ([index] update_* settings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("search", help="search an index from the command line")
     p.add_argument("--index", required=True)

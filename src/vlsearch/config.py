@@ -154,6 +154,10 @@ class IndexConfig:
     milvus_lexical: bool = True  # milvus: BM25 lexical channel inside Milvus (False: tantivy in-process)
     milvus_qid_table: bool = True  # milvus: qid table as a Milvus collection (False: memory-mapped files)
     milvus_timeout_s: float = 10.0  # milvus: seconds per call before the server counts as unreachable
+    update_rebuild_changed_fraction: float = 0.3  # live updates: rebuild advised past this changed share
+    update_rebuild_residual_ratio: float = 1.2  # ... or when updated vectors sit this much farther from IVF centroids
+    update_residual_sample: int = 10000  # build vectors sampled to measure the IVF baseline residual
+    update_residual_min_vectors: int = 100  # updated vectors needed before the residual ratio counts
 
 
 @dataclass

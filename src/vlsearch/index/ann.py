@@ -3,7 +3,9 @@ quantizer, the open counterpart of the paper's hierarchical clustering) or HNSW.
 
 FAISS ids are product-table row numbers. Filtered search passes an ID selector (a bitmap
 over rows) through ``SearchParameters`` so the filter is applied inside the scan; for
-selective filters the caller may widen ``nprobe`` / ``efSearch``.
+selective filters the caller may widen ``nprobe`` / ``efSearch``. Live updates
+(``upsert`` / ``remove``) keep that: IVF stores ids and keeps its centroids, a Flat index
+becomes an ``IndexIDMap2``, HNSW can only append.
 """
 
 from __future__ import annotations
@@ -120,6 +122,57 @@ class AnnIndex:
         params = self._params(selector, nprobe, ef_search)
         scores, rows = self.index.search(q, k, params=params)
         return scores, rows.astype(np.int64)
+
+    # --- live updates: FAISS ids stay product-table rows ------------------------------------
+    def _ensure_ids(self) -> None:
+        """A Flat index numbers its vectors by position; give it explicit ids (an IDMap2 over
+        the same vectors) so that rows can be removed and replaced. IVF stores ids already."""
+        if self.kind == "flat" and not isinstance(self.index, faiss.IndexIDMap):
+            flat = self.index
+            ids = faiss.IndexIDMap2(faiss.IndexFlatIP(flat.d))
+            if flat.ntotal:
+                ids.add_with_ids(flat.reconstruct_n(0, flat.ntotal), np.arange(flat.ntotal, dtype=np.int64))
+            self.index = ids
+
+    def remove(self, rows: np.ndarray) -> int:
+        """Drop the vectors of ``rows`` (absent rows are ignored); returns how many went."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) == 0:
+            return 0
+        if self.kind == "hnsw":
+            raise InputError("an HNSW index cannot remove vectors (FAISS has no remove_ids for "
+                             "HNSW); rebuild with `vlsearch index`, or use kind ivf or flat")
+        self._ensure_ids()
+        return int(self.index.remove_ids(faiss.IDSelectorBatch(rows)))
+
+    def upsert(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Put ``vectors`` under ids ``rows``, replacing what those rows held; an IVF index
+        assigns them to its existing centroids (no retraining)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return
+        x = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(rows), -1)
+        if len(np.unique(rows)) != len(rows):
+            raise InputError("ANN upsert: a row appears twice")
+        if self.kind == "hnsw":
+            expected = np.arange(self.ntotal, self.ntotal + len(rows))
+            if not np.array_equal(np.sort(rows), expected):
+                raise InputError("an HNSW index can only append new rows (no remove_ids); rebuild "
+                                 "with `vlsearch index`, or use kind ivf or flat")
+            self.index.add(x[np.argsort(rows)])
+            return
+        self._ensure_ids()
+        self.index.remove_ids(faiss.IDSelectorBatch(rows))
+        self.index.add_with_ids(x, rows)
+
+    def coarse_residual(self, vectors: np.ndarray) -> float:
+        """IVF drift measure: mean 1 - cosine between vectors and their nearest centroid
+        (grows when new products fall far from the clusters trained at build time)."""
+        if self.kind != "ivf" or len(vectors) == 0:
+            return float("nan")
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        sims, _ = self.index.quantizer.search(x, 1)
+        return float(np.mean(1.0 - sims[:, 0]))
 
     def size_bytes(self) -> int:
         return int(faiss.serialize_index(self.index).nbytes)

@@ -3,7 +3,8 @@
 ``OUT/versions/<vNNNNNN-stamp>/`` gets: ``vectors.npy`` (exported product vectors),
 the vector store's files (FAISS backend: ``ann.faiss`` + ``attributes.parquet``; Milvus
 backend: a collection ``<prefix>_<version>``, see ``index/milvus.py``), ``qid/`` (qid
-table), ``lexical/`` (tantivy), ``lexicon.json``,
+table) and ``query_vectors.npy`` (its query vectors, for live updates), ``lexical/``
+(tantivy), ``lexicon.json``,
 ``products.parquet`` (product metadata incl. image paths), ``model/`` (the Retriever the
 engine encodes queries with), ``manifest.json`` and last the ``COMPLETE`` marker.
 Publishing points ``OUT/current`` (a relative symlink) at the new version by renaming a
@@ -54,6 +55,7 @@ FORMAT_VERSION = 1
 COMPLETE = "COMPLETE"
 BUILDING = "BUILDING"  # JSON {pid, host} of the build writing a version; removed when complete
 CURRENT = "current"
+QUERY_VECTORS = "query_vectors.npy"  # float32 [qid entries, d]: the qid table's query vectors
 VERSIONS = "versions"
 _VERSION_RE = re.compile(r"^v(\d{6})-")
 
@@ -220,28 +222,44 @@ def prune_versions(out_dir: str | Path, keep: int) -> list[str]:
 # --- building -------------------------------------------------------------------------------
 
 
-def products_table(products: Sequence) -> pa.Table:
-    """Product metadata the engine and the web page need, row i = product i."""
-    return pa.table({
+def products_table(products: Sequence, deleted: Sequence[bool] | None = None) -> pa.Table:
+    """Product metadata the engine and the web page need, row i = product i; ``deleted``
+    marks rows removed by a live update (tombstones, kept so rows never move)."""
+    columns = {
         "id": [str(p.id) for p in products],
         "title": [p.title for p in products],
         "brand": [p.brand for p in products],
         "category": [p.category for p in products],
         "image_path": [p.image_paths[0] if p.image_paths else None for p in products],
         "attributes": [json.dumps(p.attributes or {}, ensure_ascii=False) for p in products],
-    })
+    }
+    if deleted is not None:
+        columns["deleted"] = [bool(d) for d in deleted]
+    return pa.table(columns)
 
 
-def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, encode_queries, top_k: int,
-                         lexical=None):
-    """The qid table's search: each logged query answered as the engine answers it by default,
-    i.e. under the constraints query understanding derives from it (paper section 3.2);
-    with ``lexical`` also its BM25 list under the same constraints."""
+def save_query_vectors(version: Path, parts: Sequence[np.ndarray], dim: int) -> None:
+    """``QUERY_VECTORS``: the qid table's query vectors, row i = table entry i (live updates
+    re-answer affected entries from them without encoding again)."""
+    array = np.concatenate(parts) if len(parts) else np.zeros((0, dim), np.float32)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(array, dtype=np.float32))
+
+    atomic_write(version / QUERY_VECTORS, write)
+
+
+def answer_vectors(store, constraint_masks: ConstraintMasks, lexicon, top_k: int, lexical=None):
+    """``answer(texts, query_vectors) -> (scores, rows, signatures[, lexical_scores,
+    lexical_rows])``: each logged query answered as the engine answers it by default, i.e.
+    under the constraints query understanding derives from it (paper section 3.2); with
+    ``lexical`` also its BM25 list under the same constraints. Used by the build and by
+    live updates."""
     masks: dict[int, np.ndarray] = {}
     filters: dict[int, dict] = {}
 
-    def answer(texts: list[str]):
-        vecs = np.asarray(encode_queries(texts), dtype=np.float32)
+    def answer(texts: list[str], vecs: np.ndarray):
         scores = np.full((len(texts), top_k), -np.inf, np.float32)
         rows = np.full((len(texts), top_k), -1, np.int64)
         lex_scores = np.full((len(texts), top_k), -np.inf, np.float32)
@@ -277,6 +295,21 @@ def _export_onnx(retriever, model_dir: Path, queries: Sequence[str], config: Ind
     if not report.exported:
         warnings.warn(report.reason, stacklevel=2)
     return report.to_dict()
+
+
+def _constrained_answers(store, constraint_masks: ConstraintMasks, lexicon, encode_queries, top_k: int,
+                         lexical=None, record: list[np.ndarray] | None = None):
+    """The qid table's search over query texts; ``record`` collects the query vectors in
+    the order asked (the table's row order), which live updates reuse."""
+    by_vectors = answer_vectors(store, constraint_masks, lexicon, top_k, lexical)
+
+    def answer(texts: list[str]):
+        vecs = np.asarray(encode_queries(texts), dtype=np.float32)
+        if record is not None:
+            record.append(vecs)
+        return by_vectors(texts, vecs)
+
+    return answer
 
 
 def build_index_from_parts(
@@ -346,11 +379,14 @@ def build_index_from_parts(
         lap("lexical")
 
         top_k = min(config.qid_top_k, len(products))
+        query_vectors: list[np.ndarray] = []
         answer = _constrained_answers(store, ConstraintMasks.from_products(products), lexicon,
-                                      encode_queries, top_k, LexicalIndex.open(version / "lexical"))
+                                      encode_queries, top_k, LexicalIndex.open(version / "lexical"),
+                                      record=query_vectors)
         table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size,
                                progress=progress)
         table.save(version / "qid")
+        save_query_vectors(version, query_vectors, store.dim)
         lap("qid_table")
 
         atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products), tmp))

@@ -99,6 +99,18 @@ def _prepare_text(text: str, analysis: dict | None) -> str:
     return text
 
 
+def _document(row: int, product, analysis: dict | None) -> tantivy.Document:
+    doc = tantivy.Document()
+    doc.add_unsigned(ROW, row)
+    doc.add_text(TITLE, _prepare_text(product.title or "", analysis))
+    attrs = [product_value(product, f) for f in FILTER_FIELDS]
+    doc.add_text(ATTRS, _prepare_text(" ".join(a for a in attrs if a), analysis))
+    for field, value in zip(FILTER_FIELDS, attrs):
+        if value:
+            doc.add_text(field, value)
+    return doc
+
+
 def build_lexical(products: Sequence, path: str | Path, stemmer: str = "english") -> None:
     """Index ``products`` (row i = products[i]) into a new tantivy index at ``path``;
     ``stemmer``: a tantivy Snowball language ("" for none)."""
@@ -113,21 +125,38 @@ def build_lexical(products: Sequence, path: str | Path, stemmer: str = "english"
     index.register_tokenizer(TEXT_TOKENIZER, _analyzer(analysis))
     writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
     for row, product in enumerate(products):
-        doc = tantivy.Document()
-        doc.add_unsigned(ROW, row)
-        doc.add_text(TITLE, _prepare_text(product.title or "", analysis))
-        attrs = [product_value(product, f) for f in FILTER_FIELDS]
-        doc.add_text(ATTRS, _prepare_text(" ".join(a for a in attrs if a), analysis))
-        for field, value in zip(FILTER_FIELDS, attrs):
-            if value:
-                doc.add_text(field, value)
-        writer.add_document(doc)
+        writer.add_document(_document(row, product, analysis))
     writer.commit()
     writer.wait_merging_threads()
     from vlsearch.text import has_cjk
 
     analysis["catalog_has_cjk"] = any(has_cjk(p.title or "") for p in products)
     atomic_write_json(path / ANALYSIS_FILE, analysis)
+
+
+def update_lexical(path: str | Path, remove_rows: Sequence[int], add: Mapping[int, object]) -> None:
+    """In the index at ``path`` (analysed as its ``analysis.json`` says): delete the documents
+    of ``remove_rows`` and index ``add`` (row -> product), in one commit (a reader sees all
+    of it or none)."""
+    path = Path(path)
+    analysis = read_json(path / ANALYSIS_FILE) if (path / ANALYSIS_FILE).is_file() else None
+    index = tantivy.Index.open(str(path))
+    if analysis:
+        index.register_tokenizer(TEXT_TOKENIZER, _analyzer(analysis))
+    writer = index.writer(heap_size=WRITER_HEAP_BYTES, num_threads=1)
+    schema = index.schema
+    for row in sorted({int(r) for r in remove_rows} | {int(r) for r in add}):
+        # by query: delete_documents_by_term does not match u64 terms (tantivy-py 0.27)
+        writer.delete_documents_by_query(tantivy.Query.term_query(schema, ROW, row))
+    for row, product in sorted(add.items()):
+        writer.add_document(_document(int(row), product, analysis))
+    writer.commit()
+    writer.wait_merging_threads()
+    if analysis is not None and not analysis.get("catalog_has_cjk"):
+        from vlsearch.text import has_cjk
+
+        if any(has_cjk(p.title or "") for p in add.values()):
+            atomic_write_json(path / ANALYSIS_FILE, {**analysis, "catalog_has_cjk": True})
 
 
 class LexicalIndex:

@@ -33,6 +33,7 @@ from vlsearch.io import atomic_write
 
 BACKENDS = ("faiss", "milvus")
 ANN_FILE, VECTORS_FILE, ATTRIBUTES_FILE = "ann.faiss", "vectors.npy", "attributes.parquet"
+DELETED = "deleted"  # attributes.parquet column: rows removed by a live update (index.update)
 DEFAULT_POLICY = FilterPolicy()  # how a FAISS constrained search runs unless the engine says otherwise
 PRODUCTS_FILE = "products.parquet"  # the builder's product metadata (brand, category, attributes JSON)
 
@@ -161,7 +162,7 @@ class FaissStore(VectorStore):
     backend = "faiss"
 
     def __init__(self, ann: AnnIndex, vectors: np.ndarray, attributes: Mapping[str, Sequence[str | None]],
-                 policy: FilterPolicy = DEFAULT_POLICY):
+                 policy: FilterPolicy = DEFAULT_POLICY, deleted: Sequence[bool] | None = None):
         self.ann = ann
         self.vectors = vectors
         self.policy = policy
@@ -169,7 +170,8 @@ class FaissStore(VectorStore):
         self.columns: dict[str, list[str | None]] = {
             f: list(attributes.get(f) or [None] * n) for f in FILTER_FIELDS}
         self.masks = masks_from_columns(self.columns, n)
-        self.deleted = np.zeros(n, dtype=bool)
+        # rows removed by a live update (gone from the ANN too); saved with the attributes
+        self.deleted = np.zeros(n, dtype=bool) if deleted is None else np.array(deleted, dtype=bool)
 
     # --- building, saving, loading ----------------------------------------------------------
     @classmethod
@@ -190,7 +192,8 @@ class FaissStore(VectorStore):
         """``ann.faiss`` and ``attributes.parquet`` (``vectors.npy`` is the builder's)."""
         version_dir = Path(version_dir)
         self.ann.save(version_dir / ANN_FILE)
-        table = pa.table({f: pa.array(self.columns[f], pa.string()) for f in FILTER_FIELDS})
+        table = pa.table({**{f: pa.array(self.columns[f], pa.string()) for f in FILTER_FIELDS},
+                          DELETED: pa.array(self.deleted.tolist(), pa.bool_())})
         atomic_write(version_dir / ATTRIBUTES_FILE, lambda tmp: pq.write_table(table, tmp))
 
     @classmethod
@@ -207,9 +210,11 @@ class FaissStore(VectorStore):
             attributes = pq.read_table(version_dir / ATTRIBUTES_FILE).to_pydict()
         else:
             attributes = attributes_from_products_table(version_dir / PRODUCTS_FILE)
-        if not ann.ntotal == len(vectors) == len(next(iter(attributes.values()), [None] * len(vectors))):
+        deleted = np.asarray(attributes.pop(DELETED, None) or [False] * len(vectors), dtype=bool)
+        if not (ann.ntotal == int((~deleted).sum()) and len(vectors) == len(deleted)
+                == len(next(iter(attributes.values()), [None] * len(vectors)))):
             raise WorkdirError(f"{version_dir}: ANN, vectors and attributes disagree on the number of products")
-        return cls(ann, vectors, attributes, policy)
+        return cls(ann, vectors, attributes, policy, deleted)
 
     # --- VectorStore ----------------------------------------------------------------------
     @property
@@ -234,8 +239,8 @@ class FaissStore(VectorStore):
     def _effective_mask(self, constraints, mask) -> np.ndarray | None:
         if mask is None and constraints:
             mask = self.mask(constraints)
-        if self.deleted.any():
-            mask = ~self.deleted if mask is None else (mask & ~self.deleted)
+        if mask is not None and self.deleted.any():  # deleted rows are out of the ANN already
+            mask = mask & ~self.deleted
         return mask
 
     def search(self, queries, k, constraints=None, mask=None):
@@ -264,28 +269,23 @@ class FaissStore(VectorStore):
 
     # --- changes --------------------------------------------------------------------------
     def upsert(self, rows, vectors, attributes) -> None:
-        """Append rows ``n, n+1, ...`` on every kind; replace existing rows on IVF (FAISS
-        Flat/HNSW number vectors by insertion order and cannot replace one in place)."""
+        """Append rows ``n, n+1, ...`` on every kind; replace existing rows on IVF and Flat
+        (``AnnIndex.upsert``: ids are rows; HNSW can only append)."""
         x = _check_batch(vectors, attributes, rows)
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return
         n = self.n
         old, new = rows[rows < n], rows[rows >= n]
         if len(new) and not np.array_equal(np.sort(new), np.arange(n, n + len(new))):
             raise InputError(f"rows: new products must take rows {n}..{n + len(new) - 1}")
-        if len(old) and self.kind != "ivf":
-            raise InputError(f"FAISS {self.kind} index: cannot replace rows in place; rebuild the index "
-                             "(or use kind = \"ivf\" or the milvus backend)")
-        import faiss  # only here: FAISS stays below the seam
-
+        if len(old) and self.kind == "hnsw":
+            raise InputError("FAISS hnsw index: cannot replace rows in place; rebuild the index "
+                             "(or use kind = \"ivf\" or \"flat\", or the milvus backend)")
         order = np.argsort(rows, kind="stable")
         rows, x = rows[order], x[order]
         attributes = {f: [list(col)[i] for i in order] for f, col in attributes.items()}
-        if len(old):
-            self.ann.index.remove_ids(faiss.IDSelectorArray(len(old), faiss.swig_ptr(np.ascontiguousarray(old))))
-        if self.kind == "ivf":
-            self.ann.index.add_with_ids(x, rows)
-        else:
-            self.ann.index.add(x)
+        self.ann.upsert(rows, x)
         grown = np.zeros((max(n, int(rows.max()) + 1), self.dim), np.float32)
         grown[:n] = self.vectors
         grown[rows] = x
@@ -303,6 +303,7 @@ class FaissStore(VectorStore):
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
             raise InputError(f"rows: expected row numbers in 0..{self.n - 1}")
+        self.ann.remove(rows[~self.deleted[rows]])
         self.deleted[rows] = True
 
 

@@ -32,8 +32,9 @@
 5. Every hit is checked against the row mask: a result never violates an active constraint.
 
 ``reload_if_changed()`` (called per request) compares the ``current`` link target with the
-loaded version (one readlink) and swaps in a new version under a lock; a failing load keeps
-serving the old version.
+loaded version (one readlink) and swaps in a new version under a lock (requests arriving
+meanwhile wait for it); a failing load keeps serving the old version. ``upsert(products)``
+and ``delete(ids)`` apply a live update (``index.update``) and serve it before returning.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from vlsearch.config import ServeConfig
+from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.builder import current_version
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
@@ -130,10 +131,21 @@ class _Lru:
                 self._items.popitem(last=False)
 
 
+def _same_model(a: Path, b: Path) -> bool:
+    """Two versions share their model when its weights are one file (hard-linked)."""
+    from vlsearch.model.retriever import WEIGHTS_FILE
+
+    try:
+        x, y = (a / "model" / WEIGHTS_FILE).stat(), (b / "model" / WEIGHTS_FILE).stat()
+    except OSError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
 class _Version:
     """Everything loaded from one index version."""
 
-    def __init__(self, path: Path, config: ServeConfig, retriever=None):
+    def __init__(self, path: Path, config: ServeConfig, retriever=None, previous: _Version | None = None):
         self.path = path
         self.name = path.name
         manifest = read_json(path / "manifest.json")
@@ -153,12 +165,22 @@ class _Version:
         self.categories: list[str | None] = table["category"]
         self.image_paths: list[str | None] = table["image_path"]
         self.attributes: list[str] = table["attributes"]
-        self.row_of = {pid: i for i, pid in enumerate(self.ids)}
-        self.n = len(self.ids)
-        self.masks = ConstraintMasks.from_columns(self.brands, self.categories, self.attributes)
+        # rows deleted by a live update (index.update) stay as tombstones: rows never move
+        self.live = ~np.asarray(table.get("deleted") or [False] * len(self.ids), dtype=bool)
+        self.live.setflags(write=False)
+        self.row_of = {pid: i for i, pid in enumerate(self.ids) if self.live[i]}
+        self.n = len(self.row_of)  # live products
+        live = self.live.tolist()
+        self.masks = ConstraintMasks.from_columns(  # a tombstone matches no constraint
+            [b if ok else None for b, ok in zip(self.brands, live)],
+            [c if ok else None for c, ok in zip(self.categories, live)],
+            [a if ok else "{}" for a, ok in zip(self.attributes, live)])
         if not (self.n == self.store.count() == self.lexical.n):
             raise WorkdirError(f"{path}: index parts disagree on the number of products")
-        if retriever is None:
+        if retriever is None and previous is not None and _same_model(previous.path, path):
+            # a live update links the same model files in: keep the loaded encoders
+            self.retriever, self.encoder = previous.retriever, previous.encoder
+        elif retriever is None:
             from vlsearch.model import Retriever
 
             if not (path / "model").is_dir():
@@ -168,9 +190,9 @@ class _Version:
 
             self.encoder = load_query_encoder(retriever, path / "model", config.query_encoder,
                                               config.onnx_threads)
+            self.retriever = retriever
         else:
-            self.encoder = retriever  # the caller's encoder (tests, benchmarks) as given
-        self.retriever = retriever
+            self.retriever = self.encoder = retriever  # the caller's encoder (tests, benchmarks) as given
         self._masks: _Lru = _Lru(config.filter_cache_size)
         self._understood: _Lru = _Lru(config.understanding_cache_size)
 
@@ -249,14 +271,15 @@ class Engine:
         target = self._read_link()
         if target is None or target == self._link_target:
             return False
-        if not self._reload_lock.acquire(blocking=False):
-            return False  # another request is loading it; keep serving the current one
-        try:
+        # wait while another request loads it: once a version is published, no request that
+        # starts afterwards is answered from the old one (a live delete stays deleted)
+        with self._reload_lock:
             if self._read_link() == self._link_target:
                 return False
             target = self._read_link()
             try:
-                state = _Version(current_version(self.index_dir), self.config, self._retriever)
+                state = _Version(current_version(self.index_dir), self.config, self._retriever,
+                                 previous=self._state)
             except Exception as exc:  # noqa: BLE001 - any failure keeps the loaded version serving
                 log.warning("index reload from %s failed, keeping %s: %s", self.index_dir, self.version, exc)
                 self._link_target = target
@@ -264,8 +287,23 @@ class Engine:
             self._state, self._link_target = state, target
             log.info("index reloaded: now serving %s", state.name)
             return True
-        finally:
-            self._reload_lock.release()
+
+    # --- live updates -------------------------------------------------------------------------
+    def upsert(self, products: Sequence, config: IndexConfig | None = None):
+        """Add or replace ``products`` (``catalog.Product``) in the index as a new version
+        (``index.update.update_index``); this engine serves it when the call returns."""
+        return self._update(products, (), config)
+
+    def delete(self, product_ids: Collection[str], config: IndexConfig | None = None):
+        """Remove products by id (unknown ids are reported in the result, not fatal)."""
+        return self._update((), [str(i) for i in product_ids], config)
+
+    def _update(self, products, delete, config):
+        from vlsearch.index.update import update_index
+
+        report = update_index(self.index_dir, products, delete, self._state.retriever, config)
+        self.reload_if_changed()
+        return report
 
     # --- products ---------------------------------------------------------------------------
     def product(self, product_id: str) -> dict:
@@ -412,7 +450,7 @@ class Engine:
         if found is None:
             return None
         rows, scores, stored_sig = found
-        complete = len(rows) >= state.n or len(rows) < state.qid.top_k
+        complete = len(rows) >= state.n or len(rows) < state.qid.top_k  # n: live products
         if stored_sig == signature:
             pass  # answered offline under these very constraints
         elif stored_sig == 0 and mask is not None:
@@ -440,6 +478,7 @@ class Engine:
             rows = np.asarray(rows, dtype=np.int64)
             rank = np.arange(len(rows))
             keep = rows >= 0
+            keep &= state.live[np.where(keep, rows, 0)]  # never a deleted product (tombstone row)
             if mask is not None:
                 keep &= mask[np.where(keep, rows, 0)]  # never return a product that violates a constraint
             rows, rank = rows[keep], rank[keep]

@@ -1,0 +1,535 @@
+"""Live catalog updates: apply a delta (new, changed and deleted products) to the published
+index without a rebuild, as a new version published like a build.
+
+``update_index(index_dir, products, delete, encoder)``:
+
+1. Classify against the current version: a delta product whose id is unknown is *new*; one
+   whose title, brand, category, attributes or image path differ is *changed*; the rest are
+   *unchanged* and cost nothing. Delete ids that are not in the index are reported, not fatal.
+2. Encode only new and changed products (``encoder.encode_products``, images through the
+   model's backbone).
+3. Write a new version next to the current one (``builder`` versions: ``BUILDING`` marker,
+   ``COMPLETE`` last, atomic ``current`` swap): rows never move — a changed product keeps its
+   row, a new one gets the next row, a deleted one becomes a tombstone (``deleted`` column of
+   ``products.parquet``, zero vector, absent from the ANN and tantivy indexes).
+   ``vectors.npy`` is copied with the rows replaced; the FAISS index gets ``remove`` and
+   ``upsert`` by row id (IVF keeps its centroids); tantivy deletes and re-adds the rows' documents in
+   one commit; the lexicon is rebuilt from the live products; the model is hard-linked.
+4. qid table: an entry is answered again (from ``query_vectors.npy``, no encoding) when its
+   list holds a changed or deleted row, when a new or changed product now scores above its
+   last stored score and satisfies its constraints, or when the new lexicon gives its query
+   other constraints; the rest are copied.
+5. Drift: the share of the catalog changed since the last full build and (IVF) the ratio of
+   the mean distance to the nearest centroid of every vector written since the build over
+   the build's own (once enough were written); either past its ``IndexConfig`` threshold
+   makes the report recommend a rebuild.
+
+An update killed at any point leaves ``current`` on the old version (every product before
+its change); the half-written version is removed by the next update or build, and running
+the update again applies it (already applied parts count as unchanged). Updates of one index
+are serialised by a lock file; a build published while an update ran makes the update fail
+rather than publish over it. Searches keep running on the old version until the swap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from vlsearch.catalog import BrandLexicon, ColumnMapping, Product, load_catalog
+from vlsearch.config import IndexConfig
+from vlsearch.errors import InputError, Problem, WorkdirError
+from vlsearch.index.ann import AnnIndex
+from vlsearch.index.builder import (
+    BUILDING, COMPLETE, CURRENT, QUERY_VECTORS, _new_version_dir, answer_vectors, current_version,
+    products_table, prune_versions, publish, save_query_vectors,
+)
+from vlsearch.index.lexical import update_lexical
+from vlsearch.index.store import VECTORS_FILE, FaissStore, VectorStore, open_store, product_attributes
+from vlsearch.index.qid_table import QidTable
+from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
+from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
+
+LOCK_FILE = ".update.lock"
+COPY_CHUNK_ROWS = 65536  # rows copied per step from the old vectors (bounds memory)
+SCORE_CHUNK_QUERIES = 8192  # qid entries scored against the delta at once
+
+
+@dataclass
+class UpdateReport:
+    """What ``update_index`` did (``version`` is "" when nothing had to change)."""
+
+    base_version: str
+    version: str
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    problems: list[str] = field(default_factory=list)  # file:line: message (rows skipped, ids unknown)
+    live_products: int = 0
+    rows: int = 0  # product-table rows including tombstones
+    qid_entries: int = 0
+    qid_refreshed: int = 0
+    drift: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [
+            (f"index version    {self.version} (published as current, from {self.base_version})"
+             if self.version else f"index version    {self.base_version} unchanged (nothing to apply)"),
+            f"products         +{self.added} new, {self.changed} changed, -{self.deleted} deleted, "
+            f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows",
+            f"qid table        {self.qid_refreshed} of {self.qid_entries} entries answered again",
+        ]
+        if self.drift:
+            d = self.drift
+            ratio = "n/a" if d["residual_ratio"] is None else f"{d['residual_ratio']:.3f}"
+            lines.append(f"drift            {d['changed_since_build']:.1%} of the catalog changed since the "
+                         f"build; IVF residual ratio {ratio}"
+                         + (f" -> rebuild recommended ({d['reason']})" if d["rebuild"] else ""))
+        lines.append("seconds          " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()))
+        lines += [f"problem          {p}" for p in self.problems[:20]]
+        if len(self.problems) > 20:
+            lines.append(f"                 ... and {len(self.problems) - 20} more problems")
+        return "\n".join(lines)
+
+
+# --- reading the delta ----------------------------------------------------------------------
+
+
+def read_delete_ids(path: str | Path) -> tuple[list[str], list[Problem]]:
+    """Product ids to delete, one per line (blank lines and ``#`` comments skipped)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: delete list not found") from None
+    ids, problems, seen = [], [], {}
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if "\ufffd" in text or any(c.isspace() for c in text):
+            problems.append(Problem(str(path), number, "id", f"{text!r} is not one product id; skipped"))
+        elif text in seen:
+            problems.append(Problem(str(path), number, "id", f"id {text!r} repeated (line {seen[text]})"))
+        else:
+            seen[text] = number
+            ids.append(text)
+    return ids, problems
+
+
+def load_delta(path: str | Path, brands: Iterable[str], mapping: ColumnMapping | None = None):
+    """The changed and new products of ``path`` (any catalog format ``load_catalog`` reads);
+    a title starting with a brand the index knows gets that brand when the file gives none
+    or one the index does not know (a delta is too small to mine brands from)."""
+    loaded = load_catalog(path, mapping=mapping)
+    known = BrandLexicon.from_names(b for b in brands if b)
+    for product in loaded.products:
+        if product.brand is None or product.brand not in known:
+            product.brand = known.brand_of(product.title) or product.brand
+    return loaded
+
+
+# --- the index as it is ---------------------------------------------------------------------
+
+
+def _product(table: dict, row: int) -> Product:
+    image = table["image_path"][row]
+    return Product(id=table["id"][row], title=table["title"][row], image_paths=[image] if image else [],
+                   brand=table["brand"][row], category=table["category"][row],
+                   attributes=json.loads(table["attributes"][row] or "{}"))
+
+
+def _same(a: Product, b: Product) -> bool:
+    return (a.title == b.title and a.brand == b.brand and a.category == b.category
+            and (a.attributes or {}) == (b.attributes or {})
+            and (a.image_paths[:1] or [None]) == (b.image_paths[:1] or [None]))
+
+
+@contextmanager
+def _update_lock(index_dir: Path):
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / LOCK_FILE, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _link_files(src: Path, dst: Path) -> None:
+    """``dst`` as a tree of hard links to ``src``'s files (copies where links cannot be made);
+    the files are never written in place, so the versions can share them."""
+    for root, _, files in os.walk(src):
+        target = dst / Path(root).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            try:
+                os.link(Path(root) / name, target / name)
+            except OSError:
+                shutil.copy2(Path(root) / name, target / name)
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(path, write)
+
+
+# --- the update -----------------------------------------------------------------------------
+
+
+def update_index(
+    index_dir: str | Path,
+    products: Sequence[Product] = (),
+    delete: Iterable[str] = (),
+    encoder=None,
+    config: IndexConfig | None = None,
+    problems: Sequence[Problem | str] = (),
+    progress: bool = False,
+) -> UpdateReport:
+    """Upsert ``products`` and delete the ids in ``delete``; publish the result as a new
+    version (module docstring). ``encoder`` has ``encode_products(products)`` and
+    ``encode_queries(texts)`` (a Retriever; default: the model in the index version).
+    ``problems`` (e.g. the delta file's skipped rows) are carried into the report."""
+    index_dir = Path(index_dir)
+    started = time.perf_counter()
+    with _update_lock(index_dir):
+        base = current_version(index_dir)
+        link_before = os.readlink(index_dir / CURRENT) if (index_dir / CURRENT).is_symlink() else None
+        report = _apply(index_dir, base, list(products), list(delete), encoder, config,
+                        [str(p) for p in problems], progress, started)
+        if report.version:
+            link_now = os.readlink(index_dir / CURRENT) if (index_dir / CURRENT).is_symlink() else None
+            if link_now != link_before:
+                shutil.rmtree(Path(report.version), ignore_errors=True)
+                raise WorkdirError(f"{index_dir}: another version was published during the update; "
+                                   "nothing applied, run the update again")
+            publish(index_dir, report.version)
+            report.version = Path(report.version).name
+            prune_versions(index_dir, (config or IndexConfig()).keep_versions)
+        report.seconds["total"] = time.perf_counter() - started
+        return report
+
+
+def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str], encoder,
+           config: IndexConfig | None, problems: list[str], progress: bool, started: float) -> UpdateReport:
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - clock
+        clock = now
+
+    manifest = read_json(base / "manifest.json")
+    config = config or IndexConfig(**{k: v for k, v in manifest.get("config", {}).items()
+                                      if k in IndexConfig.__dataclass_fields__})
+    table = pq.read_table(base / "products.parquet").to_pydict()
+    n_old = len(table["id"])
+    dead = list(table.get("deleted") or [False] * n_old)
+    row_of = {pid: i for i, pid in enumerate(table["id"]) if not dead[i]}
+    tombstoned = {pid for i, pid in enumerate(table["id"]) if dead[i]}
+
+    # 1. classify
+    report = UpdateReport(base_version=base.name, version="", problems=problems)
+    delete_set = set(delete)
+    changed: dict[int, Product] = {}
+    added: list[Product] = []
+    seen: set[str] = set()
+    for p in delta:
+        if p.id in seen:
+            report.problems.append(f"product {p.id!r}: given twice in the update; the first is applied")
+            continue
+        seen.add(p.id)
+        if p.id in delete_set:
+            report.problems.append(f"product {p.id!r}: both updated and deleted; deleted")
+            continue
+        row = row_of.get(p.id)
+        if row is None:
+            added.append(p)
+        elif _same(p, _product(table, row)):
+            report.unchanged += 1
+        else:
+            changed[row] = p
+    del_rows = []
+    for pid in dict.fromkeys(delete):
+        row = row_of.get(pid)
+        if row is not None:
+            del_rows.append(row)
+        else:
+            report.problems.append(f"delete {pid!r}: " + ("already deleted" if pid in tombstoned
+                                                           else "no such product in the index; ignored"))
+    report.added, report.changed, report.deleted = len(added), len(changed), len(del_rows)
+    report.live_products, report.rows = len(row_of), n_old
+    report.qid_entries = len(QidTable.load(base / "qid"))
+    lap("classify")
+    if not (added or changed or del_rows):
+        report.seconds = seconds
+        return report
+
+    store = open_store(base, manifest)
+    if not isinstance(store, FaissStore):
+        raise InputError(f"{base}: live updates run on the FAISS backend only so far "
+                         f"(this index uses {store.backend}); rebuild with `vlsearch index`")
+    if store.kind == "hnsw" and (changed or del_rows):
+        raise InputError(f"{base}: an HNSW index cannot replace or remove products (FAISS HNSW has no "
+                         "remove_ids); rebuild with `vlsearch index`, or build kind ivf or flat")
+    if encoder is None:
+        from vlsearch.model import Retriever
+
+        if not (base / "model").is_dir():
+            raise WorkdirError(f"{base}: index version has no model/ to encode products with")
+        encoder = Retriever.load(base / "model")
+    lap("load")
+
+    version = _new_version_dir(index_dir)
+    try:
+        # 2. encode only what is new or changed
+        upsert_rows = np.asarray(sorted(changed) + list(range(n_old, n_old + len(added))), np.int64)
+        upsert_products = [changed[r] for r in sorted(changed)] + added
+        vecs = _encode(encoder, upsert_products, config.export_batch_size, progress, store.dim)
+        lap("encode")
+
+        # 3. vectors, ANN, tantivy, products, lexicon, model
+        # through the VectorStore seam, then saved into the new version
+        n_new = n_old + len(added)
+        store.delete(np.asarray(del_rows, np.int64))
+        store.upsert(upsert_rows, vecs, product_attributes(upsert_products))
+        dtype = np.load(base / VECTORS_FILE, mmap_mode="r").dtype
+        out = np.lib.format.open_memmap(version / VECTORS_FILE, mode="w+", dtype=dtype, shape=(n_new, store.dim))
+        for lo in range(0, n_new, COPY_CHUNK_ROWS):
+            hi = min(n_new, lo + COPY_CHUNK_ROWS)
+            out[lo:hi] = store.vectors_of(np.arange(lo, hi))
+        out[np.asarray(del_rows, np.int64)] = 0
+        out.flush()
+        del out
+        store.save(version)
+        store.vectors = np.load(version / VECTORS_FILE, mmap_mode="r")  # the saved copy, not RAM
+        lap("ann")
+
+        shutil.copytree(base / "lexical", version / "lexical")
+        update_lexical(version / "lexical", del_rows, dict(zip(upsert_rows.tolist(), upsert_products)))
+        all_products = [_product(table, r) for r in range(n_old)] + added
+        for row, p in changed.items():
+            all_products[row] = p
+        deleted = dead + [False] * len(added)
+        for row in del_rows:
+            deleted[row] = True
+        atomic_write(version / "products.parquet",
+                     lambda tmp: pq.write_table(products_table(all_products, deleted), tmp))
+        live = [p for p, d in zip(all_products, deleted) if not d]
+        lexicon = build_lexicon(live)
+        atomic_write_json(version / "lexicon.json", lexicon.to_json())
+        if (base / "model").is_dir():
+            _link_files(base / "model", version / "model")
+        lap("lexical")
+
+        # 4. qid table
+        refreshed, entries = _update_qid_table(base, version, store, lexicon, encoder,
+                                               set(changed) | set(del_rows), upsert_rows, vecs,
+                                               config.export_batch_size)
+        lap("qid_table")
+
+        # 5. drift and the manifest
+        drift = _drift(store.ann, store.vectors, manifest, config, len(upsert_rows) + len(del_rows), vecs,
+                       deleted)
+        report.live_products, report.rows = len(live), n_new
+        report.qid_entries, report.qid_refreshed, report.drift = entries, refreshed, drift
+        history = manifest.get("updates", [])[-99:] + [{
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "base": base.name,
+            "added": len(added), "changed": len(changed), "deleted": len(del_rows),
+            "qid_refreshed": refreshed,
+        }]
+        atomic_write_json(version / "manifest.json", {
+            **manifest, "products": len(live), "rows": n_new, "ann": {**manifest.get("ann", {}),
+                                                                       "n": store.ann.ntotal},
+            "updates": history, "drift": drift, "built_products": drift["built_products"],
+            "changed_since_build": drift["changed_rows_since_build"],
+            "ivf_build_residual": drift.get("build_residual"),
+            "updated_residual_sum": drift["updated_residual_sum"],
+            "updated_residual_count": drift["updated_residual_count"],
+        })
+        atomic_write_text(version / COMPLETE, "complete\n")
+        (version / BUILDING).unlink(missing_ok=True)
+        fsync_dir(version)
+        lap("metadata")
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
+        raise
+    report.version = str(version)
+    report.seconds = seconds
+    return report
+
+
+class _StoreMasks:
+    """The qid builder's mask source (``mask_canonical``) over the store's live rows."""
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+
+    def mask_canonical(self, items) -> np.ndarray:
+        return self.store.mask({field: list(values) for field, values in items})
+
+
+def _encode(encoder, products: list[Product], batch_size: int, progress: bool, dim: int) -> np.ndarray:
+    parts = []
+    for lo in tqdm(range(0, len(products), batch_size), desc="encode updates", unit="batch",
+                   disable=not progress):
+        parts.append(np.asarray(encoder.encode_products(products[lo:lo + batch_size]), np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, encoder, touched_rows: set[int], upsert_rows: np.ndarray,
+                      vecs: np.ndarray, batch_size: int) -> tuple[int, int]:
+    """Answer again the entries the update can have changed (module docstring); the rest
+    are copied. Returns (entries answered again, entries)."""
+    old = QidTable.load(base / "qid")
+    rows, scores = np.array(old.rows), np.array(old.scores)
+    signatures = np.array(old.signatures)
+    n, top_k = len(old), old.top_k
+    qv_path = base / QUERY_VECTORS
+    qv = np.load(qv_path, mmap_mode="r") if qv_path.exists() else None
+    if qv is None or len(qv) != n:  # a version from before query vectors were kept
+        qv = np.asarray(encoder.encode_queries(old.queries), np.float32) if n else np.zeros((0, store.dim))
+    if n == 0:
+        old.save(version / "qid")
+        save_query_vectors(version, [np.asarray(qv, np.float32)], store.dim)
+        return 0, 0
+
+    constraints = [understand(q, lexicon).constraints for q in old.queries]
+    new_sigs = np.asarray([constraint_signature(c) for c in constraints], np.uint64)
+    affected = new_sigs != signatures
+    if touched_rows:
+        affected |= np.isin(rows, np.fromiter(touched_rows, np.int64)).any(axis=1)
+    if len(upsert_rows):
+        # a new or changed product that now beats an entry's last stored answer
+        masks: dict[int, np.ndarray] = {}
+        by_sig: dict[int, list[int]] = {}
+        for i, sig in enumerate(new_sigs.tolist()):
+            by_sig.setdefault(sig, []).append(i)
+        allowed = np.ones((n, len(upsert_rows)), bool)
+        for sig, members in by_sig.items():
+            if sig:
+                if sig not in masks:
+                    c = constraints[members[0]]
+                    masks[sig] = store.mask({x.field: list(x.values) for x in c})
+                allowed[members] = masks[sig][upsert_rows]
+        full = rows[:, -1] >= 0
+        last = np.where(full, scores[:, -1], -np.inf)
+        for lo in range(0, n, SCORE_CHUNK_QUERIES):
+            hi = min(n, lo + SCORE_CHUNK_QUERIES)
+            beats = (np.asarray(qv[lo:hi], np.float32) @ vecs.T) > last[lo:hi, None]
+            affected[lo:hi] |= (beats & allowed[lo:hi]).any(axis=1)
+    todo = np.flatnonzero(affected)
+    answer = answer_vectors(store, _StoreMasks(store), lexicon, top_k)
+    for lo in range(0, len(todo), batch_size):
+        pick = todo[lo:lo + batch_size]
+        s, r, sig = answer([old.queries[i] for i in pick], np.asarray(qv[pick], np.float32))
+        scores[pick], rows[pick], signatures[pick] = s, r, np.asarray(sig, np.uint64)
+    QidTable(np.asarray(old.qids), rows.astype(np.int32), scores, list(old.queries), signatures).save(
+        version / "qid")
+    _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32))
+    return len(todo), n
+
+
+def _drift(ann: AnnIndex, vectors, manifest: dict, config: IndexConfig, touched: int,
+           vecs: np.ndarray, deleted: list[bool]) -> dict:
+    """How far the index has moved from its full build (module docstring, step 5)."""
+    built = int(manifest.get("built_products") or manifest.get("products") or 1)
+    since = int(manifest.get("changed_since_build", 0)) + touched
+    share = since / max(1, built)
+    build_residual = manifest.get("ivf_build_residual")
+    ratio = None
+    total, count = float(manifest.get("updated_residual_sum", 0.0)), int(manifest.get("updated_residual_count", 0))
+    if ann.kind == "ivf":
+        if build_residual is None:  # first update: measure the build's vectors (a sample)
+            live = np.flatnonzero(~np.asarray(deleted[:len(vectors)], bool))
+            rng = np.random.default_rng(0)
+            take = np.sort(rng.choice(live, min(len(live), config.update_residual_sample), replace=False))
+            build_residual = ann.coarse_residual(np.asarray(vectors[take], np.float32))
+        if len(vecs):  # cumulative over every vector written since the build
+            total += ann.coarse_residual(vecs) * len(vecs)
+            count += len(vecs)
+        if build_residual and count >= config.update_residual_min_vectors:
+            ratio = total / count / build_residual
+    reasons = []
+    if share >= config.update_rebuild_changed_fraction:
+        reasons.append(f"{share:.0%} of the catalog changed since the build "
+                       f">= {config.update_rebuild_changed_fraction:.0%}")
+    if ratio is not None and ratio >= config.update_rebuild_residual_ratio:
+        reasons.append(f"updated vectors lie {ratio:.2f}x farther from the IVF centroids than the "
+                       f"build's (>= {config.update_rebuild_residual_ratio})")
+    return {"built_products": built, "changed_rows_since_build": since, "changed_since_build": share,
+            "build_residual": build_residual, "residual_ratio": ratio, "rebuild": bool(reasons),
+            "updated_residual_sum": total, "updated_residual_count": count,
+            "reason": "; ".join(reasons)}
+
+
+def _weights_digest(model_dir: Path) -> str:
+    import hashlib
+
+    from vlsearch.model.retriever import WEIGHTS_FILE
+
+    digest = hashlib.sha256()
+    with open(model_dir / WEIGHTS_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def update_from_files(
+    index_dir: str | Path,
+    catalog: str | Path | None = None,
+    delete_file: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    config: IndexConfig | None = None,
+    mapping: ColumnMapping | None = None,
+    progress: bool = True,
+) -> UpdateReport:
+    """``vlsearch update``: the delta catalog file and the delete list, read and reported by
+    file and line, then :func:`update_index`. ``model_dir`` must hold the model the index was
+    built with (vectors of another model cannot be mixed in); default: the index's copy."""
+    from vlsearch.model import Retriever
+
+    if catalog is None and delete_file is None:
+        raise InputError("update: give a delta catalog (--catalog), a delete list (--delete), or both")
+    base = current_version(index_dir)
+    if model_dir is not None:
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise WorkdirError(f"{model_dir}: model directory not found")
+        if (base / "model").is_dir() and _weights_digest(model_dir) != _weights_digest(base / "model"):
+            raise InputError(f"{model_dir}: not the model index version {base.name} was built with; "
+                             "its vectors cannot be mixed with the index's: rebuild with `vlsearch index`")
+    problems: list[Problem | str] = []
+    products: list[Product] = []
+    if catalog is not None:
+        brands = pq.read_table(base / "products.parquet", columns=["brand"]).column("brand").to_pylist()
+        loaded = load_delta(catalog, set(brands), mapping)
+        products = loaded.products
+        problems += loaded.report.problems
+    deletes: list[str] = []
+    if delete_file is not None:
+        deletes, bad = read_delete_ids(delete_file)
+        problems += bad
+    encoder = Retriever.load(model_dir or base / "model")
+    return update_index(index_dir, products, deletes, encoder, config, problems, progress)
