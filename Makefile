@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test serve lint bench-quality bench-speed clean
+.PHONY: setup demo test serve lint bench-quality bench-speed bench-scale bench-update clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,14 @@ bench-speed: setup
 	command -v wrk >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk not installed: raw-socket client"
 	$(BIN)/python benchmarks/speed.py --shared $(SHARED)
+
+# 1M realistic vectors from work/index-full (+ work/full's click log); one thread, a few GiB
+bench-scale: setup
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python benchmarks/scale.py
+
+# a delta of 1,000 changed + 100 deleted real products applied under a search loop
+bench-update: setup
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python benchmarks/live_update.py --shared $(SHARED)
 
 clean:
 	rm -rf work .pytest_cache

@@ -15,10 +15,11 @@ index without a rebuild, as a new version published like a build.
    ``vectors.npy`` is copied with the rows replaced; the FAISS index gets ``remove`` and
    ``upsert`` by row id (IVF keeps its centroids); tantivy deletes and re-adds the rows' documents in
    one commit; the lexicon is rebuilt from the live products; the model is hard-linked.
-4. qid table: an entry is answered again (from ``query_vectors.npy``, no encoding) when its
-   list holds a changed or deleted row, when a new or changed product now scores above its
-   last stored score and satisfies its constraints, or when the new lexicon gives its query
-   other constraints; the rest are copied.
+4. qid table: each entry touched by the update (it lists a changed or deleted product, or a
+   new or changed product now beats its last stored score under its constraints) is patched
+   in place where that is exact, else answered again by a search from its stored query
+   vector (``query_vectors.npy``, no encoding); see ``_update_qid_table``. Entries whose
+   query the new lexicon understands differently are answered again; the rest are copied.
 5. Drift: the share of the catalog changed since the last full build and (IVF) the ratio of
    the mean distance to the nearest centroid of every vector written since the build over
    the build's own (once enough were written); either past its ``IndexConfig`` threshold
@@ -80,7 +81,8 @@ class UpdateReport:
     live_products: int = 0
     rows: int = 0  # product-table rows including tombstones
     qid_entries: int = 0
-    qid_refreshed: int = 0
+    qid_refreshed: int = 0  # entries answered again by a search
+    qid_patched: int = 0  # entries brought up to date in place (exact, no search)
     drift: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -93,7 +95,8 @@ class UpdateReport:
              if self.version else f"index version    {self.base_version} unchanged (nothing to apply)"),
             f"products         +{self.added} new, {self.changed} changed, -{self.deleted} deleted, "
             f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows",
-            f"qid table        {self.qid_refreshed} of {self.qid_entries} entries answered again",
+            f"qid table        {self.qid_entries} entries: {self.qid_refreshed} answered again, "
+            f"{self.qid_patched} patched in place",
         ]
         if self.drift:
             d = self.drift
@@ -344,9 +347,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("lexical")
 
         # 4. qid table
-        refreshed, entries = _update_qid_table(base, version, store, lexicon, encoder,
-                                               set(changed) | set(del_rows), upsert_rows, vecs,
-                                               config.export_batch_size)
+        refreshed, patched, entries = _update_qid_table(base, version, store, lexicon, encoder, set(del_rows),
+                                                        upsert_rows, vecs, config.export_batch_size)
         lap("qid_table")
 
         # 5. drift and the manifest
@@ -354,10 +356,12 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
                        deleted)
         report.live_products, report.rows = len(live), n_new
         report.qid_entries, report.qid_refreshed, report.drift = entries, refreshed, drift
+        report.qid_patched = patched
         history = manifest.get("updates", [])[-99:] + [{
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "base": base.name,
             "added": len(added), "changed": len(changed), "deleted": len(del_rows),
-            "qid_refreshed": refreshed,
+            "qid_refreshed": refreshed, "qid_patched": patched,
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
         }]
         atomic_write_json(version / "manifest.json", {
             **manifest, "products": len(live), "rows": n_new, "ann": {**manifest.get("ann", {}),
@@ -398,10 +402,16 @@ def _encode(encoder, products: list[Product], batch_size: int, progress: bool, d
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
-def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, encoder, touched_rows: set[int], upsert_rows: np.ndarray,
-                      vecs: np.ndarray, batch_size: int) -> tuple[int, int]:
-    """Answer again the entries the update can have changed (module docstring); the rest
-    are copied. Returns (entries answered again, entries)."""
+def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, encoder, deleted_rows: set[int],
+                      upsert_rows: np.ndarray, vecs: np.ndarray, batch_size: int) -> tuple[int, int, int]:
+    """Bring every entry up to date (module docstring, step 4). An entry is *patched* in
+    place when that is exact: new scores of its changed members that stay above its last
+    stored score, new or changed products that now beat that score and satisfy its
+    constraints, deleted or no-longer-allowed members of a list that held every allowed
+    product. It is *answered again* (a search from its stored query vector) when a deleted
+    member, a member now below the last score, or a member that no longer satisfies the
+    constraints leaves a hole in a full list, or when the new lexicon gives its query other
+    constraints. Returns (answered again, patched, entries)."""
     old = QidTable.load(base / "qid")
     rows, scores = np.array(old.rows), np.array(old.scores)
     signatures = np.array(old.signatures)
@@ -413,33 +423,57 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
     if n == 0:
         old.save(version / "qid")
         save_query_vectors(version, [np.asarray(qv, np.float32)], store.dim)
-        return 0, 0
+        return 0, 0, 0
 
     constraints = [understand(q, lexicon).constraints for q in old.queries]
     new_sigs = np.asarray([constraint_signature(c) for c in constraints], np.uint64)
-    affected = new_sigs != signatures
-    if touched_rows:
-        affected |= np.isin(rows, np.fromiter(touched_rows, np.int64)).any(axis=1)
-    if len(upsert_rows):
-        # a new or changed product that now beats an entry's last stored answer
-        masks: dict[int, np.ndarray] = {}
-        by_sig: dict[int, list[int]] = {}
-        for i, sig in enumerate(new_sigs.tolist()):
-            by_sig.setdefault(sig, []).append(i)
-        allowed = np.ones((n, len(upsert_rows)), bool)
-        for sig, members in by_sig.items():
-            if sig:
-                if sig not in masks:
-                    c = constraints[members[0]]
-                    masks[sig] = store.mask({x.field: list(x.values) for x in c})
-                allowed[members] = masks[sig][upsert_rows]
-        full = rows[:, -1] >= 0
-        last = np.where(full, scores[:, -1], -np.inf)
-        for lo in range(0, n, SCORE_CHUNK_QUERIES):
-            hi = min(n, lo + SCORE_CHUNK_QUERIES)
-            beats = (np.asarray(qv[lo:hi], np.float32) @ vecs.T) > last[lo:hi, None]
-            affected[lo:hi] |= (beats & allowed[lo:hi]).any(axis=1)
-    todo = np.flatnonzero(affected)
+    research = new_sigs != signatures
+    masks: dict[int, np.ndarray] = {}
+    for i, sig in enumerate(new_sigs.tolist()):
+        if sig and sig not in masks:
+            masks[sig] = store.mask({x.field: list(x.values) for x in constraints[i]})
+    full = rows[:, -1] >= 0
+    last = np.where(full, scores[:, -1], -np.inf)
+    col_of = {int(r): j for j, r in enumerate(upsert_rows.tolist())}
+    touched = np.fromiter(set(col_of) | deleted_rows, np.int64)
+    patched = 0
+    for lo in range(0, n, SCORE_CHUNK_QUERIES):
+        hi = min(n, lo + SCORE_CHUNK_QUERIES)
+        new_scores = np.asarray(qv[lo:hi], np.float32) @ vecs.T if len(vecs) else np.zeros((hi - lo, 0), np.float32)
+        allowed = np.ones((hi - lo, len(upsert_rows)), bool)
+        for sig, mask in masks.items():
+            members = np.flatnonzero(new_sigs[lo:hi] == sig)
+            if len(members):
+                allowed[members] = mask[upsert_rows][None, :]
+        beats = (new_scores > last[lo:hi, None]) & allowed
+        holds = np.isin(rows[lo:hi], touched).any(axis=1) if len(touched) else np.zeros(hi - lo, bool)
+        for i in np.flatnonzero((holds | beats.any(axis=1)) & ~research[lo:hi]):
+            e = lo + i
+            keep = rows[e] >= 0
+            r_list, s_list = rows[e][keep].tolist(), scores[e][keep].tolist()
+            out: dict[int, float] = {}
+            hole = False
+            for r, sc in zip(r_list, s_list):
+                j = col_of.get(r)
+                if r in deleted_rows or (j is not None and not allowed[i, j]):
+                    hole = hole or bool(full[e])
+                elif j is not None:
+                    if full[e] and new_scores[i, j] < last[e]:
+                        hole = True
+                    out[r] = float(new_scores[i, j])
+                else:
+                    out[r] = sc
+            if hole:
+                research[e] = True
+                continue
+            for j in np.flatnonzero(beats[i]):
+                out.setdefault(int(upsert_rows[j]), float(new_scores[i, j]))
+            best = sorted(out.items(), key=lambda item: (-item[1], item[0]))[:top_k]
+            rows[e], scores[e] = -1, -np.inf
+            rows[e, :len(best)] = [r for r, _ in best]
+            scores[e, :len(best)] = [sc for _, sc in best]
+            patched += 1
+    todo = np.flatnonzero(research)
     answer = answer_vectors(store, _StoreMasks(store), lexicon, top_k)
     for lo in range(0, len(todo), batch_size):
         pick = todo[lo:lo + batch_size]
@@ -448,7 +482,7 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
     QidTable(np.asarray(old.qids), rows.astype(np.int32), scores, list(old.queries), signatures).save(
         version / "qid")
     _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32))
-    return len(todo), n
+    return len(todo), patched, n
 
 
 def _drift(ann: AnnIndex, vectors, manifest: dict, config: IndexConfig, touched: int,
