@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import common
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ def sweep(ann, queries: np.ndarray, truth: np.ndarray, sizes: Sizes) -> list[dic
         _, found = ann.search(queries, sizes.k, nprobe=nprobe)
         for x in single[:sizes.warmup]:
             ann.search(x, sizes.k, nprobe=nprobe)
-        times = [common.timed(lambda x=x: ann.search(x, sizes.k, nprobe=nprobe))[1] for x in single]
+        times = [common.timed(lambda x=x, p=nprobe: ann.search(x, sizes.k, nprobe=p))[1] for x in single]
         rows.append({"nprobe": nprobe, "recall_at_k": round(recall(found, truth), 4),
                      "ann_only": common.summarize_ms(times)})
         common.log(f"  nprobe {nprobe}: recall@{sizes.k} {rows[-1]['recall_at_k']}, "

@@ -53,12 +53,27 @@ from vlsearch.config import IndexConfig
 from vlsearch.errors import InputError, Problem, WorkdirError
 from vlsearch.index.ann import AnnIndex
 from vlsearch.index.builder import (
-    BUILDING, COMPLETE, CURRENT, QUERY_VECTORS, _new_version_dir, answer_vectors, current_version,
-    products_table, prune_versions, publish, save_query_vectors,
+    BUILDING,
+    COMPLETE,
+    CURRENT,
+    QUERY_VECTORS,
+    _new_version_dir,
+    answer_vectors,
+    current_version,
+    products_table,
+    prune_versions,
+    publish,
+    save_query_vectors,
 )
 from vlsearch.index.lexical import update_lexical
-from vlsearch.index.store import VECTORS_FILE, FaissStore, VectorStore, open_store, product_attributes
 from vlsearch.index.qid_table import QidTable
+from vlsearch.index.store import (
+    VECTORS_FILE,
+    FaissStore,
+    VectorStore,
+    open_store,
+    product_attributes,
+)
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
 from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
 
@@ -93,10 +108,10 @@ class UpdateReport:
         lines = [
             (f"index version    {self.version} (published as current, from {self.base_version})"
              if self.version else f"index version    {self.base_version} unchanged (nothing to apply)"),
-            f"products         +{self.added} new, {self.changed} changed, -{self.deleted} deleted, "
-            f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows",
-            f"qid table        {self.qid_entries} entries: {self.qid_refreshed} answered again, "
-            f"{self.qid_patched} patched in place",
+            (f"products         +{self.added} new, {self.changed} changed, -{self.deleted} deleted, "
+             f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows"),
+            (f"qid table        {self.qid_entries} entries: {self.qid_refreshed} answered again, "
+             f"{self.qid_patched} patched in place"),
         ]
         if self.drift:
             d = self.drift
