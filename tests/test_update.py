@@ -131,9 +131,12 @@ def test_qid_table_after_updates_equals_a_fresh_build(tmp_path):
         table = QidTable.load(version / "qid")
         ids = pq.read_table(version / "products.parquet").column("id").to_pylist()
         out = {}
+        assert table.has_lexical
         for qid in np.asarray(table.qids).tolist():
             rows, scores, sig = table.lookup(qid)
             out[qid] = ([ids[r] for r in rows], np.round(scores, 5).tolist(), sig)
+            lex_rows, _, _ = table.lookup_lexical(qid)
+            assert not {ids[r] for r in lex_rows} & set(gone)  # nor from the stored BM25 lists
         return out
 
     live, fresh = answers(tmp_path / "live"), answers(tmp_path / "fresh")

@@ -65,7 +65,7 @@ from vlsearch.index.builder import (
     publish,
     save_query_vectors,
 )
-from vlsearch.index.lexical import update_lexical
+from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, product_value, update_lexical
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.store import (
     VECTORS_FILE,
@@ -363,7 +363,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
 
         # 4. qid table
         refreshed, patched, entries = _update_qid_table(base, version, store, lexicon, encoder, set(del_rows),
-                                                        upsert_rows, vecs, config.export_batch_size)
+                                                        upsert_rows, vecs, upsert_products,
+                                                        config.export_batch_size)
         lap("qid_table")
 
         # 5. drift and the manifest
@@ -418,7 +419,8 @@ def _encode(encoder, products: list[Product], batch_size: int, progress: bool, d
 
 
 def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, encoder, deleted_rows: set[int],
-                      upsert_rows: np.ndarray, vecs: np.ndarray, batch_size: int) -> tuple[int, int, int]:
+                      upsert_rows: np.ndarray, vecs: np.ndarray, upsert_products: list[Product],
+                      batch_size: int) -> tuple[int, int, int]:
     """Bring every entry up to date (module docstring, step 4). An entry is *patched* in
     place when that is exact: new scores of its changed members that stay above its last
     stored score, new or changed products that now beat that score and satisfy its
@@ -426,7 +428,10 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
     product. It is *answered again* (a search from its stored query vector) when a deleted
     member, a member now below the last score, or a member that no longer satisfies the
     constraints leaves a hole in a full list, or when the new lexicon gives its query other
-    constraints. Returns (answered again, patched, entries)."""
+    constraints. Stored BM25 lists (``QidTable.has_lexical``) are searched again (tantivy,
+    the new index) when they list a changed or deleted product or share a term with a new or
+    changed one; an entry answered again gets both lists. Returns (answered again, patched,
+    entries)."""
     old = QidTable.load(base / "qid")
     rows, scores = np.array(old.rows), np.array(old.scores)
     signatures = np.array(old.signatures)
@@ -489,13 +494,32 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
             scores[e, :len(best)] = [sc for _, sc in best]
             patched += 1
     todo = np.flatnonzero(research)
-    answer = answer_vectors(store, _StoreMasks(store), lexicon, top_k)
+    lexical = LexicalIndex.open(version / "lexical") if old.has_lexical else None
+    answer = answer_vectors(store, _StoreMasks(store), lexicon, top_k, lexical)
+    lex_rows = np.array(old.lexical_rows) if lexical is not None else None
+    lex_scores = np.array(old.lexical_scores) if lexical is not None else None
     for lo in range(0, len(todo), batch_size):
         pick = todo[lo:lo + batch_size]
-        s, r, sig = answer([old.queries[i] for i in pick], np.asarray(qv[pick], np.float32))
-        scores[pick], rows[pick], signatures[pick] = s, r, np.asarray(sig, np.uint64)
-    QidTable(np.asarray(old.qids), rows.astype(np.int32), scores, list(old.queries), signatures).save(
-        version / "qid")
+        got = answer([old.queries[i] for i in pick], np.asarray(qv[pick], np.float32))
+        scores[pick], rows[pick], signatures[pick] = got[0], got[1], np.asarray(got[2], np.uint64)
+        if lexical is not None:
+            lex_scores[pick], lex_rows[pick] = got[3], got[4]
+    if lexical is not None:
+        delta_terms: set[str] = set()
+        for p in upsert_products:
+            attrs = " ".join(v for v in (product_value(p, f) for f in FILTER_FIELDS) if v)
+            delta_terms.update(lexical.terms(f"{p.title} {attrs}"))
+        stale = np.isin(lex_rows, touched).any(axis=1) if len(touched) else np.zeros(n, bool)
+        for e in np.flatnonzero(~research):
+            query = old.queries[e]
+            if not (stale[e] or delta_terms.intersection(lexical.terms(query))):
+                continue
+            filters = {c.field: list(c.values) for c in constraints[e]} or None
+            s_, r_ = lexical.search(query, top_k, filters)
+            lex_scores[e], lex_rows[e] = -np.inf, -1
+            lex_scores[e, :len(r_)], lex_rows[e, :len(r_)] = s_, r_
+    QidTable(np.asarray(old.qids), rows.astype(np.int32), scores, list(old.queries), signatures,
+             None if lex_rows is None else lex_rows.astype(np.int32), lex_scores).save(version / "qid")
     _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32))
     return len(todo), patched, n
 
