@@ -96,6 +96,8 @@ def test_logged_queries_answer_the_lexical_channel_from_the_qid_table(tmp_path, 
     def no_bm25(*args, **kwargs):
         raise AssertionError("BM25 ran at request time for a logged query")
 
+    # (the short-list fill is a live search by design: off here, so only the stored lists answer)
+    engine = Engine.open(tmp_path, ServeConfig(fill_relax_order=()), retriever=enc)
     monkeypatch.setattr(engine._state.lexical, "search", no_bm25)
     for text in queries:
         engine.search(text, k=100)  # default channels, the query's own constraints

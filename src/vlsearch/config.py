@@ -158,6 +158,15 @@ class IndexConfig:
     update_rebuild_residual_ratio: float = 1.2  # ... or when updated vectors sit this much farther from IVF centroids
     update_residual_sample: int = 10000  # build vectors sampled to measure the IVF baseline residual
     update_residual_min_vectors: int = 100  # updated vectors needed before the residual ratio counts
+    # Query understanding mined from the catalog titles and the click log (index/evidence.py)
+    mine_max_phrase_terms: int = 2  # longest mined phrase, in terms
+    mine_min_support: int = 20  # products (catalog) or clicks (log) a phrase needs per source
+    mine_min_confidence: float = 0.9  # share of a source its value set must reach
+    mine_max_values: int = 3  # largest value set a mined constraint may have
+    mine_min_lift: float = 1.5  # value-set share over its base rate: below, the phrase says nothing
+    mine_ambiguous: str = "union"  # agreeing multi-value terms ("sneakers"): union (hard) | soft
+    mine_single_source_confidence: float = 0.98  # one source alone (the other silent) is hard from this share
+    mine_hard_fields: tuple[str, ...] = ("brand", "category", "colour", "usage")  # others: soft only
 
 
 @dataclass
@@ -186,6 +195,13 @@ class ServeConfig:
                                     "category", "brand")
     filter_cache_size: int = 256  # constraint sets whose row masks are kept (LRU)
     understanding_cache_size: int = 4096  # normalised query texts whose auto constraints are kept (LRU)
+    synonyms: bool = False  # also use the hand-written phrase tables stored in the lexicon
+    soft_weight: float = 0.5  # fused-score boost of a hit matching a soft preference, in units of a rank-1 RRF score
+    # Short lists filled: when the hard constraints allow fewer than k products, the rest
+    # are the nearest products with the auto constraints on these fields dropped, one more
+    # field at a time in this order (category, brand and caller filters are always kept);
+    # such hits are marked relaxed. Empty: no fill.
+    fill_relax_order: tuple[str, ...] = ("colour", "usage", "gender")
     reload_check: bool = True  # each search checks whether a new index version was published
     qid_table: bool = True  # answer logged queries from the qid table (False: always encode + ANN)
     torch_threads: int = 1  # torch intra-op threads in `vlsearch serve` (1 is fastest for one short query)

@@ -23,11 +23,10 @@ import json
 import math
 import random
 import re
-import unicodedata
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,82 +34,12 @@ from vlsearch.config import DataConfig
 from vlsearch.errors import InputError, Problem
 from vlsearch.io import atomic_write, atomic_write_text
 from vlsearch.text import query_id, query_ids, segment
-
-
-class ProductLike(Protocol):
-    """The fields of ``vlsearch.catalog.Product`` this module reads."""
-
-    id: str
-    title: str
-    brand: str | None
-    category: str | None
-    attributes: dict[str, str]
-
+from vlsearch.vocabulary import ProductLike, accepted_values, canonical, product_value
+from vlsearch.vocabulary import canonical_gender as _canonical_gender
 
 ATTRIBUTE_KEYS = ("category", "colour", "gender", "brand", "usage")
 
-# --- canonical values and the relevance rule -------------------------------------------------
-
-_MISSING = {"", "na", "n/a", "none", "null", "nan", "-", "unknown"}
-
-_GENDER_ALIASES = {
-    "men": "men", "man": "men", "mens": "men", "men's": "men", "male": "men", "males": "men",
-    "gents": "men", "boys'": "boys",
-    "women": "women", "woman": "women", "womens": "women", "women's": "women", "ladies": "women",
-    "lady": "women", "female": "women", "females": "women",
-    "boys": "boys", "boy": "boys", "boy's": "boys",
-    "girls": "girls", "girl": "girls", "girl's": "girls",
-    "kids": "kids", "kid": "kids", "kid's": "kids", "kids'": "kids", "children": "kids",
-    "children's": "kids", "child": "kids", "childrens": "kids",
-    "unisex": "unisex",
-}
-# query gender -> product genders that satisfy it
-_GENDER_MATCHES = {
-    "men": ("men", "unisex"),
-    "women": ("women", "unisex"),
-    "kids": ("boys", "girls", "kids"),
-    "boys": ("boys",),
-    "girls": ("girls",),
-    "unisex": ("unisex",),
-}
-
-
-def canonical(value: Any) -> str | None:
-    """Comparison form of an attribute value: NFKC, casefold, single spaces; None when missing."""
-    if value is None:
-        return None
-    text = " ".join(unicodedata.normalize("NFKC", str(value)).casefold().split())
-    return None if text in _MISSING else text
-
-
-def _canonical_gender(value: Any) -> str | None:
-    text = canonical(value)
-    return None if text is None else _GENDER_ALIASES.get(text, text)
-
-
-def product_value(product: ProductLike, key: str) -> str | None:
-    """The canonical value of ``key`` for ``product`` (category and brand from their fields)."""
-    attrs = product.attributes or {}
-    if key == "category":
-        return canonical(product.category or attrs.get("article_type"))
-    if key == "brand":
-        return canonical(product.brand)
-    if key == "gender":
-        return _canonical_gender(attrs.get("gender"))
-    if key == "colour":
-        return canonical(attrs.get("colour", attrs.get("color")))
-    return canonical(attrs.get(key))
-
-
-def accepted_values(key: str, value: Any) -> tuple[str, ...]:
-    """Canonical product values that satisfy the query value ``value`` of ``key``."""
-    if key == "gender":
-        gender = _canonical_gender(value)
-        if gender is None:
-            return ()
-        return _GENDER_MATCHES.get(gender, (gender,))
-    text = canonical(value)
-    return () if text is None else (text,)
+# --- the relevance rule (canonical values and gender spellings: vlsearch.vocabulary) --------
 
 
 def relevant(product: ProductLike, attributes: Mapping[str, str]) -> bool:

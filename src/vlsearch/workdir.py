@@ -178,6 +178,13 @@ class Workdir:
         """The training click stream: query, product_id, count, qid."""
         return pq.read_table(self.path / "clicks" / "train.parquet")
 
+    def phrase_tables(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """The mocked-query generator's phrase tables ({field: {value: phrasings}}): the
+        optional hand-written synonym layer of query understanding (off by default)."""
+        from vlsearch.queries import SYNONYMS
+
+        return SYNONYMS
+
     def eval_dir(self, split: str) -> Path:
         if split not in EVAL_SPLITS:
             raise WorkdirError(f"unknown eval split {split!r}; expected one of {EVAL_SPLITS}")

@@ -4,7 +4,8 @@
 the vector store's files (FAISS backend: ``ann.faiss`` + ``attributes.parquet``; Milvus
 backend: a collection ``<prefix>_<version>``, see ``index/milvus.py``), ``qid/`` (qid
 table) and ``query_vectors.npy`` (its query vectors, for live updates), ``lexical/``
-(tantivy), ``lexicon.json``,
+(tantivy), ``lexicon.json`` (query understanding), ``evidence.json``
+(the mined phrases with their support and confidence),
 ``products.parquet`` (product metadata incl. image paths), ``model/`` (the Retriever the
 engine encodes queries with), ``manifest.json`` and last the ``COMPLETE`` marker.
 Publishing points ``OUT/current`` (a relative symlink) at the new version by renaming a
@@ -32,6 +33,7 @@ import socket
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ import pyarrow.parquet as pq
 from vlsearch.config import IndexConfig
 from vlsearch.errors import WorkdirError
 from vlsearch.index.ann import AnnReport
+from vlsearch.index.evidence import mine_terms
 from vlsearch.index.export import export_sharded, export_vectors, shard_rows
 from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.masks import ConstraintMasks
@@ -72,6 +75,7 @@ class IndexReport:
     qid_queries: int
     qid_top_k: int
     lexicon_phrases: int
+    mined_phrases: dict[str, int] = field(default_factory=dict)  # mined phrases by kind
     seconds: dict[str, float] = field(default_factory=dict)
     removed_versions: list[str] = field(default_factory=list)
 
@@ -89,7 +93,8 @@ class IndexReport:
             + f", recall@100 vs exact {a.recall_at_100:.4f} on {a.recall_queries} queries, "
             f"{a.size_bytes / 1e6:.2f} MB",
             f"qid table        {self.qid_queries} logged queries x top {self.qid_top_k}",
-            f"lexicon          {self.lexicon_phrases} phrases",
+            f"lexicon          {self.lexicon_phrases} catalog phrases, mined "
+            + (", ".join(f"{n} {k}" for k, n in self.mined_phrases.items()) or "none"),
             "seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
         ])
 
@@ -326,6 +331,8 @@ def build_index_from_parts(
     progress: bool = True,
     sharding: Sharding | None = None,
     retriever=None,
+    clicks: Sequence[tuple[str, str, int]] | None = None,
+    synonyms: dict | None = None,
 ) -> IndexReport | ShardReport:
     """Build every part from in-memory inputs, then publish (the testable core of build_index).
 
@@ -333,7 +340,11 @@ def build_index_from_parts(
     ``model/query.onnx`` when it passes the parity check (``IndexConfig.onnx_*``).
 
     With ``sharding`` over several ranks, every rank exports its shard; rank 0 builds the rest
-    and publishes, the others return a :class:`ShardReport`."""
+    and publishes, the others return a :class:`ShardReport`.
+
+    ``clicks`` ((query, product id, count) rows) feed the mined query-understanding layer
+    with the catalog titles; ``synonyms`` ({field: {value: phrasings}}) is the optional
+    hand-table layer (used only with ``ServeConfig.synonyms``)."""
     config = config or IndexConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -374,8 +385,11 @@ def build_index_from_parts(
         lap("ann")
 
         build_lexical(products, version / "lexical", config.lexical_stemmer)
-        lexicon = build_lexicon(products)
+        lexicon = build_lexicon(products, synonyms)
+        mined = mine_terms(products, clicks, config, known=lexicon.phrases)
+        lexicon.add_mined(mined)
         atomic_write_json(version / "lexicon.json", lexicon.to_json())
+        atomic_write_json(version / "evidence.json", {"terms": [t.to_dict() for t in mined]})
         lap("lexical")
 
         top_k = min(config.qid_top_k, len(products))
@@ -426,8 +440,15 @@ def build_index_from_parts(
     return IndexReport(
         version=version.name, path=str(version), products=len(products), dim=store.dim, ann=ann_report,
         qid_queries=len(table), qid_top_k=top_k, lexicon_phrases=len(lexicon.phrases),
+        mined_phrases=dict(sorted(Counter(t.kind for t in mined).items())),
         seconds=seconds, removed_versions=removed,
     )
+
+
+def click_rows(clicks: pa.Table) -> list[tuple[str, str, int]]:
+    """(query, product id, count) rows of a work directory's click table."""
+    counts = clicks.column("count").to_pylist() if "count" in clicks.column_names else [1] * clicks.num_rows
+    return list(zip(clicks.column("query").to_pylist(), map(str, clicks.column("product_id").to_pylist()), counts))
 
 
 def build_index(
@@ -487,5 +508,5 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
         clicks.column("query").to_pylist(), clicks.column("qid").to_pylist(),
         config=config, model_dir=model_dir, export_key=json.loads(json.dumps(key, default=str)),
         seed=wd.config.data.seed, progress=progress and sharding.rank == 0, sharding=sharding,
-        retriever=retriever,
+        retriever=retriever, clicks=click_rows(clicks), synonyms=wd.phrase_tables(),
     )

@@ -24,8 +24,8 @@ import tantivy
 
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.io import atomic_write_json, read_json
-from vlsearch.queries import canonical
-from vlsearch.queries import product_value as queries_product_value
+from vlsearch.vocabulary import canonical
+from vlsearch.vocabulary import product_value as vocabulary_product_value
 
 FILTER_FIELDS = ("brand", "category", "gender", "colour", "usage", "master_category", "sub_category")
 ROW, TITLE, ATTRS = "row", "title", "attrs"
@@ -39,14 +39,14 @@ Filter = Mapping[str, Sequence[str]]
 
 
 def normalize_value(value: object) -> str | None:
-    """The form filter values are indexed and matched in (``vlsearch.queries.canonical``:
+    """The form filter values are indexed and matched in (``vlsearch.vocabulary.canonical``:
     NFKC, casefold, single spaces); None for missing-like values."""
     return canonical(value)
 
 
 def product_value(product, field: str) -> str | None:
     """A product's canonical value for a filter field (the relevance rule's reading of it)."""
-    return queries_product_value(product, field)
+    return vocabulary_product_value(product, field)
 
 
 def check_filter(filters: Filter) -> dict[str, list[str]]:

@@ -29,7 +29,15 @@
    ``depth = max(fusion_depth, offset + k)`` results, the fused ranking is cut to hits
    ``offset .. offset + k``: within the fusion window the order never depends on k, and
    pages of one query concatenate to the single request for ``offset + n``.
+   Soft preferences (ambiguous mined terms) add ``soft_weight / (rrf_k + 1)`` to the
+   fused score of each hit that matches them.
 5. Every hit is checked against the row mask: a result never violates an active constraint.
+6. Short lists filled: when the constraints allow fewer than offset + k products, the rest
+   are the nearest products (same channels) with the auto constraints on
+   ``fill_relax_order``'s fields dropped, one more field at a time; category, brand and
+   caller filters are kept. Those hits rank after every exact one, are marked ``relaxed``
+   and satisfy every kept constraint; ``SearchResult.fill_relaxed`` lists the constraints
+   they were allowed to break.
 
 ``reload_if_changed()`` (called per request) compares the ``current`` link target with the
 loaded version (one readlink) and swaps in a new version under a lock (requests arriving
@@ -39,6 +47,7 @@ and ``delete(ids)`` apply a live update (``index.update``) and serve it before r
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -77,11 +86,12 @@ class Hit:
     category: str | None
     row: int = -1  # product-table row in the index version
     channel_scores: dict[str, float] = field(default_factory=dict)  # raw score per channel
+    relaxed: bool = False  # a fill hit: breaks a constraint of SearchResult.fill_relaxed
 
     def to_dict(self) -> dict:
         return {"product_id": self.product_id, "score": self.score, "channels": list(self.channels),
                 "title": self.title, "brand": self.brand, "category": self.category,
-                "channel_scores": self.channel_scores}
+                "channel_scores": self.channel_scores, "relaxed": self.relaxed}
 
 
 @dataclass
@@ -98,13 +108,17 @@ class SearchResult:
     embedding_path: str = ""  # qid | ann | ann+postfilter | ann+selector | exact ("" if off)
     relaxed: list[Constraint] = field(default_factory=list)  # auto constraints dropped: no match
     offset: int = 0  # rank (0-based) of the first hit in the fused ranking
+    preferences: list[Constraint] = field(default_factory=list)  # soft preferences (boosts)
+    fill_relaxed: list[Constraint] = field(default_factory=list)  # constraints the relaxed hits break
 
     def to_dict(self) -> dict:
         return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
                 "constraints": [c.to_dict() for c in self.constraints], "qid": self.qid,
                 "qid_hit": self.qid_hit, "timings": self.timings, "channels": list(self.channels),
                 "version": self.version, "allowed": self.allowed, "embedding_path": self.embedding_path,
-                "relaxed": [c.to_dict() for c in self.relaxed], "offset": self.offset}
+                "relaxed": [c.to_dict() for c in self.relaxed], "offset": self.offset,
+                "preferences": [c.to_dict() for c in self.preferences],
+                "fill_relaxed": [c.to_dict() for c in self.fill_relaxed]}
 
 
 class _Lru:
@@ -195,6 +209,7 @@ class _Version:
             self.retriever = self.encoder = retriever  # the caller's encoder (tests, benchmarks) as given
         self._masks: _Lru = _Lru(config.filter_cache_size)
         self._understood: _Lru = _Lru(config.understanding_cache_size)
+        self._synonyms = config.synonyms
 
     def mask(self, constraints: Sequence[Constraint]) -> np.ndarray:
         """Rows satisfying every constraint, from the precomputed bitmaps (LRU of the last sets)."""
@@ -206,14 +221,15 @@ class _Version:
             self._masks.put(key, mask)
         return mask
 
-    def _analysed(self, text: str) -> tuple[tuple[Constraint, ...], int]:
-        """(auto constraints, qid) of ``text``, cached per normalised text (LRU)."""
+    def _analysed(self, text: str) -> tuple[tuple[Constraint, ...], tuple[Constraint, ...], int]:
+        """(auto constraints, soft preferences, qid) of ``text``, cached per normalised text (LRU)."""
         from vlsearch.text import query_id
 
         key = " ".join(normalize_text(text).split())
         found = self._understood.get(key)
         if found is None:
-            found = (tuple(understand(text, self.lexicon).constraints), int(query_id(text)))
+            got = understand(text, self.lexicon, synonyms=self._synonyms)
+            found = (tuple(got.constraints), tuple(got.preferences), int(query_id(text)))
             self._understood.put(key, found)
         return found
 
@@ -221,8 +237,12 @@ class _Version:
         """Query understanding's constraints for ``text``, cached per normalised text."""
         return list(self._analysed(text)[0])
 
+    def preferences(self, text: str) -> list[Constraint]:
+        """Query understanding's soft preferences for ``text`` (cached with the constraints)."""
+        return list(self._analysed(text)[1])
+
     def query_id(self, text: str) -> int:
-        return self._analysed(text)[1]
+        return self._analysed(text)[2]
 
     def product(self, row: int) -> dict:
         return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
@@ -355,17 +375,21 @@ class Engine:
         auto_constraints: bool = True, off: Collection[str] = (),
     ) -> list[Constraint]:
         """Active constraints: caller filters, plus auto ones on fields neither filtered nor off."""
+        return self._understand(text, filters, auto_constraints, off)[0]
+
+    def _understand(self, text, filters, auto_constraints, off) -> tuple[list[Constraint], list[Constraint]]:
+        """(active constraints, soft preferences on fields neither filtered nor off)."""
         state = self._state
         given = check_filter(filters or {})
         unknown_off = [f for f in off if f not in FILTER_FIELDS]
         if unknown_off:
             raise InputError(f"off: unknown fields {unknown_off}; expected some of {list(FILTER_FIELDS)}")
         active = [Constraint(field=f, values=tuple(v), source="filter") for f, v in given.items()]
+        preferences: list[Constraint] = []
         if auto_constraints:
-            for c in state.understand(text):
-                if c.field not in given and c.field not in off:
-                    active.append(c)
-        return active
+            active += [c for c in state.understand(text) if c.field not in given and c.field not in off]
+            preferences = [c for c in state.preferences(text) if c.field not in given and c.field not in off]
+        return active, preferences
 
     def search(
         self,
@@ -386,7 +410,8 @@ class Engine:
         if self.config.reload_check:
             self.reload_if_changed()
         state = self._state  # one version for the whole request
-        active, relaxed = self._relax(state, self.constraints(text, filters, auto_constraints, off))
+        understood, preferences = self._understand(text, filters, auto_constraints, off)
+        active, relaxed = self._relax(state, understood)
         mask = state.mask(active) if active else None
         allowed = int(mask.sum()) if mask is not None else None
         timings["constraints_ms"] = (time.perf_counter() - started) * 1000
@@ -414,11 +439,65 @@ class Engine:
                 stored = state.lexical.search(text, depth, filt or None)
             lists["lexical"] = stored
             timings["lexical_ms"] = (time.perf_counter() - t) * 1000
-        hits = self._merge(state, lists, mask, offset, k)
+        boosts = [state.mask([p]) for p in preferences]
+        hits = self._merge(state, lists, mask, offset, k, boosts)
+        fill_relaxed: list[Constraint] = []
+        if mask is not None and allowed < offset + k and len(hits) < k and self.config.fill_relax_order:
+            t = time.perf_counter()
+            exact = {int(r) for _, rows in lists.values() for r in np.asarray(rows).tolist()
+                     if r >= 0 and mask[r] and state.live[r]}
+            fill_relaxed = self._fill(state, text, offset, k, active, exact, hits, channels, boosts)
+            timings["fill_ms"] = (time.perf_counter() - t) * 1000
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
                             timings=timings, channels=channels, version=state.name, allowed=allowed,
-                            embedding_path=path, relaxed=relaxed, offset=offset)
+                            embedding_path=path, relaxed=relaxed, offset=offset, preferences=preferences,
+                            fill_relaxed=fill_relaxed)
+
+    def _fill(self, state: _Version, text: str, offset: int, k: int, active: list[Constraint],
+              exact: set[int], hits: list[Hit], channels, boosts) -> list[Constraint]:
+        """Short-list fill (module docstring, step 6): appends the relaxed hits of ranks
+        offset .. offset + k to ``hits`` (in place); returns the constraints they may break.
+        The relaxed ranking continues the exact one: first the nearest products with the
+        first field of ``fill_relax_order`` dropped, then those with the next one dropped too."""
+        order = self.config.fill_relax_order
+        ranked: list[Hit] = []  # relaxed ranking, in order, rows not exact
+        seen = set(exact)
+        dropped: list[Constraint] = []
+        need = offset + k - len(exact)  # relaxed ranks up to the end of this page
+        for step in range(len(order)):
+            fields_ = set(order[:step + 1])
+            kept = [c for c in active if c.source != "auto" or c.field not in fields_]
+            if len(kept) == len(active) - len(dropped):
+                continue  # nothing more to drop at this step
+            dropped = [c for c in active if c not in kept]
+            mask = state.mask(kept) if kept else None
+            allowed = int(mask.sum()) if mask is not None else state.n
+            # every step fetches what the exact search fetched plus the rows it skips, so
+            # the relaxed ranking, like the exact one, does not depend on k within the depth
+            depth = max(self.config.fusion_depth, offset + k) + len(seen)
+            lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            if "embedding" in channels:
+                _, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed, kept)
+            if "lexical" in channels:
+                lists["lexical"] = state.lexical.search(text, depth, {c.field: list(c.values) for c in kept} or None)
+            for hit in self._merge(state, lists, mask, 0, depth, boosts):
+                if hit.row not in seen:
+                    seen.add(hit.row)
+                    ranked.append(hit)
+            if len(ranked) >= need:
+                break
+        page = ranked[max(0, offset - len(exact)):need][:k - len(hits)]
+        if page and hits and page[0].score > hits[-1].score:  # relaxed hits score below exact ones
+            scale = hits[-1].score / page[0].score
+            for hit in page:
+                hit.score *= scale
+        for before, hit in itertools.pairwise(page):  # a later step never outscores an earlier one
+            hit.score = min(hit.score, before.score)
+        for hit in page:
+            hit.relaxed = True
+        hits.extend(page)
+        return dropped if page else []
 
     def _relax(self, state: _Version, active: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
         """Null-result recovery (see ``ServeConfig.relax_below``): the constraints kept and
@@ -468,9 +547,11 @@ class Engine:
         constraints = {c.field: list(c.values) for c in active} or None
         return state.store.constrained_search(vec, k, constraints, mask, allowed)
 
-    def _merge(self, state: _Version, lists, mask, offset: int, k: int) -> list[Hit]:
+    def _merge(self, state: _Version, lists, mask, offset: int, k: int,
+               boosts: Sequence[np.ndarray] = ()) -> list[Hit]:
         """Fuse the channel lists into one ranking (ties: earliest rank, then channel, then
-        row) and cut hits ``offset .. offset + k`` from it (vectorised: one pass in numpy)."""
+        row), soft preferences boosting the rows of their ``boosts`` masks, and cut hits
+        ``offset .. offset + k`` from it (vectorised: one pass in numpy)."""
         cfg = self.config
         weights = {"embedding": 1.0 - cfg.lexical_weight, "lexical": cfg.lexical_weight}
         parts_rows, parts_contrib, parts_rank, parts_channel = [], [], [], []
@@ -491,6 +572,8 @@ class Engine:
         all_rows = np.concatenate(parts_rows)
         unique, first, inverse = np.unique(all_rows, return_index=True, return_inverse=True)
         fused = np.bincount(inverse, weights=np.concatenate(parts_contrib), minlength=len(unique))
+        for boost in boosts:  # soft preferences: a fraction of a rank-1 score per preference met
+            fused = fused + boost[unique] * (cfg.soft_weight / (cfg.rrf_k + 1))
         first_rank = np.concatenate(parts_rank)[first]  # channels in order: first = earliest channel
         first_channel = np.concatenate(parts_channel)[first]
         order = np.lexsort((unique, first_channel, first_rank, -fused))[offset:offset + k]

@@ -46,14 +46,20 @@ function renderConstraints(constraints, relaxed) {
   }
 }
 
-function renderHits(hits) {
+function renderHits(hits, fillRelaxed = []) {
   const grid = document.getElementById("results");
   grid.replaceChildren();
+  let exact = true;
   for (const hit of hits) {
+    if (hit.relaxed && exact) {  // where the exact matches end: the rest relax a constraint
+      exact = false;
+      grid.append(el("div", { class: "exact-end" },
+        `exact matches end here · below: nearest products without ${fillRelaxed.map(c => c.text).join(", ")}`));
+    }
     const img = el("img", { src: hit.image, alt: hit.title, loading: "lazy" });
     img.addEventListener("error", () => { img.style.visibility = "hidden"; });
     const badges = el("div", {}, ...hit.channels.map(ch => el("span", { class: `badge ${ch}` }, ch)));
-    grid.append(el("article", { class: "card result", "data-id": hit.product_id },
+    grid.append(el("article", { class: hit.relaxed ? "card result relaxed" : "card result", "data-id": hit.product_id },
       img,
       el("div", { class: "title" }, hit.title),
       el("div", { class: "meta" }, `${hit.brand || "—"} · ${hit.category || "—"}`),
@@ -85,7 +91,7 @@ async function runSearch() {
       status.textContent += ` · no exact match for ${body.relaxed.map(c => c.text).join(", ")}`;
     }
     renderConstraints(body.constraints, body.relaxed);
-    renderHits(body.hits);
+    renderHits(body.hits, body.fill_relaxed || []);
   } catch (err) {
     status.className = "error";
     status.textContent = `request failed: ${err}`;
