@@ -223,3 +223,13 @@ def test_chinese_catalog_and_log():
     lexicon.add_mined(mine_terms(catalog, clicks, CONFIG, known=lexicon.phrases))
     got = {c.field: set(c.values) for c in understand("耐克跑鞋", lexicon).constraints}
     assert got == {"brand": {"耐克"}, "category": {"运动鞋"}}
+
+
+def test_a_live_update_keeps_the_mined_layer_over_the_new_catalog_values(catalog):
+    lexicon = build_lexicon(catalog, {"category": {"kurtas": ("kurtha",)}})
+    lexicon.add_mined(mine_terms(catalog, _clicks(catalog), CONFIG, known=lexicon.phrases))
+    newer = catalog + [_product(5000, "Nova Kurta", "Nova", "Kurtas")]
+    again = lexicon.with_catalog(build_lexicon(newer))
+    assert ("nova",) in again.phrases and again.mined == lexicon.mined and again.synonyms == lexicon.synonyms
+    assert {c.field: c.values for c in understand("nova sneakers", again).constraints} == {
+        "brand": ("nova",), "category": ("casual shoes", "sports shoes")}

@@ -146,6 +146,12 @@ class Lexicon:
                 if not term.hard:
                     self.soft.add(tuple(term.phrase))
 
+    def with_catalog(self, catalog: Lexicon) -> Lexicon:
+        """This lexicon's synonym and mined layers over ``catalog``'s catalog layer and labels
+        (a live update rebuilds the catalog values; the mined evidence waits for a build)."""
+        return Lexicon(phrases=catalog.phrases, labels=catalog.labels, synonyms=self.synonyms,
+                       mined=self.mined, soft=self.soft)
+
     @property
     def max_len(self) -> int:
         return max((len(p) for name in LAYERS for p in self.layer(name)), default=0)

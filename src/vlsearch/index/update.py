@@ -14,7 +14,8 @@ index without a rebuild, as a new version published like a build.
    ``products.parquet``, zero vector, absent from the ANN and tantivy indexes).
    ``vectors.npy`` is copied with the rows replaced; the FAISS index gets ``remove`` and
    ``upsert`` by row id (IVF keeps its centroids); tantivy deletes and re-adds the rows' documents in
-   one commit; the lexicon is rebuilt from the live products; the model is hard-linked.
+   one commit; the lexicon's catalog layer is rebuilt from the live products (the synonym and
+   mined layers are kept until the next build, which mines the click log again); the model is hard-linked.
 4. qid table: each entry touched by the update (it lists a changed or deleted product, or a
    new or changed product now beats its last stored score under its constraints) is patched
    in place where that is exact, else answered again by a search from its stored query
@@ -74,7 +75,7 @@ from vlsearch.index.store import (
     open_store,
     product_attributes,
 )
-from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
+from vlsearch.index.understanding import Lexicon, build_lexicon, constraint_signature, understand
 from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
 
 LOCK_FILE = ".update.lock"
@@ -355,7 +356,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         atomic_write(version / "products.parquet",
                      lambda tmp: pq.write_table(products_table(all_products, deleted), tmp))
         live = [p for p, d in zip(all_products, deleted) if not d]
-        lexicon = build_lexicon(live)
+        lexicon = Lexicon.from_json(read_json(base / "lexicon.json")).with_catalog(build_lexicon(live))
         atomic_write_json(version / "lexicon.json", lexicon.to_json())
         if (base / "model").is_dir():
             _link_files(base / "model", version / "model")
