@@ -458,50 +458,59 @@ def _decoded_lines(handle, path: str, report: LoadReport) -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
-              limit: int | None) -> tuple[list[str], Iterator[_Row]]:
-    def records(problems: LoadReport):
-        with open(path, "rb") as handle:
-            reader = csv.reader(_decoded_lines(handle, str(path), problems),
-                                delimiter=mapping.delimiter)
-            yield reader
-            yield from reader
-
-    first = records(LoadReport())  # header only; its problems are reported by the full pass
-    try:
-        next(first)
-        header = [h.strip() for h in next(first)]
-    except StopIteration:
-        raise InputError(f"{path}: empty file; expected a header line and product rows") from None
-    except csv.Error as exc:
-        raise InputError(f"{path}:1: header is not valid CSV ({exc})") from None
-    finally:
-        first.close()
-
-    def rows() -> Iterator[_Row]:
-        stream = records(report)
-        reader = next(stream)
-        next(stream)  # header
-        title_at = header.index(mapping.title) if mapping.title in header else None
-        seen = 0
-        while limit is None or seen < limit:
+def _csv_records(path: Path, mapping: ColumnMapping,
+                 report: LoadReport) -> Iterator[tuple[int, int, list[str] | csv.Error]]:
+    """The one CSV reading loop: ``(first line, last line, fields)`` per record (physical
+    lines), or ``(first line, last line, csv.Error)`` for a record the csv module refuses (a line break inside an unquoted
+    field, a field over the size limit); reading always goes on with the next line."""
+    with open(path, "rb") as handle:
+        reader = csv.reader(_decoded_lines(handle, str(path), report), delimiter=mapping.delimiter)
+        while True:
             start = reader.line_num + 1
             try:
-                fields_ = next(stream)
+                fields_ = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
+                yield start, reader.line_num, exc
+                continue
+            yield start, reader.line_num, fields_
+
+
+def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
+              limit: int | None) -> tuple[list[str], Iterator[_Row]]:
+    head = _csv_records(path, mapping, LoadReport())  # its problems are reported by the full pass
+    try:
+        _, _, first = next(head)
+    except StopIteration:
+        raise InputError(f"{path}: empty file; expected a header line and product rows") from None
+    finally:
+        head.close()
+    if isinstance(first, csv.Error):
+        raise InputError(f"{path}:1: header is not valid CSV ({first})")
+    header = [h.strip() for h in first]
+    title_at = header.index(mapping.title) if mapping.title in header else None
+
+    def rows() -> Iterator[_Row]:
+        records = _csv_records(path, mapping, report)
+        next(records)  # header
+        seen = 0
+        for start, end, fields_ in records:
+            if limit is not None and seen >= limit:
+                break
+            if isinstance(fields_, csv.Error):
                 seen += 1
                 report.rows_read += 1
-                report.add(Problem(str(path), start, None, f"not valid CSV ({exc})"), "malformed")
+                report.add(Problem(str(path), start, None, f"not valid CSV ({fields_}); row skipped"),
+                           "malformed")
                 continue
             if not fields_ or (len(fields_) == 1 and not fields_[0].strip()):
                 continue  # blank line
             seen += 1
             fixed = _fit_fields(fields_, len(header), title_at, mapping, str(path), start, report)
             if fixed is not None:
-                yield _Row(start, dict(zip(header, fixed, strict=True)), reader.line_num)
-        stream.close()
+                yield _Row(start, dict(zip(header, fixed, strict=True)), end)
+        records.close()
 
     return header, rows()
 

@@ -86,7 +86,7 @@ def _filters(pairs: list[str]) -> dict[str, list[str]]:
 def cmd_search(args: argparse.Namespace) -> None:
     from vlsearch.serving.engine import Engine, search_queries_file
 
-    engine = Engine.open(args.index)
+    engine = Engine.open(args.index, _config(args).serve)
     filters = _filters(args.filter)
     channels = args.channels.split(",") if args.channels else None
     if args.queries:
@@ -111,7 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = _config(args).serve
     if args.workers is not None:
         config.workers = args.workers
-    serve(args.index, host=args.host, port=args.port, config=config)
+    serve(args.index, host=args.host or config.host, port=args.port if args.port is not None
+          else config.port, config=config)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -131,6 +132,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from vlsearch.demo import run_demo
 
     run_demo(shared=Path(args.shared), out=Path(args.out), limit=args.limit, steps=args.steps)
+
+
+def _count(text: str) -> int:
+    """A whole number in plain digits ("+5", " 5", "1_000" are refused, as over HTTP)."""
+    from vlsearch.validation import parse_digits
+
+    try:
+        return parse_digits(text, "value")
+    except VlsearchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,18 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--query")
     group.add_argument("--queries", help="BEIR queries.jsonl")
-    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--k", type=_count, default=100)
     p.add_argument("--filter", action="append", default=[], help="FIELD=VALUE (repeatable)")
     p.add_argument("--channels", help="comma-separated: embedding,lexical")
     p.add_argument("--format", choices=["json", "trec"], default="json")
+    p.add_argument("--config", help="TOML config file ([serve]: limits)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="HTTP service and web page")
     p.add_argument("--index", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, help="worker processes (default: [serve] workers, 0 = one per core)")
-    p.add_argument("--config", help="TOML config file ([serve] section)")
+    p.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=_count, help="bind port (default from config: 8000)")
+    p.add_argument("--workers", type=_count,
+                   help="worker processes (default: [serve] workers, 0 = one per core)")
+    p.add_argument("--config", help="TOML config file ([serve]: workers, limits, timeouts)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="score an index (or a TREC run file) on a BEIR query set")

@@ -176,6 +176,18 @@ class ServeConfig:
     default_k: int = 100  # results per query when k is not given
     max_k: int = 1000  # largest k accepted
     max_query_chars: int = 256  # longer queries get a 4xx
+    max_filter_fields: int = 16  # fields in one request's filters (more: 400)
+    max_filter_values: int = 64  # values of one filter field (GET: half from filter=, half from filters=)
+    max_value_chars: int = 256  # characters of one filter value or field name (more: 400)
+    max_json_depth: int = 8  # nesting of [ and { in a request body or filters JSON (deeper: 400)
+    max_body_bytes: int = 65536  # request body size (larger: 413, never read whole)
+    max_image_bytes: int = 16 * 1024 * 1024  # a catalog image larger than this is not served (404)
+    timeout_keep_alive: int = 5  # seconds an idle keep-alive connection stays open
+    timeout_header: float = 10.0  # seconds a client has to send a complete request head (then closed)
+    limit_concurrency: int = 256  # connections + running requests at once (more: 503)
+    backlog: int = 2048  # pending TCP connections the listening socket queues
+    max_header_bytes: int = 16384  # request line + headers size (larger: the connection is closed)
+    timeout_graceful_shutdown: int = 10  # seconds running requests get to finish on shutdown
     channels: tuple[str, ...] = ("embedding", "lexical")  # retrieval channels merged
     lexical_weight: float = 0.3  # weight of the lexical channel in the merge
     filter_selective_fraction: float = 0.05  # filters matching less than this share run inside ANN

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,14 @@ from tqdm import tqdm
 from vlsearch.config import Config, TrainConfig
 from vlsearch.distributed import barrier, init_distributed
 from vlsearch.errors import VlsearchError, WorkdirError
-from vlsearch.io import atomic_write_json, atomic_write_text, fsync_dir, read_json
+from vlsearch.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    read_json,
+    temp_dir,
+)
 from vlsearch.model import Retriever
 from vlsearch.model.towers import TextEncoder
 from vlsearch.negatives import MemoryBank, NegativeSet, gather_across_devices
@@ -348,9 +354,10 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], stat
     """Write ``directory/step-N`` atomically (temp dir + rename) and keep the newest ``keep``."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
+    tmp = temp_dir(directory, prefix=f".{final.name}.")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / CHECKPOINT_TENSORS)
+        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write(tmp / CHECKPOINT_TENSORS, lambda path: save_file(flat, path))
         state = {**state, "format_version": CHECKPOINT_FORMAT, "step": step,
                  "sha256": _sha256(tmp / CHECKPOINT_TENSORS)}
         atomic_write_json(tmp / CHECKPOINT_STATE, state)
@@ -589,6 +596,11 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
 
     start, resumed_from = 0, None
     checkpoint = latest_checkpoint(ckpt_dir) if resume else None
+    if resume and checkpoint is None and list_checkpoints(ckpt_dir):
+        found = list_checkpoints(ckpt_dir)
+        raise CheckpointError(
+            f"{ckpt_dir}: all {len(found)} checkpoints are corrupt (newest {found[-1].name}); "
+            "nothing to resume from: remove them to start again, or use another --out")
     if checkpoint is not None:
         if checkpoint.state.get("config", {}).get("model") != config.to_dict()["model"]:
             raise WorkdirError(f"checkpoint {checkpoint.path}: made with another [model] config; use another --out")

@@ -52,7 +52,14 @@ from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.store import build_store, product_attributes, publish_store, sweep_stores
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
-from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
+from vlsearch.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    normalize_modes,
+    read_json,
+)
 
 FORMAT_VERSION = 1
 COMPLETE = "COMPLETE"
@@ -427,6 +434,7 @@ def build_index_from_parts(
             "onnx_query_encoder": onnx,
         })
         lap("metadata")
+        normalize_modes(version)  # tantivy writes some files 0600; a copied model may be 0600
         atomic_write_text(version / COMPLETE, "complete\n")
         (version / BUILDING).unlink(missing_ok=True)
         fsync_dir(version)
@@ -490,6 +498,11 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
         features = wd.features()
     except WorkdirError:
         features = None  # the retriever runs its backbone on the image files instead
+    if features is not None:  # serve only images that decoded at prepare time
+        decoded = features.has_image(np.arange(len(products)))
+        for product, ok in zip(products, decoded, strict=True):
+            if not ok:
+                product.image_paths = []
 
     def encode(start: int, stop: int) -> np.ndarray:
         rows = np.arange(start, stop)

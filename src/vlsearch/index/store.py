@@ -29,7 +29,7 @@ from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.ann import AnnIndex, AnnReport, FilterPolicy, build_ann, constrained_search
 from vlsearch.index.lexical import FILTER_FIELDS, product_value
 from vlsearch.index.masks import ConstraintMasks
-from vlsearch.io import atomic_write
+from vlsearch.io import atomic_write, load_part
 
 BACKENDS = ("faiss", "milvus")
 ANN_FILE, VECTORS_FILE, ATTRIBUTES_FILE = "ann.faiss", "vectors.npy", "attributes.parquet"
@@ -207,9 +207,11 @@ class FaissStore(VectorStore):
         except (OSError, ValueError) as exc:
             raise WorkdirError(f"{version_dir / VECTORS_FILE}: cannot read vectors ({exc})") from None
         if (version_dir / ATTRIBUTES_FILE).is_file():
-            attributes = pq.read_table(version_dir / ATTRIBUTES_FILE).to_pydict()
+            attributes = load_part(version_dir / ATTRIBUTES_FILE, "attribute columns",
+                                   lambda p: pq.read_table(p).to_pydict())
         else:
-            attributes = attributes_from_products_table(version_dir / PRODUCTS_FILE)
+            attributes = load_part(version_dir / PRODUCTS_FILE, "product table",
+                                   attributes_from_products_table)
         deleted = np.asarray(attributes.pop(DELETED, None) or [False] * len(vectors), dtype=bool)
         if not (ann.ntotal == int((~deleted).sum()) and len(vectors) == len(deleted)
                 == len(next(iter(attributes.values()), [None] * len(vectors)))):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from transformers import BertConfig
 
 from vlsearch.config import Config, ConfigError, update
 from vlsearch.errors import InputError, WorkdirError
-from vlsearch.io import atomic_write_json, fsync_dir, read_json
+from vlsearch.io import atomic_write, atomic_write_json, fsync_dir, read_json, temp_dir
 from vlsearch.model.architectures import RetrievalModel, modalities
 from vlsearch.model.keywords import KeywordTable, mine_from_workdir
 from vlsearch.model.towers import init_dir, text_config
@@ -143,10 +142,11 @@ class Retriever:
         """Write the model directory atomically; returns its path."""
         model_dir = Path(model_dir)
         model_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=model_dir.parent))
+        tmp = temp_dir(model_dir.parent, prefix=f".{model_dir.name}.")
         try:
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, tmp / WEIGHTS_FILE, metadata={"format_version": str(MODEL_FORMAT_VERSION)})
+            meta = {"format_version": str(MODEL_FORMAT_VERSION)}
+            atomic_write(tmp / WEIGHTS_FILE, lambda path: save_file(state, path, metadata=meta))
             self.tokenizer.save(tmp)
             self.keywords.save(tmp / KEYWORDS_FILE)
             atomic_write_json(tmp / CONFIG_FILE, self.describe())

@@ -69,8 +69,9 @@ from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.store import FilterPolicy, open_lexical, open_qid_table, open_store
 from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
-from vlsearch.io import read_json
+from vlsearch.io import load_part, read_json
 from vlsearch.text import normalize_text
+from vlsearch.validation import TextLimits, check_filters, check_query, parse_int
 
 log = logging.getLogger(__name__)
 CHANNELS = ("embedding", "lexical")
@@ -156,6 +157,26 @@ def _same_model(a: Path, b: Path) -> bool:
     return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
 
 
+PRODUCT_COLUMNS = ("id", "title", "brand", "category", "image_path", "attributes")
+
+
+def _load_products(path: Path) -> dict[str, list]:
+    table = pq.read_table(path).to_pydict()
+    missing = [c for c in PRODUCT_COLUMNS if c not in table]
+    if missing:
+        raise ValueError(f"columns {missing} missing")
+    return table
+
+
+def _image_root(paths: Sequence[str | None]) -> str | None:
+    """The deepest directory holding every catalog image (resolved): request-time reads are
+    confined to it, whatever was put in place of an image after indexing."""
+    dirs = sorted({os.path.dirname(p) for p in paths if p})
+    if not dirs:
+        return None
+    return os.path.realpath(os.path.commonpath(dirs))
+
+
 class _Version:
     """Everything loaded from one index version."""
 
@@ -165,20 +186,23 @@ class _Version:
         manifest = read_json(path / "manifest.json")
         policy = FilterPolicy(config.filter_selective_fraction, config.overfetch_factor,
                               config.filter_widen_search)
-        self.store = open_store(path, manifest, policy)
-        self.qid = open_qid_table(path, manifest)
-        self.lexical = open_lexical(path, manifest, self.store)
+        self.store = load_part(path, "vector store", lambda p: open_store(p, manifest, policy))
+        self.qid = load_part(path / "qid", "qid table", lambda _: open_qid_table(path, manifest))
+        self.lexical = load_part(path / "lexical", "tantivy index",
+                                 lambda _: open_lexical(path, manifest, self.store))
         # logged queries' BM25 lists were computed with tantivy: usable when it serves the channel
         self.stored_lexical = isinstance(self.lexical, LexicalIndex) and \
             bool(getattr(self.qid, "has_lexical", False))
-        self.lexicon = Lexicon.from_json(read_json(path / "lexicon.json"))
-        table = pq.read_table(path / "products.parquet").to_pydict()
+        self.lexicon = load_part(path / "lexicon.json", "lexicon",
+                                 lambda p: Lexicon.from_json(read_json(p)))
+        table = load_part(path / "products.parquet", "product table", _load_products)
         self.ids: list[str] = table["id"]
         self.titles: list[str] = table["title"]
         self.brands: list[str | None] = table["brand"]
         self.categories: list[str | None] = table["category"]
         self.image_paths: list[str | None] = table["image_path"]
         self.attributes: list[str] = table["attributes"]
+        self.image_root = _image_root(self.image_paths)
         # rows deleted by a live update (index.update) stay as tombstones: rows never move
         self.live = ~np.asarray(table.get("deleted") or [False] * len(self.ids), dtype=bool)
         self.live.setflags(write=False)
@@ -199,7 +223,7 @@ class _Version:
 
             if not (path / "model").is_dir():
                 raise WorkdirError(f"{path}: index version has no model/ to encode queries with")
-            retriever = Retriever.load(path / "model")
+            retriever = load_part(path / "model", "model", Retriever.load)
             from vlsearch.model.onnx_query import load_query_encoder
 
             self.encoder = load_query_encoder(retriever, path / "model", config.query_encoder,
@@ -260,6 +284,7 @@ class Engine:
         self._link_target = self._read_link()
         self._retriever = retriever
         self._reload_lock = threading.Lock()
+        self.limits = TextLimits.from_config(config)
         self.policy = FilterPolicy(config.filter_selective_fraction, config.overfetch_factor,
                                    config.filter_widen_search)
 
@@ -334,13 +359,21 @@ class Engine:
         return state.product(row)
 
     def image_path(self, product_id: str) -> Path | None:
-        """The catalog image file of ``product_id`` (from the index metadata), if it exists."""
+        """The catalog image of ``product_id``, resolved now and confined to the catalog's image
+        directory: None when it has none, is gone, or is now a link leading out of it."""
         state = self._state
         row = state.row_of.get(str(product_id))
         if row is None:
             raise KeyError(product_id)
         path = state.image_paths[row]
-        return Path(path) if path and Path(path).is_file() else None
+        if not path or state.image_root is None:
+            return None
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, state.image_root]) != state.image_root:
+            log.warning("product %s: image %s resolves to %s, outside %s; refused",
+                        product_id, path, real, state.image_root)
+            return None
+        return Path(real) if os.path.isfile(real) else None
 
     def filter_fields(self) -> tuple[str, ...]:
         return FILTER_FIELDS
@@ -348,27 +381,15 @@ class Engine:
     # --- search -----------------------------------------------------------------------------
     def _check(self, text: Any, k: Any, channels, offset: Any = 0) -> tuple[str, int, tuple[str, ...]]:
         cfg = self.config
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError("query: expected UTF-8 text") from None
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("query: expected a non-empty text")
-        if len(text) > cfg.max_query_chars:
-            raise InputError(f"query: {len(text)} characters, at most {cfg.max_query_chars} allowed")
-        if "\x00" in text or "\ufffd" in text:
-            raise InputError("query: contains NUL or undecodable (non-UTF-8) characters")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= cfg.max_k:
-            raise InputError(f"k: expected an integer from 1 to {cfg.max_k}, got {k!r}")
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) \
-                or not 0 <= offset <= cfg.max_offset:
-            raise InputError(f"offset: expected an integer from 0 to {cfg.max_offset}, got {offset!r}")
+        text = check_query(text, self.limits)
+        k = parse_int(int(k) if isinstance(k, np.integer) else k, "k", 1, cfg.max_k)
+        offset = parse_int(int(offset) if isinstance(offset, np.integer) else offset, "offset", 0,
+                           cfg.max_offset)
         channels = tuple(cfg.channels if not channels else channels)
         unknown = [c for c in channels if c not in CHANNELS]
         if unknown or not channels:
             raise InputError(f"channels: unknown {unknown}; expected some of {list(CHANNELS)}")
-        return text.strip(), int(k), tuple(dict.fromkeys(channels))
+        return text, k, tuple(dict.fromkeys(channels))
 
     def constraints(
         self, text: str, filters: Mapping[str, Sequence[str]] | None = None,
@@ -380,7 +401,7 @@ class Engine:
     def _understand(self, text, filters, auto_constraints, off) -> tuple[list[Constraint], list[Constraint]]:
         """(active constraints, soft preferences on fields neither filtered nor off)."""
         state = self._state
-        given = check_filter(filters or {})
+        given = check_filter(check_filters(filters, self.limits))
         unknown_off = [f for f in off if f not in FILTER_FIELDS]
         if unknown_off:
             raise InputError(f"off: unknown fields {unknown_off}; expected some of {list(FILTER_FIELDS)}")
