@@ -25,6 +25,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -161,7 +162,9 @@ def main() -> None:
     args = parser.parse_args()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    log_path = args.out.with_suffix(".server.log")
+    scratch = Path(tempfile.mkdtemp(prefix="vlsearch-hardening-"))  # server log, schemathesis files
+    log_path = scratch / "server.log"
+    common.log(f"server log and schemathesis files in {scratch}")
     result = {"machine": common.machine_info(), "commit": common.git_commit(),
               "index": str(args.index), "load_average_before": common.load_average()}
     with running_server(args.index, LoadConfig(), log_path) as url:
@@ -171,8 +174,7 @@ def main() -> None:
             mark = log_path.stat().st_size
             common.log(f"fuzzing {url} ({args.fuzz_examples} examples/operation, "
                        f"at most {args.fuzz_seconds} s)")
-            result["fuzz"] = fuzz(url, args.fuzz_examples, args.fuzz_seconds, args.seed,
-                                  args.out.parent)
+            result["fuzz"] = fuzz(url, args.fuzz_examples, args.fuzz_seconds, args.seed, scratch)
             seen = access_statuses(log_path, mark)
             result["fuzz"]["server_requests"] = sum(seen.values())
             result["fuzz"]["server_5xx"] = sum(v for k, v in seen.items() if k >= 500)
