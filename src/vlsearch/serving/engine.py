@@ -168,13 +168,21 @@ def _load_products(path: Path) -> dict[str, list]:
     return table
 
 
-def _image_root(paths: Sequence[str | None]) -> str | None:
-    """The deepest directory holding every catalog image (resolved): request-time reads are
-    confined to it, whatever was put in place of an image after indexing."""
-    dirs = sorted({os.path.dirname(p) for p in paths if p})
-    if not dirs:
-        return None
-    return os.path.realpath(os.path.commonpath(dirs))
+def _image_dirs(paths: Sequence[str | None]) -> frozenset[str]:
+    """The (resolved) directories holding the version's catalog images: request-time reads
+    are confined to them, whatever is put in place of an image after indexing."""
+    return frozenset(os.path.realpath(os.path.dirname(p)) for p in paths if p)
+
+
+def _inside(path: str, dirs: frozenset[str]) -> bool:
+    """``path`` lies in one of ``dirs`` or below (checked ancestor by ancestor)."""
+    parent = os.path.dirname(path)
+    while parent not in dirs:
+        up = os.path.dirname(parent)
+        if up == parent:
+            return False
+        parent = up
+    return True
 
 
 class _Version:
@@ -202,7 +210,7 @@ class _Version:
         self.categories: list[str | None] = table["category"]
         self.image_paths: list[str | None] = table["image_path"]
         self.attributes: list[str] = table["attributes"]
-        self.image_root = _image_root(self.image_paths)
+        self.image_dirs = _image_dirs(self.image_paths)
         # rows deleted by a live update (index.update) stay as tombstones: rows never move
         self.live = ~np.asarray(table.get("deleted") or [False] * len(self.ids), dtype=bool)
         self.live.setflags(write=False)
@@ -359,19 +367,20 @@ class Engine:
         return state.product(row)
 
     def image_path(self, product_id: str) -> Path | None:
-        """The catalog image of ``product_id``, resolved now and confined to the catalog's image
-        directory: None when it has none, is gone, or is now a link leading out of it."""
+        """The catalog image of ``product_id``, resolved now and confined to the directories
+        the version's images were in: None when it has none, is gone, or now resolves (a link
+        put in its place) outside them."""
         state = self._state
         row = state.row_of.get(str(product_id))
         if row is None:
             raise KeyError(product_id)
         path = state.image_paths[row]
-        if not path or state.image_root is None:
+        if not path:
             return None
         real = os.path.realpath(path)
-        if os.path.commonpath([real, state.image_root]) != state.image_root:
-            log.warning("product %s: image %s resolves to %s, outside %s; refused",
-                        product_id, path, real, state.image_root)
+        if not _inside(real, state.image_dirs):
+            log.warning("product %s: image %s resolves to %s, outside the catalog; refused",
+                        product_id, path, real)
             return None
         return Path(real) if os.path.isfile(real) else None
 
