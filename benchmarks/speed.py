@@ -90,7 +90,7 @@ SMOKE = Sizes(
     train_log_every=2, encode_products=128, encode_cnn_products=16, encode_repeats=2,
     latency_queries=30, warmup_queries=3, synthetic_n=20_000, synthetic_nlist=64,
     synthetic_queries=30, nprobe_sweep=(1, 4, 16, 64), http_requests=60, http_concurrency=4,
-    http_max_seconds=60.0, wrk_seconds=5.0,
+    http_max_seconds=60.0, wrk_seconds=3.0,
 )
 
 

@@ -165,6 +165,15 @@ def test_speed_figures_are_sane(speed_out):
     http = s["http"]
     assert http["errors"] == 0 and http["requests"] == speed.SMOKE.http_requests
     assert http["qps"] > 0 and http["latency"]["p50_ms"] <= http["latency"]["p99_ms"]
+    serving = s["serving"]
+    assert serving["encoder"] == "OnnxQueryEncoder" and serving["parity"]["cosine_min"] >= 0.9999
+    assert serving["cases"]["qid_hit_default"]["qid_hit_share"] == 1.0
+    assert serving["cases"]["miss"]["embedding_paths"] == {"ann": serving["cases"]["miss"]["n"]}
+    assert set(serving["targets"]) == {"qid_hit_default", "miss", "miss_brand_filter", "miss_half_filter",
+                                       "encoder_ratio"}
+    wrk = s["http_wrk"]
+    for name in ("bare_fastapi", "logged", "miss"):
+        assert wrk["workloads"][name]["errors"] == 0 and wrk["workloads"][name]["qps"] > 0, name
 
 
 def test_quality_train_key_follows_model_settings_only(quality_out):
