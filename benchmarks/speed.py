@@ -83,6 +83,7 @@ class Sizes:
     http_concurrency: int = 8
     http_max_seconds: float = 300.0
     wrk_seconds: float = 60.0  # per workload of the http_wrk section (bare, logged, miss)
+    wrk_workers: int = 2  # server worker processes of the http_wrk section
 
 
 SMOKE = Sizes(
@@ -90,7 +91,7 @@ SMOKE = Sizes(
     train_log_every=2, encode_products=128, encode_cnn_products=16, encode_repeats=2,
     latency_queries=30, warmup_queries=3, synthetic_n=20_000, synthetic_nlist=64,
     synthetic_queries=30, nprobe_sweep=(1, 4, 16, 64), http_requests=60, http_concurrency=4,
-    http_max_seconds=60.0, wrk_seconds=3.0,
+    http_max_seconds=60.0, wrk_seconds=3.0, wrk_workers=1,
 )
 
 
@@ -598,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "http": lambda: http_speed(sizes, inputs, (out_dir / "work" if args.smoke
                                                    else common.WORK_DIR) / "speed-serve.log"),
         "http_wrk": lambda: http_wrk.http_figures(
-            inputs.index, inputs.workdir, http_wrk.WrkConfig(seconds=sizes.wrk_seconds),
+            inputs.index, inputs.workdir, http_wrk.WrkConfig(seconds=sizes.wrk_seconds, workers=sizes.wrk_workers),
             out_dir / "work" if args.smoke else common.WORK_DIR),
     }
     for name in wanted:
