@@ -216,6 +216,9 @@ class Retriever:
         enhanced = [i for i, k in enumerate(keywords) if k]
         if not enhanced:
             return self.tokenizer.encode(texts, cfg.max_query_len, sort_terms=sort)
+        if not plain:  # e.g. one served query with keywords: no merge, no padding copies
+            return self.tokenizer.encode(texts, cfg.max_query_len, pairs=[" ".join(k) for k in keywords],
+                                         sort_terms=sort)
         parts = [self.tokenizer.encode([texts[i] for i in plain], cfg.max_query_len, sort_terms=sort)]
         parts.append(self.tokenizer.encode(
             [texts[i] for i in enhanced], cfg.max_query_len,
