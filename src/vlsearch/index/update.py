@@ -76,7 +76,14 @@ from vlsearch.index.store import (
     product_attributes,
 )
 from vlsearch.index.understanding import Lexicon, build_lexicon, constraint_signature, understand
-from vlsearch.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, read_json
+from vlsearch.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    normalize_modes,
+    read_json,
+)
 
 LOCK_FILE = ".update.lock"
 COPY_CHUNK_ROWS = 65536  # rows copied per step from the old vectors (bounds memory)
@@ -389,6 +396,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
             "updated_residual_sum": drift["updated_residual_sum"],
             "updated_residual_count": drift["updated_residual_count"],
         })
+        normalize_modes(version)  # artifact permissions, as a build's (tantivy writes 0600)
         atomic_write_text(version / COMPLETE, "complete\n")
         (version / BUILDING).unlink(missing_ok=True)
         fsync_dir(version)
