@@ -153,7 +153,8 @@ class IndexConfig:
     milvus_prefix: str = "vlsearch"  # milvus: collection name prefix; alias <prefix>_current is published
     milvus_lexical: bool = True  # milvus: BM25 lexical channel inside Milvus (False: tantivy in-process)
     milvus_qid_table: bool = True  # milvus: qid table as a Milvus collection (False: memory-mapped files)
-    milvus_timeout_s: float = 10.0  # milvus: seconds per call before the server counts as unreachable
+    milvus_timeout_s: float = 10.0  # milvus: seconds per serving call before the server counts as unreachable
+    milvus_build_timeout_s: float = 600.0  # milvus: seconds per build call (create, insert, flush, load)
     update_rebuild_changed_fraction: float = 0.3  # live updates: rebuild advised past this changed share
     update_rebuild_residual_ratio: float = 1.2  # ... or when updated vectors sit this much farther from IVF centroids
     update_residual_sample: int = 10000  # build vectors sampled to measure the IVF baseline residual

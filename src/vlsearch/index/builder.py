@@ -50,7 +50,7 @@ from vlsearch.index.export import export_sharded, export_vectors, shard_rows
 from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
-from vlsearch.index.store import build_store, product_attributes, publish_store, sweep_stores
+from vlsearch.index.store import build_store, publish_store, sweep_stores, write_backend_qid_table
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
 from vlsearch.io import (
     atomic_write,
@@ -381,6 +381,7 @@ def build_index_from_parts(
         )
     lap("export")
     version = _new_version_dir(out)
+    store = None
     try:
         x = np.asarray(vectors, dtype=np.float32)
         distinct = list(dict.fromkeys(queries))
@@ -388,7 +389,7 @@ def build_index_from_parts(
         take = min(config.recall_sample_queries, len(distinct))
         sample = [distinct[i] for i in sorted(rng.choice(len(distinct), take, replace=False))] if take else []
         recall_q = encode_queries(sample) if sample else None
-        store, ann_report = build_store(x, product_attributes(products), config, version, recall_q, seed)
+        store, ann_report = build_store(x, products, config, version, recall_q, seed)
         lap("ann")
 
         build_lexical(products, version / "lexical", config.lexical_stemmer)
@@ -408,6 +409,8 @@ def build_index_from_parts(
                                progress=progress)
         table.save(version / "qid")
         save_query_vectors(version, query_vectors, store.dim)
+        if query_vectors:
+            write_backend_qid_table(store, table, np.concatenate(query_vectors), config, version.name)
         lap("qid_table")
 
         atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products), tmp))
@@ -439,6 +442,8 @@ def build_index_from_parts(
         (version / BUILDING).unlink(missing_ok=True)
         fsync_dir(version)
     except BaseException:
+        if store is not None:
+            store.drop()
         shutil.rmtree(version, ignore_errors=True)
         raise
     publish_store(store)

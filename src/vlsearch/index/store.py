@@ -40,9 +40,20 @@ PRODUCTS_FILE = "products.parquet"  # the builder's product metadata (brand, cat
 Constraints = Mapping[str, Sequence[str]]
 
 
+class StoreUnavailable(WorkdirError):
+    """The store's server cannot be reached (or refuses the credentials): the message names
+    the URI. The CLI prints it as one line; the HTTP service answers 503 and keeps running."""
+
+
 def product_attributes(products: Sequence) -> dict[str, list[str | None]]:
     """The scalar attribute columns a store filters on: field -> normalised value per row."""
     return {f: [product_value(p, f) for p in products] for f in FILTER_FIELDS}
+
+
+def product_texts(products: Sequence) -> list[str]:
+    """What a store's own lexical channel indexes per product: title + attribute values."""
+    return [" ".join([p.title or ""] + [v for f in FILTER_FIELDS if (v := product_value(p, f))])
+            for p in products]
 
 
 def attributes_from_products_table(path: Path) -> dict[str, list[str | None]]:
@@ -131,6 +142,11 @@ class VectorStore(abc.ABC):
 
     def publish(self) -> None:
         """Make this version the one readers get (FAISS: the builder's symlink does it)."""
+
+    def published_version(self) -> str | None:
+        """The version directory name the backend publishes now (None: the backend has no
+        pointer of its own; the ``current`` symlink is it). StoreUnavailable when unreachable."""
+        return None
 
     def drop(self) -> None:
         """Remove what this version holds outside its directory (a failed build's)."""
@@ -342,22 +358,25 @@ def open_store(version_dir: str | Path, manifest: Mapping, policy: FilterPolicy 
     if config.backend == "milvus":
         from vlsearch.index.milvus import MilvusStore
 
-        return MilvusStore.open(manifest["milvus"]["collection"], config, policy)
+        return MilvusStore.open(manifest["milvus"]["collection"], config, int(manifest["products"]), policy)
     if config.backend != "faiss":
         raise WorkdirError(f"{version_dir}: manifest backend {config.backend!r}: expected one of {BACKENDS}")
     return FaissStore.open(version_dir, config, policy)
 
 
-def build_store(vectors: np.ndarray, attributes: Mapping[str, Sequence[str | None]], config: IndexConfig,
+def build_store(vectors: np.ndarray, products: Sequence, config: IndexConfig,
                 version_dir: Path, recall_queries: np.ndarray | None = None,
                 seed: int = 0) -> tuple[VectorStore, AnnReport]:
     """Build the configured backend's store for a new version (not yet published) and
     measure its recall@100 against exact search."""
+    attributes = product_attributes(products)
     if config.backend == "milvus":
         from vlsearch.index.milvus import MilvusStore
 
-        return MilvusStore.build_measured(vectors, attributes, config, Path(version_dir).name,
-                                          recall_queries, seed)
+        return MilvusStore.build_measured(
+            vectors, attributes, config, Path(version_dir).name, recall_queries, seed,
+            product_ids=[str(p.id) for p in products],
+            texts=product_texts(products) if config.milvus_lexical else None)
     if config.backend != "faiss":
         raise InputError(f"[index] backend {config.backend!r}: expected one of {list(BACKENDS)}")
     store, report = FaissStore.build_measured(vectors, attributes, config, recall_queries, seed)
@@ -367,6 +386,16 @@ def build_store(vectors: np.ndarray, attributes: Mapping[str, Sequence[str | Non
 
 def publish_store(store: VectorStore) -> None:
     store.publish()
+
+
+def write_backend_qid_table(store: VectorStore, table, query_vectors: np.ndarray, config: IndexConfig,
+                            version: str) -> None:
+    """On the Milvus backend (``milvus_qid_table``), store the qid table as a collection too."""
+    if store.backend != "milvus" or not config.milvus_qid_table:
+        return
+    from vlsearch.index.milvus import MilvusQidTable
+
+    store.qid_collection = MilvusQidTable.write(table, query_vectors, config, version).collection
 
 
 def sweep_stores(out_dir: Path, config: IndexConfig, versions_on_disk: set[str]) -> list[str]:

@@ -314,6 +314,15 @@ class Engine:
         return self._state.n
 
     def _read_link(self) -> str | None:
+        """The published version, relative to ``index_dir``: the store's own pointer where it
+        has one (Milvus: the alias), else the ``current`` symlink."""
+        try:
+            published = self._state.store.published_version()
+        except WorkdirError as exc:  # the store is unreachable: keep what is loaded
+            log.warning("cannot read the published version: %s", exc)
+            return getattr(self, "_link_target", None)
+        if published is not None:
+            return os.path.join("versions", published)
         try:
             return os.readlink(self.index_dir / "current")
         except OSError:
@@ -331,7 +340,7 @@ class Engine:
                 return False
             target = self._read_link()
             try:
-                state = _Version(current_version(self.index_dir), self.config, self._retriever,
+                state = _Version(current_version(self.index_dir / target), self.config, self._retriever,
                                  previous=self._state)
             except Exception as exc:  # noqa: BLE001 - any failure keeps the loaded version serving
                 log.warning("index reload from %s failed, keeping %s: %s", self.index_dir, self.version, exc)

@@ -1,0 +1,625 @@
+"""The Milvus backend of the vector-store seam (pymilvus; milvus-lite embedded when the URI
+is a file path, a Milvus server or cluster for ``http://host:19530``).
+
+One collection per index version, ``<prefix>_<version>``: primary key ``row`` (the
+product-table row of the version), ``product_id``, the float ``vector`` (FLAT / IVF_FLAT /
+HNSW over inner product, from ``IndexConfig.kind``), one VARCHAR per filter field with an
+INVERTED scalar index (the normalised value, ``""`` when missing), and for the lexical
+channel a ``text`` field (title + attribute values, jieba analyzer so CJK text segments)
+whose BM25 function fills the sparse ``bm25`` field. Constraints become one boolean
+expression (``filter_expression``: ``in`` lists within a field, ``and`` across fields,
+values quoted and escaped, never spliced in raw) evaluated inside the search.
+Versions: the builder fills the new collection, then switches the alias ``<prefix>_current``
+to it; readers keep the old collection until then. Collections whose version directory is
+gone (pruned, or a killed build's) are dropped by the next build (``sweep_collections``).
+The qid table is a second collection ``<prefix>_<version>_qid`` keyed by qid
+(``MilvusQidTable``). The token comes from the environment variable the config names and
+is never written anywhere. Connection failures raise ``StoreUnavailable`` naming the URI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vlsearch.config import IndexConfig
+from vlsearch.errors import InputError, WorkdirError
+from vlsearch.index.ann import AnnReport, default_nlist
+from vlsearch.index.lexical import FILTER_FIELDS, check_filter
+from vlsearch.index.store import (
+    DEFAULT_POLICY,
+    Constraints,
+    FilterPolicy,
+    StoreUnavailable,
+    VectorStore,
+    exact_top_k,
+)
+
+log = logging.getLogger(__name__)
+
+ROW, PRODUCT_ID, VECTOR, TEXT, SPARSE = "row", "product_id", "vector", "text", "bm25"
+VALUE_MAX_CHARS = 512  # longest attribute value / product id stored
+TEXT_MAX_CHARS = 4096  # longest BM25 text (title + attribute values) stored
+INSERT_BATCH = 2000  # rows per insert call (keeps one gRPC message well under its size limit)
+QUERY_BATCH = 16384  # rows per query-iterator page (Milvus' largest query window)
+MAX_TOPK = 16384  # Milvus' largest search limit
+HNSW_EF_CONSTRUCTION = 200  # HNSW build breadth
+KINDS = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
+CURRENT_SUFFIX = "_current"
+QID_SUFFIX = "_qid"
+
+
+# --- connecting -------------------------------------------------------------------------------
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+def resolved_uri(uri: str) -> str:
+    """A server URI as given; a file path (milvus-lite) made absolute."""
+    return uri if is_server_uri(uri) else str(Path(uri).expanduser().resolve())
+
+
+_clients: dict[tuple[str, str], object] = {}
+_clients_lock = threading.Lock()
+
+
+def connect(config: IndexConfig):
+    """A MilvusClient for ``config.milvus_uri`` (one per URI and token in this process);
+    ``StoreUnavailable`` with a one-line message naming the URI when it cannot be reached
+    or refuses the token."""
+    from pymilvus import MilvusClient
+
+    uri = resolved_uri(config.milvus_uri)
+    token = os.environ.get(config.milvus_token_env, "")
+    key = (uri, token)
+    with _clients_lock:
+        if key in _clients:
+            return _clients[key]
+        if not is_server_uri(uri):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client = MilvusClient(uri=uri, token=token, timeout=config.milvus_timeout_s)
+            client.list_collections(timeout=config.milvus_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the server is reported as one
+            raise StoreUnavailable(f"Milvus at {uri}: cannot connect ({_one_line(exc)})") from None
+        _clients[key] = client
+        return client
+
+
+def forget(config: IndexConfig) -> None:
+    """Drop the cached client of ``config`` (after a failure: the next call reconnects)."""
+    key = (resolved_uri(config.milvus_uri), os.environ.get(config.milvus_token_env, ""))
+    with _clients_lock:
+        client = _clients.pop(key, None)
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001, S110 - closing a broken channel may fail too; nothing to keep
+            pass
+
+
+def _one_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())[:300]
+
+
+def _call(uri: str, what: str, fn, *args, **kwargs):
+    """Run one Milvus call; a failure becomes ``StoreUnavailable`` naming the URI."""
+    try:
+        return fn(*args, **kwargs)
+    except (InputError, WorkdirError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pymilvus raises many types for one outage
+        raise StoreUnavailable(f"Milvus at {uri}: {what} failed ({_one_line(exc)})") from None
+
+
+# --- filter expressions ---------------------------------------------------------------------
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal matching ``value`` exactly: double-quoted, backslash and
+    quote escaped. Control characters are refused (filter values never hold them)."""
+    if not isinstance(value, str):
+        raise InputError(f"filter value {value!r}: expected text")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise InputError(f"filter value {value!r}: control characters are not allowed")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def filter_expression(constraints: Constraints | None) -> str:
+    """``field in ["a", "b"] and other in ["c"]`` for ``{field: values}`` (validated by
+    ``check_filter``: known fields only, values normalised); "" for no constraint."""
+    if not constraints:
+        return ""
+    clauses = [f"{field} in [{', '.join(quote(v) for v in values)}]"
+               for field, values in sorted(check_filter(constraints).items())]
+    return " and ".join(clauses)
+
+
+# --- naming ---------------------------------------------------------------------------------
+
+
+def collection_name(prefix: str, version: str) -> str:
+    name = f"{prefix}_{version}".replace("-", "_")
+    if not name.replace("_", "").isalnum() or not name[0].isalpha():
+        raise InputError(f"[index] milvus_prefix {prefix!r}: collection names take letters, digits and _")
+    return name
+
+
+def version_of(prefix: str, collection: str) -> str | None:
+    """The version directory name a collection was built for (inverse of collection_name)."""
+    head = f"{prefix}_"
+    if not collection.startswith(head) or collection.endswith((QID_SUFFIX, CURRENT_SUFFIX)):
+        return None
+    rest = collection[len(head):]
+    return rest.replace("_", "-", 1) if rest.startswith("v") and "_" in rest else None
+
+
+def alias_name(prefix: str) -> str:
+    return f"{prefix}{CURRENT_SUFFIX}"
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class _Remote:
+    """A collection reached through the cached client: a failed call forgets the client and
+    marks the collection for reloading, so the first call after an outage reconnects and
+    loads it again (a restarted server starts with collections released)."""
+
+    collection: str
+    config: IndexConfig
+    uri: str
+    _stale: bool = False
+
+    @property
+    def client(self):
+        return connect(self.config)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        kwargs.setdefault("timeout", self.config.milvus_timeout_s)
+        try:
+            if self._stale:
+                _call(self.uri, f"load_collection on {self.collection}", self.client.load_collection,
+                      self.collection, timeout=self.config.milvus_build_timeout_s)
+                self._stale = False
+            return _call(self.uri, f"{what} on {self.collection}", fn, *args, **kwargs)
+        except StoreUnavailable:
+            forget(self.config)
+            self._stale = True
+            raise
+
+    def _build_call(self, what: str, fn, *args, **kwargs):
+        return self._call(what, fn, *args, timeout=self.config.milvus_build_timeout_s, **kwargs)
+
+
+def _schema(client, dim: int, lexical: bool):
+    from pymilvus import DataType, Function, FunctionType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(ROW, DataType.INT64, is_primary=True)
+    schema.add_field(PRODUCT_ID, DataType.VARCHAR, max_length=VALUE_MAX_CHARS)
+    schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dim)
+    for field in FILTER_FIELDS:
+        schema.add_field(field, DataType.VARCHAR, max_length=VALUE_MAX_CHARS)
+    if lexical:
+        schema.add_field(TEXT, DataType.VARCHAR, max_length=TEXT_MAX_CHARS, enable_analyzer=True,
+                         analyzer_params={"tokenizer": "jieba", "filter": ["lowercase"]})
+        schema.add_field(SPARSE, DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(Function(name="bm25", function_type=FunctionType.BM25,
+                                     input_field_names=[TEXT], output_field_names=[SPARSE]))
+    return schema
+
+
+def _index_params(client, config: IndexConfig, n: int, lexical: bool):
+    if config.kind not in KINDS:
+        raise InputError(f"[index] kind {config.kind!r}: expected one of {sorted(KINDS)}")
+    params = client.prepare_index_params()
+    extra = {}
+    if config.kind == "ivf":
+        extra = {"nlist": default_nlist(n, config.nlist)}
+    elif config.kind == "hnsw":
+        extra = {"M": config.hnsw_m, "efConstruction": HNSW_EF_CONSTRUCTION}
+    params.add_index(VECTOR, index_type=KINDS[config.kind], metric_type="IP", params=extra)
+    for field in FILTER_FIELDS:
+        params.add_index(field, index_type="INVERTED")
+    if lexical:
+        params.add_index(SPARSE, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+    return params
+
+
+def _rows_of(vectors: np.ndarray, rows: Sequence[int], attributes: Mapping[str, Sequence],
+             product_ids: Sequence[str] | None, texts: Sequence[str] | None) -> list[dict]:
+    out = []
+    for i, row in enumerate(rows):
+        entity = {ROW: int(row), VECTOR: vectors[i].tolist(),
+                  PRODUCT_ID: str(product_ids[i]) if product_ids is not None else str(row)}
+        for field in FILTER_FIELDS:
+            col = attributes.get(field)
+            value = (col[i] if col is not None else None) or ""
+            if len(value) > VALUE_MAX_CHARS:
+                raise InputError(f"row {row}: {field} value longer than {VALUE_MAX_CHARS} characters")
+            entity[field] = value
+        if texts is not None:
+            entity[TEXT] = (texts[i] or "")[:TEXT_MAX_CHARS]
+        out.append(entity)
+    return out
+
+
+class MilvusStore(_Remote, VectorStore):
+    """One version's collection; see the module docstring."""
+
+    backend = "milvus"
+
+    def __init__(self, collection: str, config: IndexConfig, dim: int, n: int, lexical: bool,
+                 policy: FilterPolicy = DEFAULT_POLICY):
+        self.collection = collection
+        self.config = config
+        self.uri = resolved_uri(config.milvus_uri)
+        self._dim = dim
+        self.n = n  # rows 0..n-1 (the length of every mask)
+        self.has_lexical = lexical
+        self.policy = policy
+        self.qid_collection = ""
+
+    # --- building ---------------------------------------------------------------------------
+    @classmethod
+    def build(cls, vectors: np.ndarray, attributes: Mapping[str, Sequence[str | None]], config: IndexConfig,
+              version: str, product_ids: Sequence[str] | None = None,
+              texts: Sequence[str] | None = None) -> MilvusStore:
+        """Create and fill ``<prefix>_<version>`` (not yet published)."""
+        x = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if x.ndim != 2 or len(x) == 0:
+            raise InputError(f"product vectors: expected a non-empty [n, d] array, got {x.shape}")
+        client = connect(config)
+        name = collection_name(config.milvus_prefix, version)
+        lexical = config.milvus_lexical and texts is not None
+        store = cls(name, config, x.shape[1], len(x), lexical)
+        if store._build_call("has_collection", client.has_collection, name):
+            store._build_call("drop_collection", client.drop_collection, name)
+        store._build_call("create_collection", client.create_collection, name,
+                    schema=_schema(client, x.shape[1], lexical),
+                    index_params=_index_params(client, config, len(x), lexical))
+        for start in range(0, len(x), INSERT_BATCH):
+            stop = min(len(x), start + INSERT_BATCH)
+            store._build_call("insert", client.insert, name, _rows_of(
+                x[start:stop], range(start, stop), {f: c[start:stop] for f, c in attributes.items()},
+                product_ids[start:stop] if product_ids is not None else None,
+                texts[start:stop] if lexical else None))
+        store._build_call("flush", client.flush, name)
+        store._build_call("load_collection", client.load_collection, name)
+        return store
+
+    @classmethod
+    def build_measured(cls, vectors, attributes, config: IndexConfig, version: str,
+                       recall_queries: np.ndarray | None = None, seed: int = 0,
+                       product_ids: Sequence[str] | None = None,
+                       texts: Sequence[str] | None = None) -> tuple[MilvusStore, AnnReport]:
+        started = time.perf_counter()
+        store = cls.build(vectors, attributes, config, version, product_ids, texts)
+        seconds = time.perf_counter() - started
+        x = np.asarray(vectors, dtype=np.float32)
+        if recall_queries is None or len(recall_queries) == 0:
+            recall_queries = x
+        rng = np.random.default_rng(seed)
+        take = min(config.recall_sample_queries, len(recall_queries))
+        sample = np.asarray(recall_queries, np.float32)[np.sort(rng.choice(len(recall_queries), take, replace=False))]
+        recall = recall_at_k(store, x, sample)
+        nlist = default_nlist(len(x), config.nlist) if config.kind == "ivf" else 0
+        report = AnnReport(kind=config.kind, n=len(x), dim=x.shape[1], nlist=nlist, recall_at_100=recall,
+                           recall_queries=take, size_bytes=store.size_bytes(), build_seconds=seconds)
+        return store, report
+
+    @classmethod
+    def open(cls, collection: str, config: IndexConfig, n: int,
+             policy: FilterPolicy = DEFAULT_POLICY) -> MilvusStore:
+        """Reopen a built collection of ``n`` rows (the version manifest's product count)."""
+        client = connect(config)
+        uri = resolved_uri(config.milvus_uri)
+        timeout = config.milvus_timeout_s
+        if not _call(uri, "has_collection", client.has_collection, collection, timeout=timeout):
+            raise WorkdirError(f"Milvus at {uri}: collection {collection!r} not found; rebuild the index")
+        info = _call(uri, "describe_collection", client.describe_collection, collection, timeout=timeout)
+        fields = {f["name"]: f for f in info["fields"]}
+        dim = int(fields[VECTOR]["params"]["dim"])
+        _call(uri, "load_collection", client.load_collection, collection, timeout=config.milvus_build_timeout_s)
+        return cls(collection, config, dim, n, SPARSE in fields, policy)
+
+    # --- versions ---------------------------------------------------------------------------
+    def manifest_entry(self) -> dict:
+        return {"milvus": {"uri": self.uri if not is_server_uri(self.uri) else self.config.milvus_uri,
+                           "collection": self.collection, "alias": alias_name(self.config.milvus_prefix),
+                           "lexical": self.has_lexical, "qid_collection": self.qid_collection}}
+
+    def publish(self) -> None:
+        """Point ``<prefix>_current`` at this collection (create or alter the alias)."""
+        alias = alias_name(self.config.milvus_prefix)
+        existing = self._call("list_aliases", self.client.list_aliases).get("aliases", [])
+        if alias in existing:
+            self._build_call("alter_alias", self.client.alter_alias, self.collection, alias)
+        else:
+            self._build_call("create_alias", self.client.create_alias, self.collection, alias)
+
+    def published_collection(self) -> str | None:
+        """The collection the alias names now (None: never published)."""
+        alias = alias_name(self.config.milvus_prefix)
+        existing = self._call("list_aliases", self.client.list_aliases).get("aliases", [])
+        if alias not in existing:
+            return None
+        return self._call("describe_alias", self.client.describe_alias, alias)["collection_name"]
+
+    def published_version(self) -> str | None:
+        name = self.published_collection()
+        return version_of(self.config.milvus_prefix, name) if name else None
+
+    def drop(self) -> None:
+        for name in (self.collection, self.qid_collection):
+            if name and self._call("has_collection", self.client.has_collection, name):
+                self._build_call("drop_collection", self.client.drop_collection, name)
+
+    # --- VectorStore --------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    def count(self, constraints: Constraints | None = None) -> int:
+        expr = filter_expression(constraints) or f"{ROW} >= 0"
+        found = self._call("count", self.client.query, self.collection, filter=expr, output_fields=["count(*)"])
+        return int(found[0]["count(*)"])
+
+    def _iterate(self, expr: str, fields: list[str]):
+        """Entities matching ``expr`` in windows of rows (one query per QUERY_BATCH rows)."""
+        for start in range(0, self.n, QUERY_BATCH):
+            window = f"{ROW} >= {start} and {ROW} < {start + QUERY_BATCH}"
+            batch = self._call("query", self.client.query, self.collection,
+                               filter=f"({expr}) and {window}" if expr else window,
+                               output_fields=fields, limit=QUERY_BATCH)
+            if batch:
+                yield batch
+
+    def mask(self, constraints: Constraints) -> np.ndarray:
+        out = np.zeros(self.n, dtype=bool)
+        for batch in self._iterate(filter_expression(constraints), [ROW]):
+            rows = np.asarray([int(e[ROW]) for e in batch], dtype=np.int64)
+            out[rows[rows < self.n]] = True
+        return out
+
+    def _search_params(self, k: int) -> dict:
+        if self.kind == "ivf":
+            nlist = default_nlist(self.n, self.config.nlist)
+            return {"metric_type": "IP", "params": {"nprobe": min(nlist, self.config.nprobe)}}
+        if self.kind == "hnsw":
+            return {"metric_type": "IP", "params": {"ef": max(self.config.hnsw_ef_search, k)}}
+        return {"metric_type": "IP", "params": {}}
+
+    def search(self, queries, k, constraints=None, mask=None):
+        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = max(1, min(int(k), MAX_TOPK))
+        found = self._call("search", self.client.search, self.collection, data=q.tolist(),
+                           filter=filter_expression(constraints), limit=k, anns_field=VECTOR,
+                           search_params=self._search_params(k), output_fields=[])
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        rows = np.full((len(q), k), -1, np.int64)
+        for i, hits in enumerate(found):
+            for j, hit in enumerate(hits[:k]):
+                rows[i, j], scores[i, j] = int(hit[ROW]), float(hit["distance"])
+        return scores, rows
+
+    def constrained_search(self, query, k, constraints, mask, allowed=None):
+        """The filter runs inside Milvus' search; when an approximate index returns fewer
+        than min(k, allowed) rows, an exact scan of the allowed rows completes it."""
+        scores, rows = self.search(query, k, constraints)
+        keep = rows[0] >= 0
+        scores, rows = scores[0][keep], rows[0][keep]
+        path = "milvus+filter" if constraints else "milvus"
+        if constraints:
+            allowed = self.count(constraints) if allowed is None else allowed
+            if len(rows) < min(k, allowed):
+                return ("exact", *self._exact(np.asarray(query, np.float32).ravel(), k, constraints))
+        return path, scores, rows
+
+    def _exact(self, query: np.ndarray, k: int, constraints: Constraints):
+        rows, vecs = [], []
+        for batch in self._iterate(filter_expression(constraints), [ROW, VECTOR]):
+            rows.extend(int(e[ROW]) for e in batch)
+            vecs.extend(e[VECTOR] for e in batch)
+        if not rows:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores = np.asarray(vecs, np.float32) @ query
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top], np.asarray(rows, np.int64)[top]
+
+    def vectors_of(self, rows):
+        rows = [int(r) for r in np.asarray(rows).ravel()]
+        found = self._call("get", self.client.get, self.collection, ids=rows, output_fields=[VECTOR])
+        by_row = {int(e[ROW]): e[VECTOR] for e in found}
+        return np.asarray([by_row[r] for r in rows], np.float32).reshape(len(rows), self.dim)
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the milvus-lite data file (the whole file: every collection);
+        -1 for a server (its storage is the cluster's object store)."""
+        if is_server_uri(self.uri):
+            return -1
+        path = Path(self.uri)
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size if path.exists() else 0
+
+    # --- changes ------------------------------------------------------------------------------
+    def upsert(self, rows, vectors, attributes, product_ids=None, texts=None) -> None:
+        x = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if len(rows) != len(x):
+            raise InputError(f"rows: {len(rows)} row numbers for {len(x)} vectors")
+        if self.has_lexical and texts is None:
+            raise InputError("upsert: this collection has a BM25 channel; give the products' texts")
+        for start in range(0, len(x), INSERT_BATCH):
+            stop = min(len(x), start + INSERT_BATCH)
+            self._build_call("upsert", self.client.upsert, self.collection, _rows_of(
+                x[start:stop], list(rows)[start:stop], {f: list(c)[start:stop] for f, c in attributes.items()},
+                list(product_ids)[start:stop] if product_ids is not None else None,
+                list(texts)[start:stop] if texts is not None else None))
+        self.n = max(self.n, int(max(rows)) + 1) if len(rows) else self.n
+
+    def delete(self, rows) -> None:
+        ids = [int(r) for r in rows]
+        if ids:
+            self._call("delete", self.client.delete, self.collection, ids=ids)
+
+    # --- the lexical channel ------------------------------------------------------------------
+    def lexical(self) -> MilvusLexical:
+        if not self.has_lexical:
+            raise WorkdirError(f"Milvus collection {self.collection!r} has no BM25 field")
+        return MilvusLexical(self)
+
+
+class MilvusLexical:
+    """BM25 over ``text`` inside Milvus, with the same Boolean filter expression."""
+
+    def __init__(self, store: MilvusStore):
+        self.store = store
+
+    @property
+    def n(self) -> int:
+        return self.store.count()
+
+    def search(self, text: str, k: int, filters: Constraints | None = None) -> tuple[np.ndarray, np.ndarray]:
+        s = self.store
+        if not text.strip() or k <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        found = s._call("bm25 search", s.client.search, s.collection, data=[text], anns_field=SPARSE,
+                        filter=filter_expression(filters), limit=max(1, min(int(k), MAX_TOPK)),
+                        search_params={"metric_type": "BM25"}, output_fields=[])
+        hits = found[0] if found else []
+        # milvus-lite reports BM25 as a negated distance; the order is best first either way
+        return (np.asarray([abs(float(h["distance"])) for h in hits], np.float32),
+                np.asarray([int(h[ROW]) for h in hits], np.int64))
+
+
+def recall_at_k(store: VectorStore, vectors: np.ndarray, queries: np.ndarray, k: int = 100) -> float:
+    """Mean share of the exact top-k (inner product) that ``store`` also returns."""
+    if len(queries) == 0:
+        return float("nan")
+    k = min(k, len(vectors))
+    _, truth = exact_top_k(vectors, queries, k)
+    _, found = store.search(queries, k)
+    return float(np.mean([len(set(t[t >= 0]) & set(f[f >= 0])) / max(1, int((t >= 0).sum()))
+                          for t, f in zip(truth, found)]))
+
+
+# --- the qid table --------------------------------------------------------------------------
+
+
+class MilvusQidTable(_Remote):
+    """The qid table as a collection keyed by qid: the logged query's vector (Milvus wants a
+    vector field in every collection; it is the query's embedding), its top-K rows and
+    scores (arrays) and the constraint signature the answer was computed under."""
+
+    def __init__(self, collection: str, config: IndexConfig, top_k: int):
+        self.collection, self.config = collection, config
+        self.uri = resolved_uri(config.milvus_uri)
+        self._top_k = top_k
+
+    @property
+    def top_k(self) -> int:
+        return self._top_k
+
+
+    @classmethod
+    def write(cls, table, query_vectors: np.ndarray, config: IndexConfig, version: str) -> MilvusQidTable:
+        """Store ``table`` (a QidTable; row i's query vector is ``query_vectors[i]``)."""
+        from pymilvus import DataType
+
+        client = connect(config)
+        name = collection_name(config.milvus_prefix, version) + QID_SUFFIX
+        top_k = max(1, table.top_k)
+        out = cls(name, config, top_k)
+        dim = int(query_vectors.shape[1])
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("qid", DataType.INT64, is_primary=True)
+        schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("rows", DataType.ARRAY, element_type=DataType.INT64, max_capacity=top_k)
+        schema.add_field("scores", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=top_k)
+        schema.add_field("signature", DataType.INT64)
+        params = client.prepare_index_params()
+        params.add_index(VECTOR, index_type="FLAT", metric_type="IP")
+        if out._build_call("has_collection", client.has_collection, name):
+            out._build_call("drop_collection", client.drop_collection, name)
+        out._build_call("create_collection", client.create_collection, name, schema=schema, index_params=params)
+        qids = np.asarray(table.qids, np.int64)
+        signatures = np.asarray(table.signatures, np.uint64).view(np.int64)
+        for start in range(0, len(qids), INSERT_BATCH):
+            batch = []
+            for i in range(start, min(len(qids), start + INSERT_BATCH)):
+                rows = np.asarray(table.rows[i])
+                keep = rows >= 0
+                batch.append({"qid": int(qids[i]), VECTOR: query_vectors[i].tolist(),
+                              "rows": rows[keep].astype(int).tolist(),
+                              "scores": np.asarray(table.scores[i])[keep].astype(float).tolist(),
+                              "signature": int(signatures[i])})
+            out._build_call("insert", client.insert, name, batch)
+        out._build_call("flush", client.flush, name)
+        out._build_call("load_collection", client.load_collection, name)
+        return out
+
+    @classmethod
+    def open(cls, collection: str, config: IndexConfig) -> MilvusQidTable:
+        client = connect(config)
+        uri = resolved_uri(config.milvus_uri)
+        if not _call(uri, "has_collection", client.has_collection, collection, timeout=config.milvus_timeout_s):
+            raise WorkdirError(f"Milvus at {uri}: qid collection {collection!r} not found; rebuild the index")
+        _call(uri, "load_collection", client.load_collection, collection, timeout=config.milvus_build_timeout_s)
+        info = _call(uri, "describe_collection", client.describe_collection, collection,
+                     timeout=config.milvus_timeout_s)
+        rows_field = next(f for f in info["fields"] if f["name"] == "rows")
+        return cls(collection, config, int(rows_field["params"]["max_capacity"]))
+
+    def __len__(self) -> int:
+        found = self._call("count", self.client.query, self.collection, filter="qid >= 0",
+                           output_fields=["count(*)"])
+        return int(found[0]["count(*)"])
+
+    def lookup(self, qid: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        found = self._call("get", self.client.get, self.collection, ids=[int(qid)],
+                           output_fields=["rows", "scores", "signature"])
+        if not found:
+            return None
+        entity = found[0]
+        signature = int(np.asarray([entity["signature"]], np.int64).view(np.uint64)[0])
+        return (np.asarray(entity["rows"], np.int64), np.asarray(entity["scores"], np.float32), signature)
+
+
+# --- housekeeping ---------------------------------------------------------------------------
+
+
+def sweep_collections(config: IndexConfig, versions_on_disk: set[str]) -> list[str]:
+    """Drop ``<prefix>_<version>`` collections (and their qid tables) whose version directory
+    is gone, never the one the alias names; returns the dropped names."""
+    client = connect(config)
+    uri = resolved_uri(config.milvus_uri)
+    timeout = config.milvus_build_timeout_s
+    prefix = config.milvus_prefix
+    alias = alias_name(prefix)
+    aliases = _call(uri, "list_aliases", client.list_aliases, timeout=timeout).get("aliases", [])
+    current = _call(uri, "describe_alias", client.describe_alias, alias,
+                    timeout=timeout)["collection_name"] if alias in aliases else None
+    dropped = []
+    for name in _call(uri, "list_collections", client.list_collections, timeout=timeout):
+        base = name.removesuffix(QID_SUFFIX)
+        version = version_of(prefix, base)
+        if version is None or version in versions_on_disk or base == current:
+            continue
+        _call(uri, "drop_collection", client.drop_collection, name, timeout=timeout)
+        dropped.append(name)
+    return dropped
