@@ -52,9 +52,34 @@ def vocabulary(engine, products):
     return words, values
 
 
+@pytest.fixture(scope="module")
+def milvus_engine(built, tmp_path_factory):
+    """The same sample index built on the Milvus backend (milvus-lite file, HNSW: approximate
+    search with the filter inside it), so the property below runs on both backends."""
+    from vlsearch.index.builder import build_index
+
+    root = tmp_path_factory.mktemp("sample-milvus")
+    config = IndexConfig(kind="hnsw", backend="milvus", milvus_uri=str(root / "milvus.db"),
+                         milvus_prefix="sample")
+    build_index(built[1], built[2], root / "index", config, progress=False)
+    return Engine.open(root / "index")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_no_result_violates_an_active_constraint(engine, products, vocabulary, data):
+    _check_no_result_violates(engine, products, vocabulary, data)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_result_violates_an_active_constraint_on_milvus(milvus_engine, products, vocabulary, data):
+    assert milvus_engine._state.store.backend == "milvus"
+    _check_no_result_violates(milvus_engine, products, vocabulary, data)
+
+
+def _check_no_result_violates(engine, products, vocabulary, data):
     words, values = vocabulary
     text = " ".join(data.draw(st.lists(st.sampled_from(words), min_size=1, max_size=4), label="terms"))
     fields = data.draw(st.lists(st.sampled_from(FILTER_FIELDS), max_size=2, unique=True), label="fields")

@@ -49,6 +49,7 @@ TEXT_MAX_CHARS = 4096  # longest BM25 text (title + attribute values) stored
 INSERT_BATCH = 2000  # rows per insert call (keeps one gRPC message well under its size limit)
 QUERY_BATCH = 16384  # rows per query-iterator page (Milvus' largest query window)
 MAX_TOPK = 16384  # Milvus' largest search limit
+SEARCH_BATCH = 16  # query vectors per search call (batch searches: recall figures, benchmarks)
 HNSW_EF_CONSTRUCTION = 200  # HNSW build breadth
 KINDS = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
 CURRENT_SUFFIX = "_current"
@@ -407,9 +408,12 @@ class MilvusStore(_Remote, VectorStore):
     def search(self, queries, k, constraints=None, mask=None):
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(int(k), MAX_TOPK))
-        found = self._call("search", self.client.search, self.collection, data=q.tolist(),
-                           filter=filter_expression(constraints), limit=k, anns_field=VECTOR,
-                           search_params=self._search_params(k), output_fields=[])
+        expr = filter_expression(constraints)
+        found = []
+        for start in range(0, len(q), SEARCH_BATCH):  # one call per few queries: each within the timeout
+            found += self._call("search", self.client.search, self.collection,
+                                data=q[start:start + SEARCH_BATCH].tolist(), filter=expr, limit=k,
+                                anns_field=VECTOR, search_params=self._search_params(k), output_fields=[])
         scores = np.full((len(q), k), -np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         for i, hits in enumerate(found):
