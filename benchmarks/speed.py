@@ -29,6 +29,8 @@ Sections (each records the load average before and after; the machine is shared)
 * ``http``: ``vlsearch serve`` under concurrent load from this process (see http_load.py).
 * ``http_wrk``: ``vlsearch serve --workers 2`` and a bare FastAPI endpoint driven by ``wrk``
   (or a raw-socket client) from another process: logged queries and misses (http_wrk.py).
+* ``backends``: the VectorStore backend column, FAISS vs Milvus (milvus-lite) on the same
+  vectors, side by side (see backends.py).
 
 Writes ``speed.json`` (after every section) and ``speed_nprobe.png``.
 """
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import backends as backends_bench
 import common
 import http_load
 import http_wrk
@@ -552,7 +555,7 @@ def real_inputs(args: argparse.Namespace) -> Inputs:
 
 
 SECTIONS = ("compute", "training", "encoding", "search", "serving", "synthetic", "build", "http",
-            "http_wrk")
+            "http_wrk", "backends")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -596,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic": lambda: synthetic_speed(sizes),
         "build": lambda: build_speed(sizes, inputs, results["sections"].get("encoding", {}).get(
             "ours_titles_and_cached_patches", {}).get("median_per_s")),
+        "backends": lambda: backends_bench.backend_speed(
+            inputs.index, (out_dir / "work" if args.smoke else common.WORK_DIR) / "backends",
+            sizes.latency_queries, sizes.warmup_queries, sizes.k),
         "http": lambda: http_speed(sizes, inputs, (out_dir / "work" if args.smoke
                                                    else common.WORK_DIR) / "speed-serve.log"),
         "http_wrk": lambda: http_wrk.http_figures(

@@ -164,6 +164,13 @@ def test_speed_figures_are_sane(speed_out):
     assert build["bytes_per_product_core"] > build["bytes_per_product"]["vectors"] > 0
     http = s["http"]
     assert http["errors"] == 0 and http["requests"] == speed.SMOKE.http_requests
+    stores = s["backends"]["backends"]  # FAISS vs milvus-lite, side by side
+    assert any(n.startswith("faiss-") for n in stores) and {"milvus-lite-flat", "milvus-lite-hnsw"} <= set(stores)
+    assert stores["milvus-lite-flat"]["recall_at_100_vs_exact"] == pytest.approx(1.0)
+    for figures in stores.values():
+        for case in ("encode_ann_ms", "encode_ann_brand_ms", "encode_ann_half_ms"):
+            assert 0 < figures[case]["p50_ms"] <= figures[case]["p99_ms"]
+    assert 0 < s["backends"]["filter_share"]["brand"] < 0.1 < 0.3 < s["backends"]["filter_share"]["half"] < 0.7
     assert http["qps"] > 0 and http["latency"]["p50_ms"] <= http["latency"]["p99_ms"]
     serving = s["serving"]
     assert serving["encoder"] == "OnnxQueryEncoder" and serving["parity"]["cosine_min"] >= 0.9999
