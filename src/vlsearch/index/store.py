@@ -352,6 +352,18 @@ def open_lexical(version_dir: str | Path, manifest: Mapping, store: VectorStore)
     return LexicalIndex.open(Path(version_dir) / "lexical")
 
 
+def single_process_store(version_dir: str | Path) -> str | None:
+    """Why only one process may open this version's store (milvus-lite locks its data file),
+    or None when several serving processes can share it."""
+    from vlsearch.index.milvus import is_server_uri
+    from vlsearch.io import read_json
+
+    uri = (read_json(Path(version_dir) / "manifest.json").get("milvus") or {}).get("uri", "")
+    if uri and not is_server_uri(uri):
+        return f"milvus-lite file {uri} opens in one process only (use a Milvus server URI for more)"
+    return None
+
+
 def open_store(version_dir: str | Path, manifest: Mapping, policy: FilterPolicy = DEFAULT_POLICY) -> VectorStore:
     """The store of a published version, by the backend its manifest names."""
     config = _index_config(manifest)

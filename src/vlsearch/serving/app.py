@@ -361,10 +361,14 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from vlsearch.config import to_dict
     from vlsearch.index.builder import current_version
+    from vlsearch.index.store import single_process_store
     from vlsearch.serving.server import uvicorn_options
 
     config = config or ServeConfig()
     workers = worker_count(config)
+    if workers > 1 and (reason := single_process_store(current_version(index_dir))):
+        log.warning("%s: serving with 1 worker instead of %d", reason, workers)
+        workers = 1
     options = uvicorn_options(config)
     if workers == 1:
         app = create_app(index_dir=index_dir, config=config)
