@@ -118,3 +118,36 @@ def sample_index(tmp_path_factory, sample_catalog_dir):
         build_index(root / "work", root / "model", root / "index", config.index, progress=False)
         _SAMPLE_INDEX["built"] = (root / "index", root / "work", root / "model")
     return _SAMPLE_INDEX["built"]
+
+
+SEARCH_LOAD_QUERIES = ["nike shoes", "red tape casual shoes", "blue jeans for women", "watch", "zz"]
+
+
+def search_while(engine, action, check, k: int = 20, settle_s: float = 0.1) -> list[Exception]:
+    """Run ``action()`` while another thread searches ``engine`` in a loop, each result passed
+    to ``check(result)``; returns what the searches raised (the failures under test)."""
+    import threading
+    import time
+
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def searcher():
+        i = 0
+        while not done.is_set():
+            try:
+                check(engine.search(SEARCH_LOAD_QUERIES[i % len(SEARCH_LOAD_QUERIES)], k=k))
+            except Exception as exc:  # noqa: BLE001 - any failure is the bug under test
+                errors.append(exc)
+            i += 1
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        time.sleep(settle_s)
+        action()
+        time.sleep(settle_s)
+    finally:
+        done.set()
+        thread.join(60)
+    return errors

@@ -11,12 +11,17 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
-from index_helpers import HashEncoder, build_synthetic_index, synthetic_products, synthetic_queries
+from index_helpers import (
+    HashEncoder,
+    build_synthetic_index,
+    search_while,
+    synthetic_products,
+    synthetic_queries,
+)
 
 from vlsearch.catalog import Product
 from vlsearch.config import IndexConfig
@@ -169,34 +174,21 @@ def test_alias_switch_while_searches_run(tmp_path):
     config = milvus_config(tmp_path, kind="hnsw", qid_top_k=30, keep_versions=2, milvus_prefix="load")
     first = build_synthetic_index(tmp_path / "idx", products, enc, config)
     engine = Engine.open(tmp_path / "idx", retriever=enc)
-    errors, seen, done = [], [], threading.Event()
+    seen, second = [], []
 
-    def searcher():
-        queries = ["nike shoes", "red tape casual shoes", "blue jeans for women", "watch", "zz"]
-        i = 0
-        while not done.is_set():
-            try:
-                res = engine.search(queries[i % len(queries)], k=10)
-                if not seen or seen[-1] != res.version:
-                    seen.append(res.version)
-                assert res.hits
-            except Exception as exc:  # noqa: BLE001 - any failure is the bug under test
-                errors.append(exc)
-            i += 1
+    def check(res):
+        if not seen or seen[-1] != res.version:
+            seen.append(res.version)
+        assert res.hits
 
-    thread = threading.Thread(target=searcher)
-    thread.start()
-    try:
-        time.sleep(0.3)
-        second = build_synthetic_index(tmp_path / "idx", products, enc, dataclasses.replace(config))
-        time.sleep(0.5)
-    finally:
-        done.set()
-        thread.join(60)
+    def rebuild():
+        second.append(build_synthetic_index(tmp_path / "idx", products, enc, dataclasses.replace(config)))
+
+    errors = search_while(engine, rebuild, check, k=10, settle_s=0.4)
     assert not errors, errors[:3]
-    assert seen == [first.version, second.version]  # old until the switch, then new, never back
+    assert seen == [first.version, second[0].version]  # old until the switch, then new, never back
     client = connect(config)
-    assert client.describe_alias(alias_name("load"))["collection_name"] == collection_name("load", second.version)
+    assert client.describe_alias(alias_name("load"))["collection_name"] == collection_name("load", second[0].version)
 
 
 @pytest.fixture

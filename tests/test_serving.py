@@ -4,14 +4,19 @@ and auto constraints, bad input, and publishing new versions while searches run.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from index_helpers import HashEncoder, build_synthetic_index, sample_index, synthetic_products
+from index_helpers import (
+    HashEncoder,
+    build_synthetic_index,
+    sample_index,
+    search_while,
+    synthetic_products,
+)
 
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.errors import InputError, WorkdirError
@@ -282,29 +287,17 @@ def test_publish_while_searches_run(tmp_path):
     config = IndexConfig(kind="ivf", qid_top_k=50, keep_versions=1)
     build_synthetic_index(tmp_path, products, enc, config)
     engine = Engine.open(tmp_path, retriever=enc)
-    errors, versions, done = [], set(), threading.Event()
+    versions = set()
 
-    def searcher():
-        queries = ["nike shoes", "red tape casual shoes", "blue jeans for women", "watch", "zz"]
-        i = 0
-        while not done.is_set():
-            try:
-                res = engine.search(queries[i % len(queries)], k=20)
-                versions.add(res.version)
-                assert all(satisfies(products[h.row], res.constraints) for h in res.hits if not h.relaxed)
-            except Exception as exc:  # noqa: BLE001 - any failure is the bug under test
-                errors.append(exc)
-            i += 1
+    def check(res):
+        versions.add(res.version)
+        assert all(satisfies(products[h.row], res.constraints) for h in res.hits if not h.relaxed)
 
-    thread = threading.Thread(target=searcher)
-    thread.start()
-    try:
+    def publish_four():
         for _ in range(4):
             build_synthetic_index(tmp_path, products, enc, dataclasses.replace(config))
             time.sleep(0.05)
-    finally:
-        time.sleep(0.1)
-        done.set()
-        thread.join(30)
+
+    errors = search_while(engine, publish_four, check)
     assert not errors, errors[:3]
     assert len(versions) >= 2 and engine.version == max(p.name for p in (tmp_path / "versions").iterdir())
