@@ -277,17 +277,23 @@ def answer_vectors(store, constraint_masks: ConstraintMasks, lexicon, top_k: int
         lex_scores = np.full((len(texts), top_k), -np.inf, np.float32)
         lex_rows = np.full((len(texts), top_k), -1, np.int64)
         sigs = []
-        for i, text in enumerate(texts):
+        for text in texts:
             constraints = understand(text, lexicon).constraints
             sig = constraint_signature(constraints)
             if sig and sig not in masks:
                 filters[sig] = {c.field: list(c.values) for c in constraints}
                 masks[sig] = constraint_masks.mask_canonical((c.field, c.values) for c in constraints)
-            _, s, r = store.constrained_search(vecs[i], top_k, filters.get(sig), masks.get(sig))
-            scores[i, :len(r)], rows[i, :len(r)] = s, r
             sigs.append(sig)
+        groups: dict[int, list[int]] = {}
+        for i, sig in enumerate(sigs):
+            groups.setdefault(sig, []).append(i)
+        for sig, members in groups.items():  # one batched store call per constraint set
+            answers = store.constrained_search_many(vecs[members], top_k, filters.get(sig), masks.get(sig))
+            for i, (s, r) in zip(members, answers):
+                scores[i, :len(r)], rows[i, :len(r)] = s, r
+        for i, text in enumerate(texts):
             if lexical is not None:
-                s, r = lexical.search(text, top_k, filters.get(sig))
+                s, r = lexical.search(text, top_k, filters.get(sigs[i]))
                 lex_scores[i, :len(r)], lex_rows[i, :len(r)] = s, r
         if lexical is None:
             return scores, rows, sigs

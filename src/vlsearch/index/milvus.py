@@ -434,6 +434,20 @@ class MilvusStore(_Remote, VectorStore):
                 return ("exact", *self._exact(np.asarray(query, np.float32).ravel(), k, constraints))
         return path, scores, rows
 
+    def constrained_search_many(self, queries, k, constraints, mask):
+        """One batched search for all queries; the exact completion where one came back short."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        scores, rows = self.search(queries, k, constraints)
+        allowed = (self.count(constraints) if mask is None else int(mask.sum())) if constraints else None
+        out = []
+        for q, s, r in zip(queries, scores, rows):
+            keep = r >= 0
+            if constraints and keep.sum() < min(k, allowed):
+                out.append(self._exact(q, k, constraints))
+            else:
+                out.append((s[keep], r[keep]))
+        return out
+
     def _exact(self, query: np.ndarray, k: int, constraints: Constraints):
         rows, vecs = [], []
         for batch in self._iterate(filter_expression(constraints), [ROW, VECTOR]):

@@ -121,6 +121,13 @@ class VectorStore(abc.ABC):
         keep = rows[0] >= 0
         return ("ann+filter" if constraints else "ann"), scores[0][keep], rows[0][keep]
 
+    def constrained_search_many(self, queries: np.ndarray, k: int, constraints: Constraints | None,
+                                mask: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``constrained_search`` for several queries under one constraint set (offline
+        work such as the qid table): [(scores, rows)] per query, the same answers."""
+        allowed = int(mask.sum()) if mask is not None else None
+        return [self.constrained_search(q, k, constraints, mask, allowed)[1:] for q in np.atleast_2d(queries)]
+
     @abc.abstractmethod
     def mask(self, constraints: Constraints) -> np.ndarray:
         """Boolean mask over rows of the live products satisfying every constraint."""
