@@ -17,8 +17,9 @@ Lexicon variants, all built here from the work directory's products and training
    scored the same way, separately.
 2. **Retrieval** on the test split (k = 100) with each variant's lexicon over the same index
    (qid table off, so every variant answers live): recall@100, strict relevance and category
-   consistency at 10 and 100, queries with fewer than 10 results; the default also without
-   the short-list fill.
+   consistency at 10 and 100, queries with fewer than 10 exact results; the default also
+   without the short-list fill and without the soft-preference boost, the hand tables also
+   without the fill (the behaviour before this work).
 3. **Phrased queries** (``benchmarks/data/phrased_queries.jsonl``: words the generator never
    or rarely writes), judged by the relevance rule widened to value sets (a product is
    relevant when each attribute's value is one of the listed ones): strict relevance@10,
@@ -227,6 +228,11 @@ def main(argv=None) -> None:
     if "mined" in chosen:
         runs.append(("mined, no fill", variants["mined"],
                      ServeConfig(synonyms=False, qid_table=False, fill_relax_order=())))
+        runs.append(("mined, no soft boost", variants["mined"],
+                     ServeConfig(synonyms=False, qid_table=False, soft_weight=0.0)))
+    if "hand tables" in chosen:
+        runs.append(("hand tables, no fill", variants["hand tables"],
+                     ServeConfig(synonyms=True, qid_table=False, fill_relax_order=())))
     for name, (lexicon, _), serve in runs:
         log(f"retrieval: {name}")
         path = variant_index(Path(args.index), lexicon, Path(args.work) / name.replace(" ", "_").replace(",", ""))
