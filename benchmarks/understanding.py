@@ -110,6 +110,60 @@ def constraint_quality(queries, lexicon, synonyms: bool) -> dict:
     return out
 
 
+class HashingEncoder:
+    """A model-free stand-in for the dense towers (``--hash-index``): each term hashes to a
+    fixed random vector and a text is the normalised sum of its terms' vectors."""
+
+    def __init__(self, dim: int = 64):
+        self.dim = dim
+        self._cache: dict[str, object] = {}
+
+    def _term(self, term: str):
+        import hashlib
+
+        import numpy as np
+
+        vec = self._cache.get(term)
+        if vec is None:
+            seed = int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little")
+            vec = self._cache[term] = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        return vec
+
+    def encode_queries(self, texts):
+        import numpy as np
+
+        from vlsearch.text import query_terms
+
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            for term in query_terms(text):
+                out[i] += self._term(term)
+            out[i] += 1e-3 * self._term("\x00bias")
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def encode_products(self, products, patches=None, has_image=None):
+        return self.encode_queries([p.title for p in products])
+
+
+def hash_index(workdir, out: Path) -> Path:
+    """A full-catalog index whose embedding channel is :class:`HashingEncoder` (no model):
+    constraints, BM25 and fusion exactly as served."""
+    from vlsearch.config import IndexConfig
+    from vlsearch.index.builder import build_index_from_parts, click_rows, current_version
+
+    if (out / "current").exists():
+        return out
+    products = workdir.products()
+    clicks = workdir.clicks()
+    enc = HashingEncoder()
+    build_index_from_parts(
+        out, products, lambda a, b: enc.encode_products(products[a:b]), enc.encode_queries,
+        clicks.column("query").to_pylist()[:1000], clicks.column("qid").to_pylist()[:1000],  # qid table unused
+        config=IndexConfig(kind="flat", qid_top_k=50, onnx_query_encoder=False), progress=False,
+        clicks=click_rows(clicks))
+    return current_version(out).parent.parent
+
+
 def variant_index(index_dir: Path, lexicon, out: Path) -> Path:
     """A version directory sharing every part of the published index but the lexicon."""
     from vlsearch.index.builder import COMPLETE, current_version
@@ -191,6 +245,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-queries", type=int, default=2000, help="test-split queries used for retrieval")
     ap.add_argument("--variants", default="", help="comma-separated subset of the variants for retrieval")
     ap.add_argument("--skip-retrieval", action="store_true", help="constraint quality only (no index)")
+    ap.add_argument("--hash-index", action="store_true",
+                    help="build and use a model-free index (hashing encoder) instead of --index")
     args = ap.parse_args(argv)
 
     import torch
@@ -223,6 +279,12 @@ def main(argv=None) -> None:
     phrased_queries = [EvalQuery(id=r["_id"], text=r["text"], metadata=r["metadata"])
                        for r in map(json.loads, PHRASED.read_text().splitlines())]
     chosen = [v for v in args.variants.split(",") if v] or list(variants)
+    retriever = None
+    if args.hash_index:
+        log("building the hashing-encoder index")
+        args.index = str(hash_index(wd, Path(args.work) / "hash-index"))
+        retriever = HashingEncoder()
+        result["index"] = f"{args.index} (hashing encoder, no model)"
     result["retrieval"], result["phrased"] = {}, {}
     runs = [(name, variants[name], ServeConfig(synonyms=variants[name][1], qid_table=False)) for name in chosen]
     if "mined" in chosen:
@@ -236,7 +298,7 @@ def main(argv=None) -> None:
     for name, (lexicon, _), serve in runs:
         log(f"retrieval: {name}")
         path = variant_index(Path(args.index), lexicon, Path(args.work) / name.replace(" ", "_").replace(",", ""))
-        engine = Engine.open(path, serve)
+        engine = Engine.open(path, serve, retriever=retriever)
         result["retrieval"][name] = {**retrieval(engine, queries, qrels, products, 100),
                                      "load_average": load_average()}
         result["phrased"][name] = phrased(engine, products_list, phrased_queries, 100)
