@@ -66,7 +66,7 @@ class ConstraintOut(BaseModel):
     field: str = Field(description="filter field, e.g. brand, gender, colour")
     values: list[str] = Field(description="accepted values (canonical form; OR)")
     labels: list[str] = Field(description="the values as the catalog spells them")
-    source: str = Field(description="auto (query understanding) or filter (the caller's)")
+    source: str = Field(description="auto (query understanding), filter (the caller's) or soft (a preference)")
     terms: list[str] = Field(description="query terms that produced an auto constraint")
     text: str = Field(description="human-readable form")
 
@@ -81,6 +81,7 @@ class HitOut(BaseModel):
     brand: str | None
     category: str | None
     channel_scores: dict[str, float] = Field(description="raw score per channel")
+    relaxed: bool = Field(description="a short-list fill hit: breaks one of fill_relaxed (after every exact hit)")
     image: str = Field(description="URL of the product image route")
 
 
@@ -89,7 +90,7 @@ class SearchResponse(BaseModel):
 
     query: str = Field(description="the query as searched (outer spaces removed)")
     hits: list[HitOut]
-    constraints: list[ConstraintOut] = Field(description="constraints every hit satisfies")
+    constraints: list[ConstraintOut] = Field(description="constraints every hit not marked relaxed satisfies")
     relaxed: list[ConstraintOut] = Field(description="auto constraints dropped (nothing matched)")
     qid: int = Field(description="stable 32-bit id of the query's term sequence")
     qid_hit: bool = Field(description="the embedding channel was answered from the qid table")
@@ -99,6 +100,9 @@ class SearchResponse(BaseModel):
     allowed: int | None = Field(description="products satisfying the constraints (null: none active)")
     embedding_path: str = Field(description="qid | ann | ann+postfilter | ann+selector | exact")
     offset: int = Field(description="rank (0-based) of the first hit in the fused ranking")
+    preferences: list[ConstraintOut] = Field(description="soft preferences of ambiguous terms (a boost, no filter)")
+    fill_relaxed: list[ConstraintOut] = Field(
+        description="constraints the relaxed hits break (fewer products than k matched them all)")
 
 
 class ProductOut(BaseModel):
