@@ -36,12 +36,12 @@ import numpy as np
 @dataclass(frozen=True)
 class Sizes:
     n: int = 1_000_000  # products of the synthetic catalog
-    recall_queries: int = 1000  # logged queries for recall@k against exact
-    latency_queries: int = 300  # single queries timed per path
+    recall_queries: int = 500  # logged queries for recall@k against exact
+    latency_queries: int = 200  # single queries timed per path
     warmup: int = 20  # untimed queries before each timed path
     k: int = 100  # results per query
     nlist: int = 0  # IVF clusters (0: the project default, about 4*sqrt(n))
-    train_sample: int = 131_072  # vectors the k-means (and PQ) train on
+    train_sample: int = 100_000  # vectors the k-means (and PQ) train on
     nprobe_sweep: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     recall_target: float = 0.95  # the chosen nprobe is the smallest reaching this recall@k
     pq_m: int = 32  # IVF-PQ sub-quantizers (bytes of code per product at 8 bits)
@@ -72,14 +72,15 @@ def calibrate_noise(real: np.ndarray, sample: int, seed: int) -> dict[str, float
     return {"median_nn_cosine": round(nn, 4), "sigma": round(math.sqrt(1.0 / nn**2 - 1.0), 4)}
 
 
-def synthesize(real: np.ndarray, n: int, sigma: float, path: Path, chunk: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthesize(real: np.ndarray, n: int, sigma: float, path: Path, chunk: int, seed: int,
+               source_name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """``n`` vectors in a float32 memmap at ``path``: the real ones, then noisy copies;
     returns (vectors memmap, source row of each)."""
     n_real, d = real.shape
     source = np.concatenate([np.arange(n_real), np.random.default_rng(seed).integers(0, n_real, n - n_real)]) \
         if n > n_real else np.arange(n)
     done_flag = path.with_suffix(".done")
-    meta = {"n": n, "sigma": sigma, "seed": seed, "n_real": n_real}
+    meta = {"n": n, "sigma": sigma, "seed": seed, "n_real": n_real, "source": source_name}
     if path.exists() and done_flag.exists() and json.loads(done_flag.read_text()) == meta:
         return np.load(path, mmap_mode="r"), source
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, help="catalog size (default 1,000,000)")
     p.add_argument("--noise", type=float, help="noise sigma (default: calibrated, see the docstring)")
     p.add_argument("--smoke", action="store_true", help="small sizes (tests)")
+    p.add_argument("--model-note", default="", help="what the index's model is (recorded with the figures)")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
     if args.n:
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     noise = {"sigma": args.noise} if args.noise is not None else calibrate_noise(real, 2000, sizes.seed)
     common.log(f"catalog: {sizes.n} vectors from {len(real)} real ones, noise {noise}")
     t = time.perf_counter()
-    vectors, source = synthesize(real, sizes.n, noise["sigma"], work / f"vectors-{sizes.n}.npy", sizes.chunk, sizes.seed)
+    vectors, source = synthesize(real, sizes.n, noise["sigma"], work / f"vectors-{sizes.n}.npy", sizes.chunk,
+                                 sizes.seed, str(version))
     selected, masks = _filters(version, source, ServeConfig().filter_selective_fraction)
     stage("catalog", {"n": sizes.n, "real": len(real), "dim": int(real.shape[1]), "noise": noise,
                       "filters": selected, "filter_shares": {k: round(float(m.mean()), 4) for k, m in masks.items()},
@@ -287,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     distinct = list(dict.fromkeys(clicks))
     rng = np.random.default_rng(sizes.seed)
     texts = [distinct[i] for i in rng.choice(len(distinct), min(sizes.recall_queries, len(distinct)), replace=False)]
-    retriever = Retriever.load(version / "model")
+    from vlsearch.model.onnx_query import load_query_encoder
+
+    serve = ServeConfig()
+    torch_retriever = Retriever.load(version / "model")
+    # the query encoder `vlsearch serve` uses (ONNX when the version has model/query.onnx)
+    retriever = load_query_encoder(torch_retriever, version / "model", serve.query_encoder, serve.onnx_threads)
+    results["query_encoder"] = type(retriever).__name__
+    results["model_note"] = args.model_note
     qvecs = retriever.encode_queries(texts)
     t = time.perf_counter()
     truth = {"none": exact_topk(vectors, qvecs, sizes.k, sizes.chunk)}
@@ -298,11 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_for_3_filter_cases": round(exact_s, 1)})
     common.log(f"exact ground truth in {exact_s:.0f} s")
 
-    ivf, train_s, add_s = build_ivf(vectors, sizes, work / f"ivf-flat-{sizes.n}.faiss", "flat")
+    tag = f"{sizes.n}-{version.name}"
+    ivf, train_s, add_s = build_ivf(vectors, sizes, work / f"ivf-flat-{tag}.faiss", "flat")
     ann = AnnIndex(ivf, "ivf", nprobe=16)
     stage("ivf_flat_build", {"nlist": ann.nlist, "train_sample": sizes.train_sample, "train_s": train_s,
                              "add_s": add_s, "bytes_per_product": round(
-                                 (work / f"ivf-flat-{sizes.n}.faiss").stat().st_size / sizes.n, 1),
+                                 (work / f"ivf-flat-{tag}.faiss").stat().st_size / sizes.n, 1),
                              "note": None if train_s is not None else "index reused from the cache"})
     common.log(f"IVF-Flat nlist {ann.nlist}: train {train_s} s, add {add_s} s")
     rows = sweep(ann, qvecs, truth["none"], sizes)
@@ -313,15 +324,14 @@ def main(argv: list[str] | None = None) -> int:
                                                        "gender": masks["gender"]}, truth, qvecs, sizes)
     stage("ivf_flat_end_to_end", {"nprobe": chosen, "cases": e2e})
 
-    pq, train_s, add_s = build_ivf(vectors, sizes, work / f"ivf-pq{sizes.pq_m}-{sizes.n}.faiss", "pq", ivf)
+    pq, train_s, add_s = build_ivf(vectors, sizes, work / f"ivf-pq{sizes.pq_m}-{tag}.faiss", "pq", ivf)
     pq_ann = AnnIndex(pq, "ivf", nprobe=chosen)
     pq_rows = sweep(pq_ann, qvecs, truth["none"], sizes)
     stage("ivf_pq", {"m": sizes.pq_m, "bits": 8, "code_bytes": sizes.pq_m, "train_s": train_s, "add_s": add_s,
                      "bytes_per_product": round(
-                         (work / f"ivf-pq{sizes.pq_m}-{sizes.n}.faiss").stat().st_size / sizes.n, 1),
+                         (work / f"ivf-pq{sizes.pq_m}-{tag}.faiss").stat().st_size / sizes.n, 1),
                      "rows": pq_rows})
-    stage("milvus", {"run": False, "reason": "MilvusStore (issue 9) was not on main when this ran; "
-                     "see the issue-15 note"})
+    stage("milvus", {"run": False, "reason": "MilvusStore (issue 9) was not on main when this ran"})
     common.log(f"done in {time.time() - started:.0f} s: {out_path}")
     return 0
 

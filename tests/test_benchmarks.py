@@ -201,3 +201,38 @@ def test_quality_report_folds_interrupted_attempts_into_the_run_that_finished():
     invocations = [{"command": c, "elapsed_s": s, "finished": f} for c, s, f in runs]
     assert quality._runs(invocations) == [
         "`a` (10 min)", "`b` (21 min, after 2 interrupted attempts)", "`c` (2 min, unfinished)"]
+
+
+@pytest.fixture(scope="module")
+def smoke_work(tmp_path_factory) -> Path:
+    """One work folder for the scale and live-update smoke runs (the sample index is built once)."""
+    return tmp_path_factory.mktemp("smoke-work")
+
+
+def test_scale_smoke_writes_every_stage(tmp_path, smoke_work):
+    """benchmarks/scale.py on the sample index: synthetic catalog, exact truth, IVF-Flat sweep,
+    end-to-end cases with filters, IVF-PQ."""
+    _run("scale.py", tmp_path / "out", "--work", str(smoke_work))
+    report = json.loads((tmp_path / "out" / "scale.json").read_text())
+    stages = report["stages"]
+    assert set(stages) >= {"catalog", "exact", "ivf_flat_build", "ivf_flat_nprobe_sweep", "ivf_flat_end_to_end",
+                           "ivf_pq", "milvus"}
+    assert stages["catalog"]["n"] == 20_000 and 0 < stages["catalog"]["filter_shares"]["brand"] < 0.05 + 1e-9
+    sweep = stages["ivf_flat_nprobe_sweep"]["rows"]
+    recalls = [r["recall_at_k"] for r in sweep]
+    assert recalls == sorted(recalls) and all(_in_unit(r) for r in recalls)  # more probes, more recall
+    for case in ("none", "brand", "gender"):
+        e2e = stages["ivf_flat_end_to_end"]["cases"][case]
+        assert e2e["encode_plus_ann"]["p99_ms"] >= e2e["encode_plus_ann"]["p50_ms"] > 0
+        assert _in_unit(e2e["recall_at_k_vs_exact"])
+    assert stages["ivf_pq"]["bytes_per_product"] < stages["ivf_flat_build"]["bytes_per_product"]
+
+
+def test_live_update_smoke_applies_the_delta_under_a_search_loop(tmp_path, smoke_work):
+    _run("live_update.py", tmp_path / "out", "--work", str(smoke_work))
+    report = json.loads((tmp_path / "out" / "live_update.json").read_text())
+    assert report["search_loop"]["errors"] == 0 and report["search_loop"]["searches"] > 0
+    assert report["visible"] == {"changed_with_wrong_title": 0, "changed_not_found_by_new_title": 0,
+                                 "deleted_still_returned": 0, "examples": []}
+    assert report["version"] != report["base_version"]
+    assert report["update"]["products_per_s"] > 0 and report["export_same_products"]["products"] == 30
