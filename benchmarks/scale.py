@@ -205,10 +205,10 @@ def end_to_end(ann, vectors, retriever, texts: list[str], masks: dict[str, np.nd
     return out
 
 
-def _filters(version: Path, source: np.ndarray, selective: float) -> tuple[dict, dict[str, np.ndarray]]:
+def _filters(products_path: Path, source: np.ndarray, selective: float) -> tuple[dict, dict[str, np.ndarray]]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(version / "products.parquet", columns=["brand", "attributes"]).to_pydict()
+    table = pq.read_table(products_path, columns=["brand", "attributes"]).to_pydict()
     brands = np.asarray([b or "" for b in table["brand"]], dtype=object)
     genders = np.asarray([json.loads(a or "{}").get("gender", "") for a in table["attributes"]], dtype=object)
     counts: dict[str, int] = {}
@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, help="noise sigma (default: calibrated, see the docstring)")
     p.add_argument("--smoke", action="store_true", help="small sizes (tests)")
     p.add_argument("--model-note", default="", help="what the index's model is (recorded with the figures)")
+    p.add_argument("--vectors", help="product vectors .npy instead of the index's (e.g. a finished export)")
+    p.add_argument("--products", help="products.parquet matching --vectors row for row")
+    p.add_argument("--model", help="model directory matching --vectors")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
     if args.n:
@@ -261,11 +264,18 @@ def main(argv: list[str] | None = None) -> int:
 
         inputs = speed.smoke_inputs(work / "inputs")
         args.index, args.workdir = str(inputs.index), str(inputs.workdir)
-    version = current_version(args.index)
+    if args.vectors:  # an export before its index is built: vectors + products + model given apart
+        version = Path(args.vectors).resolve().parent
+        vectors_path, products_path, model_dir = Path(args.vectors), Path(args.products), Path(args.model)
+    else:
+        version = current_version(args.index)
+        vectors_path, products_path, model_dir = version / "vectors.npy", version / "products.parquet", \
+            version / "model"
     results: dict[str, Any] = {
         "benchmark": "scale", "command": " ".join(["python", *sys.argv]), "smoke": args.smoke,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": common.machine_info(),
         "sizes": dataclasses.asdict(sizes), "index": str(version), "stages": {},
+        "inputs": {"vectors": None, "products": None, "model": None},
     }
 
     def stage(name: str, value: dict) -> None:
@@ -274,14 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         results["elapsed_s"] = round(time.time() - started, 1)
         common.write_json(out_path, results)
 
+    results["inputs"] = {"vectors": str(vectors_path), "products": str(products_path), "model": str(model_dir)}
     started = time.time()
-    real = np.ascontiguousarray(np.load(version / "vectors.npy"), dtype=np.float32)
+    real = np.ascontiguousarray(np.load(vectors_path), dtype=np.float32)
     noise = {"sigma": args.noise} if args.noise is not None else calibrate_noise(real, 2000, sizes.seed)
     common.log(f"catalog: {sizes.n} vectors from {len(real)} real ones, noise {noise}")
     t = time.perf_counter()
     vectors, source = synthesize(real, sizes.n, noise["sigma"], work / f"vectors-{sizes.n}.npy", sizes.chunk,
                                  sizes.seed, str(version))
-    selected, masks = _filters(version, source, ServeConfig().filter_selective_fraction)
+    selected, masks = _filters(products_path, source, ServeConfig().filter_selective_fraction)
     stage("catalog", {"n": sizes.n, "real": len(real), "dim": int(real.shape[1]), "noise": noise,
                       "filters": selected, "filter_shares": {k: round(float(m.mean()), 4) for k, m in masks.items()},
                       "seconds": round(time.perf_counter() - t, 1)})
@@ -293,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     from vlsearch.model.onnx_query import load_query_encoder
 
     serve = ServeConfig()
-    torch_retriever = Retriever.load(version / "model")
+    torch_retriever = Retriever.load(model_dir)
     # the query encoder `vlsearch serve` uses (ONNX when the version has model/query.onnx)
-    retriever = load_query_encoder(torch_retriever, version / "model", serve.query_encoder, serve.onnx_threads)
+    retriever = load_query_encoder(torch_retriever, model_dir, serve.query_encoder, serve.onnx_threads)
     results["query_encoder"] = type(retriever).__name__
     results["model_note"] = args.model_note
     qvecs = retriever.encode_queries(texts)
