@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deleted", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="sample catalog, tiny model, a small delta")
+    p.add_argument("--update-config", help="TOML passed to `vlsearch update --config` ([index] update_*)")
     args = p.parse_args(argv)
 
     import torch
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "vlsearch.cli", "update", "--index", str(live),
            "--catalog", str(work / "delta" / "delta.jsonl"), "--delete", str(work / "delta" / "delete.txt"),
            "--model", str(current_version(live) / "model"), "--quiet"]
+    if args.update_config:
+        cmd += ["--config", args.update_config]
+        results["update_config"] = Path(args.update_config).read_text()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t = time.perf_counter()
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                    "note": "library_s: update_index from the lock to the publish (the report's total); "
                            "process_wall_s adds the `vlsearch update` process start (imports, model load)",
                    "in_process_seconds": seconds, "qid_refreshed": entry.get("qid_refreshed"),
-                   "qid_patched": entry.get("qid_patched"),
+                   "qid_patched": entry.get("qid_patched"), "qid_dropped": entry.get("qid_dropped"),
                    "encode_products_per_s": round(n_products / encode_s, 1) if encode_s else None,
                    "overhead_beyond_encoding_s": round(total_s - (encode_s or 0), 2)},
         "export_same_products": rates,

@@ -288,3 +288,21 @@ def test_kill_during_update_then_rerun_finishes_it(tmp_path, tmp_path_factory, s
     assert not {h.product_id for q in ("shirt", "shoes", "watch") for h in engine.search(q, k=100).hits} & set(doomed)
     rerun = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0 and "unchanged (nothing to apply)" in rerun.stdout
+
+
+def test_qid_entries_past_the_research_limit_are_invalidated(tmp_path):
+    products, config = _build(tmp_path, "ivf")
+    before = QidTable.load(current_version(tmp_path) / "qid")
+    new, changed, gone = _delta(products)
+    limited = dataclasses.replace(config, update_qid_research_limit=1)
+    report = update_index(tmp_path, new + changed, gone, HashEncoder(), limited)
+    assert report.qid_refreshed == 1 and report.qid_dropped > 0
+    after = QidTable.load(current_version(tmp_path) / "qid")
+    assert len(after) == len(before) - report.qid_dropped
+    engine = Engine.open(tmp_path, retriever=HashEncoder())
+    queries = list(dict.fromkeys(synthetic_queries(products)))
+    assert not _all_ids(engine, queries) & set(gone)  # dropped entries are answered live
+    ids = engine._state.ids
+    for qid in np.asarray(after.qids).tolist():
+        rows, _, _ = after.lookup(qid)
+        assert not {ids[r] for r in rows} & set(gone)

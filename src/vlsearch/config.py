@@ -159,6 +159,7 @@ class IndexConfig:
     update_rebuild_residual_ratio: float = 1.2  # ... or when updated vectors sit this much farther from IVF centroids
     update_residual_sample: int = 10000  # build vectors sampled to measure the IVF baseline residual
     update_residual_min_vectors: int = 100  # updated vectors needed before the residual ratio counts
+    update_qid_research_limit: int = 0  # qid entries an update searches again at most (rest dropped; 0: all)
     # Query understanding mined from the catalog titles and the click log (index/evidence.py)
     mine_max_phrase_terms: int = 2  # longest mined phrase, in terms
     mine_min_support: int = 20  # products (catalog) or clicks (log) a phrase needs per source

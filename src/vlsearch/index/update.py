@@ -106,6 +106,7 @@ class UpdateReport:
     qid_entries: int = 0
     qid_refreshed: int = 0  # entries answered again by a search
     qid_patched: int = 0  # entries brought up to date in place (exact, no search)
+    qid_dropped: int = 0  # entries invalidated (past IndexConfig.update_qid_research_limit)
     drift: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -119,7 +120,7 @@ class UpdateReport:
             (f"products         +{self.added} new, {self.changed} changed, -{self.deleted} deleted, "
              f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows"),
             (f"qid table        {self.qid_entries} entries: {self.qid_refreshed} answered again, "
-             f"{self.qid_patched} patched in place"),
+             f"{self.qid_patched} patched in place, {self.qid_dropped} invalidated"),
         ]
         if self.drift:
             d = self.drift
@@ -370,21 +371,22 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("lexical")
 
         # 4. qid table
-        refreshed, patched, entries = _update_qid_table(base, version, store, lexicon, encoder, set(del_rows),
-                                                        upsert_rows, vecs, upsert_products,
-                                                        config.export_batch_size)
+        refreshed, patched, dropped = _update_qid_table(
+            base, version, store, lexicon, encoder, set(del_rows), upsert_rows, vecs, upsert_products,
+            {r: _product(table, r) for r in changed}, config.export_batch_size,
+            config.update_qid_research_limit)
         lap("qid_table")
 
         # 5. drift and the manifest
         drift = _drift(store.ann, store.vectors, manifest, config, len(upsert_rows) + len(del_rows), vecs,
                        deleted)
         report.live_products, report.rows = len(live), n_new
-        report.qid_entries, report.qid_refreshed, report.drift = entries, refreshed, drift
-        report.qid_patched = patched
+        report.qid_entries, report.qid_refreshed, report.drift = report.qid_entries, refreshed, drift
+        report.qid_patched, report.qid_dropped = patched, dropped
         history = manifest.get("updates", [])[-99:] + [{
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "base": base.name,
             "added": len(added), "changed": len(changed), "deleted": len(del_rows),
-            "qid_refreshed": refreshed, "qid_patched": patched,
+            "qid_refreshed": refreshed, "qid_patched": patched, "qid_dropped": dropped,
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         }]
         atomic_write_json(version / "manifest.json", {
@@ -429,7 +431,8 @@ def _encode(encoder, products: list[Product], batch_size: int, progress: bool, d
 
 def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, encoder, deleted_rows: set[int],
                       upsert_rows: np.ndarray, vecs: np.ndarray, upsert_products: list[Product],
-                      batch_size: int) -> tuple[int, int, int]:
+                      old_products: dict[int, Product], batch_size: int,
+                      research_limit: int = 0) -> tuple[int, int, int]:
     """Bring every entry up to date (module docstring, step 4). An entry is *patched* in
     place when that is exact: new scores of its changed members that stay above its last
     stored score, new or changed products that now beat that score and satisfy its
@@ -439,8 +442,9 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
     constraints leaves a hole in a full list, or when the new lexicon gives its query other
     constraints. Stored BM25 lists (``QidTable.has_lexical``) are searched again (tantivy,
     the new index) when they list a changed or deleted product or share a term with a new or
-    changed one; an entry answered again gets both lists. Returns (answered again, patched,
-    entries)."""
+    changed one; an entry answered again gets both lists. Past ``research_limit`` entries to
+    answer again (0: none), the rest are invalidated (dropped: their queries are answered
+    live until the next build). Returns (answered again, patched, dropped)."""
     old = QidTable.load(base / "qid")
     rows, scores = np.array(old.rows), np.array(old.scores)
     signatures = np.array(old.signatures)
@@ -503,6 +507,10 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
             scores[e, :len(best)] = [sc for _, sc in best]
             patched += 1
     todo = np.flatnonzero(research)
+    keep = np.ones(n, bool)
+    if research_limit and len(todo) > research_limit:  # the rest are invalidated: dropped
+        keep[todo[research_limit:]] = False
+        todo = todo[:research_limit]
     lexical = LexicalIndex.open(version / "lexical") if old.has_lexical else None
     answer = answer_vectors(store, _StoreMasks(store), lexicon, top_k, lexical)
     lex_rows = np.array(old.lexical_rows) if lexical is not None else None
@@ -514,12 +522,21 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
         if lexical is not None:
             lex_scores[pick], lex_rows[pick] = got[3], got[4]
     if lexical is not None:
-        delta_terms: set[str] = set()
-        for p in upsert_products:
+        # terms through which a new or changed product can enter a BM25 list it is not in:
+        # all of a new product's; a changed one's new terms (all of them when it lost some,
+        # since a shorter document scores higher on the rest)
+        def terms_of(p) -> set[str]:
             attrs = " ".join(v for v in (product_value(p, f) for f in FILTER_FIELDS) if v)
-            delta_terms.update(lexical.terms(f"{p.title} {attrs}"))
+            return set(lexical.terms(f"{p.title} {attrs}"))
+
+        delta_terms: set[str] = set()
+        for row, p in zip(upsert_rows.tolist(), upsert_products):
+            new_terms = terms_of(p)
+            was = old_products.get(row)
+            old_terms = terms_of(was) if was is not None else set()
+            delta_terms |= new_terms if (was is None or old_terms - new_terms) else new_terms - old_terms
         stale = np.isin(lex_rows, touched).any(axis=1) if len(touched) else np.zeros(n, bool)
-        for e in np.flatnonzero(~research):
+        for e in np.flatnonzero(~research & keep):
             query = old.queries[e]
             if not (stale[e] or delta_terms.intersection(lexical.terms(query))):
                 continue
@@ -527,10 +544,12 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
             s_, r_ = lexical.search(query, top_k, filters)
             lex_scores[e], lex_rows[e] = -np.inf, -1
             lex_scores[e, :len(r_)], lex_rows[e, :len(r_)] = s_, r_
-    QidTable(np.asarray(old.qids), rows.astype(np.int32), scores, list(old.queries), signatures,
-             None if lex_rows is None else lex_rows.astype(np.int32), lex_scores).save(version / "qid")
-    _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32))
-    return len(todo), patched, n
+    queries = [q for q, k in zip(old.queries, keep.tolist()) if k]
+    QidTable(np.asarray(old.qids)[keep], rows[keep].astype(np.int32), scores[keep], queries, signatures[keep],
+             None if lex_rows is None else lex_rows[keep].astype(np.int32),
+             None if lex_scores is None else lex_scores[keep]).save(version / "qid")
+    _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32)[keep])
+    return len(todo), patched, int(n - keep.sum())
 
 
 def _drift(ann: AnnIndex, vectors, manifest: dict, config: IndexConfig, touched: int,
