@@ -46,6 +46,32 @@ def fresh_copy(index_dir: Path, out: Path) -> Path:
     return out
 
 
+def build_from_export(vectors_path: Path, workdir: Path, model: Path, out: Path, qid_queries: int, seed: int) -> Path:
+    """An index of the work directory's products from already exported vectors (no encoding),
+    its qid table over ``qid_queries`` distinct logged queries (0: all); returns ``out``."""
+    from vlsearch.config import IndexConfig
+    from vlsearch.index.builder import build_index_from_parts
+    from vlsearch.model import Retriever
+    from vlsearch.text import query_id
+    from vlsearch.workdir import Workdir
+
+    if (out / "current").is_symlink():
+        return out
+    wd = Workdir.open(workdir)
+    products = wd.products()
+    vectors = np.load(vectors_path, mmap_mode="r")
+    if len(vectors) != len(products):
+        raise SystemExit(f"{vectors_path}: {len(vectors)} vectors for {len(products)} products")
+    queries = list(dict.fromkeys(wd.clicks().column("query").to_pylist()))
+    if qid_queries and len(queries) > qid_queries:
+        queries = random.Random(seed).sample(queries, qid_queries)
+    retriever = Retriever.load(model)
+    build_index_from_parts(out, products, lambda a, b: np.asarray(vectors[a:b]), retriever.encode_queries,
+                           queries, [query_id(q) for q in queries], config=IndexConfig(), model_dir=model,
+                           seed=seed, progress=False, retriever=retriever)
+    return out
+
+
 def write_delta(engine, out: Path, n_changed: int, n_deleted: int, seed: int):
     """The delta catalog (JSONL + hard-linked images) and delete list; returns what changed."""
     rng = random.Random(seed)
@@ -131,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="sample catalog, tiny model, a small delta")
     p.add_argument("--update-config", help="TOML passed to `vlsearch update --config` ([index] update_*)")
+    p.add_argument("--from-vectors", help="build --index first from these exported vectors (no encoding)")
+    p.add_argument("--model", help="with --from-vectors: the model the vectors were exported with")
+    p.add_argument("--qid-queries", type=int, default=0, help="with --from-vectors: logged queries in the qid table")
     args = p.parse_args(argv)
 
     import torch
@@ -157,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                                "smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "machine": common.machine_info(), "changed": args.changed,
                                "deleted": args.deleted}
+    if args.from_vectors:
+        t = time.perf_counter()
+        build_from_export(Path(args.from_vectors), Path(args.workdir), Path(args.model), Path(args.index),
+                          args.qid_queries, args.seed)
+        results["index_built_from_vectors"] = {"vectors": args.from_vectors, "model": args.model,
+                                               "qid_queries": args.qid_queries,
+                                               "seconds": round(time.perf_counter() - t, 1)}
     live = fresh_copy(Path(args.index), work / "index")
     engine = Engine.open(live)
     base = engine.version
