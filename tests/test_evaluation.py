@@ -19,7 +19,9 @@ from vlsearch.evaluation import (
     category_consistency_at_k,
     evaluate,
     evaluate_files,
+    mrr_at_k,
     ndcg_at_k,
+    ndcg_exp_at_k,
     read_beir_queries,
     read_qrels,
     read_trec_run,
@@ -123,10 +125,26 @@ def test_ndcg_hand_computed():
     assert ndcg_at_k({"q": ["a"]}, {"q": {"a": 1}}) == pytest.approx(1.0)
     assert ndcg_at_k({"q": ["x", "a"]}, {"q": {"a": 1}}, 10) == pytest.approx(1 / math.log2(3))
     assert ndcg_at_k({"q": ["x", "a"]}, {"q": {"a": 1}}, 1) == 0.0
-    # Graded: run [b, a] with a=2 (gain 3) and b=1 (gain 1).
+    # Graded, trec_eval's linear gain: run [b, a] with a=2 (gain 2) and b=1 (gain 1).
+    dcg = 1 / math.log2(2) + 2 / math.log2(3)
+    ideal = 2 / math.log2(2) + 1 / math.log2(3)
+    assert ndcg_at_k({"q": ["b", "a"]}, {"q": {"a": 2, "b": 1}}, 10) == pytest.approx(dcg / ideal)
+
+
+def test_ndcg_exp_keeps_the_exponential_gain_under_its_own_name():
+    # run [b, a] with a=2 (gain 2^2-1 = 3) and b=1 (gain 1).
     dcg = 1 / math.log2(2) + 3 / math.log2(3)
     ideal = 3 / math.log2(2) + 1 / math.log2(3)
-    assert ndcg_at_k({"q": ["b", "a"]}, {"q": {"a": 2, "b": 1}}, 10) == pytest.approx(dcg / ideal)
+    assert ndcg_exp_at_k({"q": ["b", "a"]}, {"q": {"a": 2, "b": 1}}, 10) == pytest.approx(dcg / ideal)
+    assert ndcg_exp_at_k({"q": ["a"]}, {"q": {"a": 1}}) == pytest.approx(1.0)
+    assert ndcg_exp_at_k({}, {"s": {"d": 0}}, 3) is None
+
+
+def test_mrr_first_relevant_within_k_missing_query_scores_zero():
+    qrels = {"q": {"a": 1}, "r": {"b": 2}, "s": {"c": 1}}
+    run = {"q": ["x", "y", "a"], "r": ["b"]}  # s missing -> 0
+    assert mrr_at_k(run, qrels, 10) == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert mrr_at_k(run, qrels, 2) == pytest.approx((0 + 1 + 0) / 3)
 
 
 def test_ndcg_duplicates_missing_queries_and_skips():

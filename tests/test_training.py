@@ -63,6 +63,7 @@ def test_short_tiny_run_beats_the_untrained_model(workdir, tmp_path):
     result = train(workdir, config, tmp_path / "run", progress=False)
     assert result.initial_val_recall is not None and result.val_recall is not None
     assert result.val_recall >= result.initial_val_recall + 0.2, result.format()
+    assert "memory-bank negatives switch on at step 30" in result.format()  # explains the loss jump
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 101))
@@ -186,3 +187,19 @@ def test_layers_from_a_checkpoint_train_at_lr_and_new_layers_at_new_layer_lr():
     assert {lr_of[id(p)] for p in module["head"].parameters()} == {1e-3}
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     assert decay_of[id(module["head"].bias)] == 0.0 and decay_of[id(module["head"].weight)] > 0
+
+
+def test_tensorboard_option_logs_every_metric_beside_metrics_jsonl(workdir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _config(4)
+    config.train.tensorboard = True
+    train(workdir, config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "run" / config.train.tensorboard_dir))
+    events.Reload()
+    assert "loss" in events.Tags()["scalars"] and "lr" in events.Tags()["scalars"]
+    logged = [(e.step, e.value) for e in events.Scalars("loss")]
+    expected = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    assert [s for s, _ in logged] == [s for s, _ in expected] == [1, 2, 3, 4]
+    assert np.allclose([v for _, v in logged], [v for _, v in expected], rtol=1e-6)

@@ -6,6 +6,7 @@ tests/artifacts/. Skipped when Debian's ``chromium`` is not installed
 from __future__ import annotations
 
 import html
+import json
 import shutil
 import socket
 import subprocess
@@ -90,7 +91,7 @@ def test_page_renders_results_images_and_constraints(server, tmp_path):
 def test_page_with_constraint_switched_off(server, tmp_path):
     dom = _chromium(tmp_path, f"{server}/?q=nike+shoes&off=brand", "--dump-dom")
     page = html.unescape(dom.stdout)
-    assert 'class="card result"' in page and 'data-field="brand"' not in page
+    assert 'class="card result"' in page and 'class="chip auto" data-field="brand"' not in page
     assert "brand (off)" in page
 
 
@@ -109,3 +110,77 @@ def test_page_shows_a_relaxed_constraint(server, tmp_path):
     page = html.unescape(_chromium(tmp_path, f"{server}/?q={text.replace(' ', '+')}", "--dump-dom").stdout)
     assert 'class="chip relaxed"' in page and "(no match)" in page and "no exact match for" in page
     assert 'class="card result"' in page
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    from cdp import Browser
+
+    b = Browser(CHROMIUM, tmp_path / "cdp-profile")
+    yield b
+    b.close()
+
+
+CARDS = "document.querySelectorAll('.card.result')"
+
+
+def test_debugging_page_scores_facets_filter_pagination_and_detail(server, browser):
+    """Driven like a user (clicks through the DevTools protocol): per-channel scores and Modal
+    Adaptation weights on the cards, facet counts over the results, a facet click adds the
+    filter, next page, the product detail view; screenshot to tests/artifacts/."""
+    browser.goto(f"{server}/?q=men")
+    browser.wait_for(f"{CARDS}.length === 24")
+    status = browser.evaluate("document.getElementById('status').textContent")
+    assert "qid" in status and ("hit" in status or "miss" in status)
+    first = browser.evaluate(f"{CARDS}[0].innerText")
+    assert "#1 · id " in first and "fused" in first and ("cos " in first or "bm25 " in first)
+    assert browser.evaluate("document.querySelectorAll('.card.result .weight').length") >= 24
+    weights = browser.evaluate("[...document.querySelectorAll('.card.result')[0].querySelectorAll('.weight .value')]"
+                               ".map(e => parseFloat(e.textContent))")
+    assert abs(sum(weights) - 1) < 0.02  # Modal Adaptation weights sum to one
+
+    # facets count the current results; clicking one adds it as a filter
+    facet = browser.evaluate("(() => { const b = document.querySelector('.facet-group[data-field=\"brand\"] .facet');"
+                             " return [b.dataset.value, parseInt(b.querySelector('.count').textContent)]; })()")
+    brand, count = facet
+    on_page = browser.evaluate(f"[...{CARDS}].filter(c => c.querySelector('.meta').textContent"
+                               f".startsWith({json.dumps(brand)} + ' ·')).length")
+    assert count == on_page > 0
+
+    # pagination: the next page starts at #25 and shows other products
+    page_one = browser.evaluate(f"[...{CARDS}].map(c => c.dataset.id)")
+    browser.evaluate("document.getElementById('next').click()")
+    browser.wait_for(f"{CARDS}.length > 0 && {CARDS}[0].innerText.startsWith('#25')")
+    assert "offset=24" in browser.evaluate("location.search")
+    assert not set(browser.evaluate(f"[...{CARDS}].map(c => c.dataset.id)")) & set(page_one)
+
+    browser.evaluate(f"document.querySelector('.facet-group[data-field=\"brand\"] .facet[data-value={json.dumps(brand)}]')"
+                     " .click()")
+    browser.wait_for(f"document.querySelector('.chip.filter[data-field=\"brand\"]') !== null && "
+                     f"{CARDS}.length > 0 && {CARDS}[0].innerText.startsWith('#1')")
+    assert "filter=brand" in browser.evaluate("decodeURIComponent(location.search)")
+    brands = browser.evaluate(f"[...{CARDS}].map(c => c.querySelector('.meta').textContent.split(' · ')[0])")
+    assert set(brands) == {brand}
+
+    # product detail view
+    browser.evaluate(f"{CARDS}[0].click()")
+    browser.wait_for("!document.getElementById('detail').hidden && document.querySelector('#detail h2') !== null")
+    detail = browser.evaluate("document.getElementById('detail').innerText")
+    assert "id " in detail and "Modal Adaptation weights" in detail and "gender" in detail
+    assert "product=" in browser.evaluate("location.search")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = browser.screenshot(ARTIFACTS / "webpage-debugging.png")
+    assert shot.stat().st_size > 5000
+
+
+def test_page_says_when_it_corrected_the_spelling_or_found_nothing(server, browser):
+    browser.goto(f"{server}/?q=nkie+shoos")
+    browser.wait_for("document.querySelector('.notice.corrected') !== null")
+    notice = browser.evaluate("document.querySelector('.notice.corrected').innerText")
+    assert "showing results for nike shoes" in notice and 'search instead for "nkie shoos"' in notice
+    browser.evaluate("document.getElementById('search-as-typed').click()")
+    browser.wait_for("document.querySelector('.notice.corrected') === null && "
+                     "location.search.includes('spell=false')")
+    browser.goto(f"{server}/?q=%E8%BF%9E%E8%A1%A3%E8%A3%99")  # 连衣裙: no product mentions it
+    browser.wait_for("document.querySelector('.notice.unknown, .notice.empty') !== null")
+    assert "连衣裙" in browser.evaluate("document.getElementById('notices').innerText")

@@ -126,6 +126,8 @@ class TrainConfig:
     adam_beta2: float = 0.98  # AdamW second-moment decay (beta1 stays 0.9)
     eval_at_start: bool = True  # validation Recall@K before the first step (untrained baseline)
     eval_split: str = "valid"  # work-directory eval split used for validation
+    tensorboard: bool = False  # also log every metrics.jsonl row to TensorBoard (needs `pip install tensorboard`)
+    tensorboard_dir: str = "tensorboard"  # TensorBoard event folder, relative to the model directory
 
 
 @dataclass
@@ -169,6 +171,7 @@ class IndexConfig:
     mine_ambiguous: str = "union"  # agreeing multi-value terms ("sneakers"): union (hard) | soft
     mine_single_source_confidence: float = 0.98  # one source alone (the other silent) is hard from this share
     mine_hard_fields: tuple[str, ...] = ("brand", "category", "colour", "usage")  # others: soft only
+    spell_min_query_count: int = 0  # >0: logged-query terms in this many distinct queries join the spelling vocabulary
 
 
 @dataclass
@@ -222,6 +225,10 @@ class ServeConfig:
     query_encoder: str = "auto"  # auto (ONNX when the version has model/query.onnx) | onnx | torch
     onnx_threads: int = 1  # onnxruntime intra-op threads per worker
     workers: int = 0  # `vlsearch serve` worker processes (0: one per CPU core)
+    spelling: bool = True  # correct query terms unknown to the catalog vocabulary (index/spelling.py)
+    spell_min_term_chars: int = 4  # shorter unknown terms are left as typed (too ambiguous)
+    spell_two_edit_chars: int = 6  # terms at least this long may be two edits away, shorter ones one
+    spell_max_edit_distance: int = 2  # largest Damerau-Levenshtein distance of a correction
     host: str = "127.0.0.1"  # bind address
     port: int = 8000  # bind port
 
@@ -332,3 +339,23 @@ def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return update(Config(), PRESETS[name], source=f"preset {name}")
+
+
+def apply_overrides(config: Config, items: list[str] | tuple[str, ...], source: str = "--set") -> Config:
+    """``SECTION.KEY=VALUE`` overrides (e.g. ``train.steps=300``) applied over ``config``.
+
+    VALUE is read as a TOML value (``300``, ``0.5``, ``true``, ``["a", "b"]``, ``"text"``);
+    anything that is not valid TOML is taken as a plain string (``index.kind=ivf``). Unknown
+    sections or keys and wrongly typed values raise ConfigError naming the override.
+    """
+    for item in items or ():
+        path, sep, text = str(item).partition("=")
+        section, dot, key = path.strip().partition(".")
+        if not sep or not dot or not section or not key:
+            raise ConfigError(f"{source} {item!r}: expected SECTION.KEY=VALUE, e.g. train.steps=300")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        config = update(config, {section: {key: value}}, source=f"{source} {item!r}")
+    return config

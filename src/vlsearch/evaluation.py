@@ -11,8 +11,16 @@ fixed here:
   with relevant meaning grade >= 1, averaged over queries. The denominator is capped at K
   so that a perfect ranking scores 1 even when more products are relevant than fit in the
   top K (a query such as "red dress" can have thousands of relevant products).
-* **nDCG@K**: graded gains ``2^g - 1``, discount ``1 / log2(rank + 1)``, normalised by the
-  ideal ordering of the query's judged products.
+* **Standard measures** (``ndcg@K``, ``trec_recall@K``, ``mrr@K``) are computed by
+  `ir-measures <https://ir-measur.es>`_ over ``pytrec_eval`` (trec_eval's own C code), so they
+  are the numbers of BEIR tables: nDCG with linear gain ``g`` (trec_eval's ``ndcg_cut``),
+  recall ``|relevant ∩ top K| / |relevant|`` and the reciprocal rank of the first relevant
+  product in the top K, relevant meaning grade >= 1. ir-measures rather than ranx: it runs
+  trec_eval's reference implementation itself (ranx re-implements the measures and compiles
+  them with numba at first use, tens of seconds on a small CPU).
+* **nDCG@K with exponential gain** (``ndcg_exp@K``, vlsearch's earlier nDCG): graded gains
+  ``2^g - 1``, discount ``1 / log2(rank + 1)``, normalised by the ideal ordering of the
+  query's judged products. Not comparable with BEIR tables; kept under its own name.
 * **Category consistency@K** (the paper's second relevance metric): the share of the top K
   whose category is one of the query's intent categories, averaged over queries that have
   an intent.
@@ -29,8 +37,9 @@ Conventions shared by every metric:
   the paper divides by the size of the retrieval set; an empty result scores 0.
 * A metric that is undefined on its input (no clicked pair, no query with a relevant
   product, no query with an intent) is ``None``, never NaN.
-* Queries without relevant products are skipped by set recall and nDCG, and ``evaluate``
-  reports how many were skipped.
+* Queries without relevant products are skipped by set recall, nDCG, recall and MRR, and
+  ``evaluate`` reports how many were skipped. The standard measures give a query missing
+  from the run 0 too (trec_eval itself would leave it out of the mean).
 
 TREC runs are read with ties resolved deterministically: each query's lines are sorted by
 score (descending), then by the rank written in the file (ascending), then by product id.
@@ -425,8 +434,9 @@ def _ndcg(run: Run, qrels: Qrels, k: int) -> tuple[float | None, int]:
     return _mean(values), skipped
 
 
-def ndcg_at_k(run: Run, qrels: Qrels, k: int = DEFAULT_NDCG_K) -> float | None:
-    """Mean nDCG@k with graded gains ``2^g - 1`` and discount ``1 / log2(rank + 1)``.
+def ndcg_exp_at_k(run: Run, qrels: Qrels, k: int = DEFAULT_NDCG_K) -> float | None:
+    """Mean nDCG@k with exponential gains ``2^g - 1`` and discount ``1 / log2(rank + 1)``
+    (not trec_eval's definition: see :func:`ndcg_at_k` for that one).
 
     The ideal DCG ranks all of the query's judged products by grade. Unjudged products gain
     0. Queries without a positive grade are skipped (their ideal DCG is 0); ``None`` when
@@ -434,6 +444,67 @@ def ndcg_at_k(run: Run, qrels: Qrels, k: int = DEFAULT_NDCG_K) -> float | None:
     """
     value, _skipped = _ndcg(run, qrels, k)
     return value
+
+
+# --- the standard measures, computed by ir-measures (trec_eval) ----------------------------
+
+STANDARD_MEASURES = ("ndcg", "trec_recall", "mrr")  # metric names computed by the library
+
+
+def _library_measures(k: int) -> dict[str, Any]:
+    """vlsearch metric name -> ir-measures measure at cut-off ``k``."""
+    import ir_measures
+
+    return {"ndcg": ir_measures.nDCG @ k, "trec_recall": ir_measures.R @ k, "mrr": ir_measures.RR @ k}
+
+
+def _library_run(run: Run, qids: Iterable[str], depth: int) -> dict[str, dict[str, float]]:
+    """The run as ir-measures wants it: scores that reproduce our order exactly (``depth -
+    position`` over the de-duplicated top ``depth``, so trec_eval's tie-breaking never acts)."""
+    out: dict[str, dict[str, float]] = {}
+    for qid in qids:
+        docs = top_k(run.get(qid, ()), depth)
+        if docs:
+            out[qid] = {doc: float(depth - position) for position, doc in enumerate(docs)}
+    return out
+
+
+def standard_metrics(run: Run, qrels: Qrels, ks: Sequence[int]) -> dict[str, float | None]:
+    """``ndcg@k``, ``trec_recall@k`` and ``mrr@k`` for every ``k``, by ir-measures.
+
+    Averaged over the queries of ``qrels`` with a product of grade >= 1; such a query that the
+    run misses (or answers with nothing) scores 0. ``None`` when no query has a relevant
+    product.
+    """
+    import ir_measures
+
+    ks = [int(k) for k in ks]
+    for k in ks:
+        _check_k(k)
+    judged = {qid: {doc: int(g) for doc, g in docs.items()} for qid, docs in qrels.items()
+              if any(g >= RELEVANT_GRADE for g in docs.values())}
+    names = {(name, k): measure for k in ks for name, measure in _library_measures(k).items()}
+    if not judged:
+        return {f"{name}@{k}": None for name, k in names}
+    by_measure = {str(measure): key for key, measure in names.items()}
+    sums = dict.fromkeys(names, 0.0)
+    lib_run = _library_run(run, judged, max(ks))
+    if lib_run:
+        for row in ir_measures.iter_calc(list(names.values()), judged, lib_run):
+            sums[by_measure[str(row.measure)]] += float(row.value)
+    return {f"{name}@{k}": sums[(name, k)] / len(judged) for name, k in names}
+
+
+def ndcg_at_k(run: Run, qrels: Qrels, k: int = DEFAULT_NDCG_K) -> float | None:
+    """Mean nDCG@k as trec_eval (and BEIR) define it: linear gain, computed by ir-measures.
+
+    Queries without a product of grade >= 1 are skipped; ``None`` when every query is."""
+    return standard_metrics(run, qrels, [k])[f"ndcg@{k}"]
+
+
+def mrr_at_k(run: Run, qrels: Qrels, k: int) -> float | None:
+    """Mean reciprocal rank of the first product of grade >= 1 within the top k (ir-measures)."""
+    return standard_metrics(run, qrels, [k])[f"mrr@{k}"]
 
 
 def _share_at_k(
@@ -543,10 +614,13 @@ def _evaluate_subset(
         else None
     )
     metrics: dict[str, float | None] = {}
+    standard = standard_metrics(run, sub_qrels, ks)
     for k in ks:
         metrics[f"recall@{k}"] = recall_at_k(run, sub_qrels, k)
         metrics[f"set_recall@{k}"] = set_recall_at_k(run, sub_qrels, k)
-        metrics[f"ndcg@{k}"] = ndcg_at_k(run, sub_qrels, k)
+        for name in STANDARD_MEASURES:
+            metrics[f"{name}@{k}"] = standard[f"{name}@{k}"]
+        metrics[f"ndcg_exp@{k}"] = ndcg_exp_at_k(run, sub_qrels, k)
         metrics[f"category_consistency@{k}"] = (
             category_consistency_at_k(run, intents, product_category, k)
             if product_category is not None
@@ -643,6 +717,95 @@ def evaluate_files(
     return result
 
 
+# --------------------------------------------------------------------------------------
+# An index on a query set, and the readable report
+# --------------------------------------------------------------------------------------
+
+HELDOUT_SPLIT = "heldout"  # value of the index products' ``split`` column for cold-start products
+
+
+def index_products(index_dir: PathLike) -> tuple[dict[str, Product], set[str] | None]:
+    """The products of the index version ``index_dir`` serves (``current``), by id, and the ids
+    of its held-out products (``None`` for an index built before the ``split`` column)."""
+    import pyarrow.parquet as pq
+
+    from vlsearch.index.builder import current_version
+    from vlsearch.workdir import products_from_table
+
+    table = pq.read_table(current_version(index_dir) / "products.parquet")
+    products = products_from_table(table)
+    heldout = None
+    if "split" in table.column_names:
+        splits = table.column("split").to_pylist()
+        heldout = {p.id for p, split in zip(products, splits) if split == HELDOUT_SPLIT}
+    return {p.id: p for p in products}, heldout
+
+
+def evaluate_index(
+    index_dir: PathLike,
+    queries_path: PathLike,
+    qrels_path: PathLike,
+    ks: Sequence[int] = DEFAULT_KS,
+    config=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Search every query of ``queries_path`` with the index (top ``max(ks)``), then
+    ``evaluate`` with the index's own products and held-out split, so that every metric and
+    subset is filled. ``config`` is the ServeConfig of the engine."""
+    from vlsearch.progress import stage
+    from vlsearch.serving.engine import Engine, search_queries_file
+
+    with stage(f"opening index {index_dir} (loading the model)", progress):
+        engine = Engine.open(index_dir, config)
+    n = sum(1 for _ in read_beir_queries(queries_path))
+    with stage(f"searching {n} queries (top {max(ks)})", progress):
+        run = search_queries_file(engine, queries_path, k=max(ks))
+    products, heldout = index_products(index_dir)
+    report = evaluate_files(run, queries_path, qrels_path, products=products, ks=ks, heldout=heldout)
+    report["inputs"]["index"] = str(index_dir)
+    report["index_version"] = engine.version
+    return report
+
+
+METRIC_LABELS = {  # metric name -> row label of format_report, in display order
+    "recall": "Recall (hit rate of the clicked product)",
+    "set_recall": "set recall",
+    "ndcg": "nDCG (trec_eval, linear gain)",
+    "trec_recall": "recall (trec_eval)",
+    "mrr": "MRR (trec_eval)",
+    "ndcg_exp": "nDCG (exponential gain)",
+    "category_consistency": "category consistency",
+    "strict_relevance": "strict relevance",
+}
+MISSING_VALUE = "-"  # how format_report shows an undefined metric
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The report of ``evaluate``/``evaluate_index`` as plain-text tables, one per non-empty
+    subset: a row per metric, a column per cut-off; an undefined metric shows as ``-``."""
+    ks = list(report["ks"])
+    width = max(len(label) for label in METRIC_LABELS)
+    lines: list[str] = []
+    inputs = report.get("inputs") or {}
+    source = inputs.get("index") or inputs.get("run") or "in-memory run"
+    lines.append(f"{source} on {inputs.get('queries', '?')}")
+    for name, subset in report["subsets"].items():
+        lines.append("")
+        if not subset["queries"]:
+            lines.append(f"{name}: no queries in this subset")
+            continue
+        lines.append(f"{name}: {subset['queries']} queries, {subset['clicked_pairs']} clicked pairs, "
+                     f"{subset['queries_without_results']} without results")
+        lines.append(" " * width + "".join(f"{'@' + str(k):>9}" for k in ks))
+        for metric, label in METRIC_LABELS.items():
+            cells = []
+            for k in ks:
+                value = subset["metrics"].get(f"{metric}@{k}")
+                cells.append(f"{MISSING_VALUE if value is None else f'{value:.4f}':>9}")
+            lines.append(label.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
 __all__ = [
     "CLICK_GRADE",
     "DEFAULT_KS",
@@ -653,12 +816,18 @@ __all__ = [
     "category_consistency_at_k",
     "evaluate",
     "evaluate_files",
+    "evaluate_index",
+    "format_report",
+    "index_products",
+    "mrr_at_k",
     "ndcg_at_k",
+    "ndcg_exp_at_k",
     "read_beir_queries",
     "read_qrels",
     "read_trec_run",
     "recall_at_k",
     "set_recall_at_k",
+    "standard_metrics",
     "strict_relevance_at_k",
     "top_k",
     "write_trec_run",

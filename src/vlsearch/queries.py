@@ -1086,6 +1086,34 @@ def export_beir(
     return len(chosen)
 
 
+CORPUS_FILE = "corpus.jsonl"  # BEIR corpus file name, beside queries.jsonl and qrels.tsv
+
+
+def corpus_text(products: Sequence[ProductLike]) -> str:
+    """The BEIR ``corpus.jsonl`` of ``products``: one line a product with ``_id``, ``title``,
+    ``text`` (brand, category and attributes as ``key: value`` pairs, for tools that embed
+    title + text) and ``metadata`` (brand, category, attributes)."""
+    lines = []
+    for p in products:
+        attributes = dict(getattr(p, "attributes", None) or {})
+        facts = {"brand": p.brand, "category": p.category, **attributes}
+        text = "; ".join(f"{key}: {value}" for key, value in facts.items() if value)
+        record = {"_id": str(p.id), "title": p.title, "text": text,
+                  "metadata": {"brand": p.brand, "category": p.category, "attributes": attributes}}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
+def export_corpus(products: Sequence[ProductLike], out_dirs: Sequence[str | Path]) -> int:
+    """Write the BEIR ``corpus.jsonl`` into each of ``out_dirs`` (every eval split, so each split
+    folder is a complete BEIR dataset); return the number of products."""
+    text = corpus_text(products)
+    for out_dir in out_dirs:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out_dir) / CORPUS_FILE, text)
+    return len(products)
+
+
 # --- real click logs: split by query, BEIR export -----------------------------------------------
 
 

@@ -475,6 +475,7 @@ class TrainResult:
     checkpoint: Path | None = None
     history: list[dict] = field(default_factory=list, repr=False)
     is_main: bool = True  # False on DDP ranks other than 0 (print the result only where True)
+    switches: list[str] = field(default_factory=list)  # schedule changes that move the loss
 
     def format(self) -> str:
         def fmt(x: float | None) -> str:
@@ -490,6 +491,7 @@ class TrainResult:
             + f" ({self.seconds:.1f} s)",
             f"metrics          {self.metrics_path}",
         ]
+        lines += [f"note             {text}" for text in self.switches]
         return "\n".join(lines)
 
 
@@ -519,11 +521,14 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object a line, appended as it comes; only rank 0 writes.
 
     A resumed run keeps the lines up to its checkpoint step (``keep_upto``) and drops the
-    rest, so the file reads as one uninterrupted run.
+    rest, so the file reads as one uninterrupted run. With ``tensorboard`` (a folder), every
+    numeric value of every row is also written as a TensorBoard scalar at the row's step.
     """
 
-    def __init__(self, path: Path, enabled: bool, keep_upto: int | None = None):
+    def __init__(self, path: Path, enabled: bool, keep_upto: int | None = None,
+                 tensorboard: Path | None = None):
         self.path, self.enabled, self.rows = path, enabled, []
+        self.board = None
         if not enabled:
             return
         if keep_upto is not None and path.exists():
@@ -533,12 +538,28 @@ class MetricsLog:
                     if isinstance(row, dict) and row.get("step", 0) <= keep_upto:
                         self.rows.append(row)
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        if tensorboard is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise TrainingError(f"train.tensorboard = true needs the tensorboard package ({exc}); "
+                                    "install it with `pip install tensorboard`") from None
+            self.board = SummaryWriter(log_dir=str(tensorboard), purge_step=keep_upto)
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(key, value, row["step"])
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 def train(
@@ -635,7 +656,8 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
             _log(f"training: no validation ({exc})")
 
     metrics_path = out_dir / METRICS_FILE
-    log = MetricsLog(metrics_path, main, keep_upto=start if resumed_from is not None else None)
+    log = MetricsLog(metrics_path, main, keep_upto=start if resumed_from is not None else None,
+                     tensorboard=out_dir / t.tensorboard_dir if t.tensorboard else None)
 
     def validate(step: int) -> float | None:
         value = None
@@ -661,12 +683,24 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
 
     initial_recall = None
     if start == 0 and t.eval_at_start and stop > 0:
-        initial_recall = validate(0)
+        from vlsearch.progress import stage
+
+        with stage(f"validation Recall@{t.eval_k} before the first step", progress and validator is not None):
+            initial_recall = validate(0)
 
     use_amp = device.type == "cuda" and t.bf16
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     mbns_from = int(t.memory_bank_start * total)
     cdns_from = int(t.cross_device_start * total)
+    switches = []
+    if bank is not None and mbns_from < stop:
+        switches.append(f"memory-bank negatives switch on at step {mbns_from} (train.memory_bank_start = "
+                        f"{t.memory_bank_start}): the matching loss jumps there, each query now competes "
+                        f"with {t.memory_bank_batches} batches of earlier products too")
+    if t.cross_device and info.world_size > 1 and cdns_from < stop:
+        switches.append(f"cross-device negatives switch on at step {cdns_from} (train.cross_device_start = "
+                        f"{t.cross_device_start}): the loss jumps there, each query now also competes with "
+                        f"the other {info.world_size - 1} process(es)' products")
     params = [p for p in trainer.parameters() if p.requires_grad]
     bar = tqdm(total=stop, initial=start, disable=not (progress and main), desc="train", dynamic_ncols=True)
     started = time.perf_counter()
@@ -731,6 +765,7 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
     else:
         barrier()
     plot_path = None
+    log.close()
     if main:
         retriever.save(out_dir)
         plot_path = plot_metrics(log.rows, out_dir / PLOT_FILE)
@@ -743,6 +778,7 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
         steps_per_s=ran / seconds if seconds > 0 and ran else 0.0,
         samples_per_s=ran * t.batch_size * info.world_size / seconds if seconds > 0 and ran else 0.0,
         metrics_path=metrics_path, plot_path=plot_path, checkpoint=last_good, history=log.rows, is_main=main,
+        switches=switches,
     )
 
 

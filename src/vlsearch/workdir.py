@@ -411,6 +411,7 @@ def _prepare_queries(out: Path, cfg: DataConfig, clicks: Path | None) -> dict[st
         max_queries=cfg.max_eval_queries, seed=cfg.seed, id_prefix="colour",
     )
 
+    q.export_corpus(products, [eval_dir / split for split in eval_counts])
     train_log.write_parquet(out / "clicks" / "train.parquet")
     # Q(p): each product's share of the training click mass, stored beside the product.
     mass = q.sampling_probabilities(train_log)

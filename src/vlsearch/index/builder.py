@@ -50,6 +50,7 @@ from vlsearch.index.export import export_sharded, export_vectors, shard_rows
 from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
+from vlsearch.index.spelling import SPELLING_FILE, build_vocabulary, save_vocabulary
 from vlsearch.index.store import build_store, publish_store, sweep_stores, write_backend_qid_table
 from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
 from vlsearch.io import (
@@ -60,6 +61,7 @@ from vlsearch.io import (
     normalize_modes,
     read_json,
 )
+from vlsearch.progress import stage
 
 FORMAT_VERSION = 1
 COMPLETE = "COMPLETE"
@@ -234,9 +236,11 @@ def prune_versions(out_dir: str | Path, keep: int) -> list[str]:
 # --- building -------------------------------------------------------------------------------
 
 
-def products_table(products: Sequence, deleted: Sequence[bool] | None = None) -> pa.Table:
-    """Product metadata the engine and the web page need, row i = product i; ``deleted``
-    marks rows removed by a live update (tombstones, kept so rows never move)."""
+def products_table(products: Sequence, deleted: Sequence[bool] | None = None,
+                   splits: Sequence[str | None] | None = None) -> pa.Table:
+    """Product metadata the engine, the web page and ``vlsearch eval`` need, row i = product i;
+    ``deleted`` marks rows removed by a live update (tombstones, kept so rows never move);
+    ``split`` is "train" | "heldout" from the work directory, when known."""
     columns = {
         "id": [str(p.id) for p in products],
         "title": [p.title for p in products],
@@ -247,6 +251,8 @@ def products_table(products: Sequence, deleted: Sequence[bool] | None = None) ->
     }
     if deleted is not None:
         columns["deleted"] = [bool(d) for d in deleted]
+    if splits is not None:
+        columns["split"] = list(splits)
     return pa.table(columns)
 
 
@@ -346,11 +352,13 @@ def build_index_from_parts(
     retriever=None,
     clicks: Sequence[tuple[str, str, int]] | None = None,
     synonyms: dict | None = None,
+    splits: Sequence[str] | None = None,
 ) -> IndexReport | ShardReport:
     """Build every part from in-memory inputs, then publish (the testable core of build_index).
 
     With ``retriever`` (and ``model_dir``), the query tower is exported to
     ``model/query.onnx`` when it passes the parity check (``IndexConfig.onnx_*``).
+    ``splits`` (one per product) is stored with the product metadata for ``vlsearch eval``.
 
     With ``sharding`` over several ranks, every rank exports its shard; rank 0 builds the rest
     and publishes, the others return a :class:`ShardReport`.
@@ -395,15 +403,19 @@ def build_index_from_parts(
         take = min(config.recall_sample_queries, len(distinct))
         sample = [distinct[i] for i in sorted(rng.choice(len(distinct), take, replace=False))] if take else []
         recall_q = encode_queries(sample) if sample else None
-        store, ann_report = build_store(x, products, config, version, recall_q, seed)
+        with stage(f"building the {config.kind} vector index over {len(x)} products", progress):
+            store, ann_report = build_store(x, products, config, version, recall_q, seed)
         lap("ann")
 
-        build_lexical(products, version / "lexical", config.lexical_stemmer)
+        with stage("building the keyword index", progress):
+            build_lexical(products, version / "lexical", config.lexical_stemmer)
         lexicon = build_lexicon(products, synonyms)
         mined = mine_terms(products, clicks, config, known=lexicon.phrases)
         lexicon.add_mined(mined)
         atomic_write_json(version / "lexicon.json", lexicon.to_json())
         atomic_write_json(version / "evidence.json", {"terms": [t.to_dict() for t in mined]})
+        save_vocabulary(version / SPELLING_FILE, build_vocabulary(
+            (p.title for p in products), lexicon.phrases, queries, config.spell_min_query_count))
         lap("lexical")
 
         top_k = min(config.qid_top_k, len(products))
@@ -419,7 +431,7 @@ def build_index_from_parts(
             write_backend_qid_table(store, table, np.concatenate(query_vectors), config, version.name)
         lap("qid_table")
 
-        atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products), tmp))
+        atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products, splits=splits), tmp))
         if model_dir is not None:
             shutil.copytree(model_dir, version / "model",  # query.onnx: exported below, per version
                             ignore=shutil.ignore_patterns("checkpoints", "query.onnx"))
@@ -503,7 +515,8 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise WorkdirError(f"{model_dir}: model directory not found; train one with `vlsearch train`")
-    retriever = Retriever.load(model_dir, device=device)
+    with stage(f"loading the model {model_dir}", progress):
+        retriever = Retriever.load(model_dir, device=device)
     products = wd.products()
     try:
         features = wd.features()
@@ -533,4 +546,5 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
         config=config, model_dir=model_dir, export_key=json.loads(json.dumps(key, default=str)),
         seed=wd.config.data.seed, progress=progress and sharding.rank == 0, sharding=sharding,
         retriever=retriever, clicks=click_rows(clicks), synonyms=wd.phrase_tables(),
+        splits=wd.product_table().column("split").to_pylist(),
     )

@@ -68,6 +68,7 @@ from vlsearch.index.builder import (
 )
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, product_value, update_lexical
 from vlsearch.index.qid_table import QidTable
+from vlsearch.index.spelling import SPELLING_FILE, build_vocabulary, save_vocabulary
 from vlsearch.index.store import (
     VECTORS_FILE,
     FaissStore,
@@ -361,11 +362,14 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         deleted = dead + [False] * len(added)
         for row in del_rows:
             deleted[row] = True
+        # the work directory's train/heldout split (for `vlsearch eval`) carries over; added rows have none
+        splits = table["split"] + [None] * len(added) if "split" in table else None
         atomic_write(version / "products.parquet",
-                     lambda tmp: pq.write_table(products_table(all_products, deleted), tmp))
+                     lambda tmp: pq.write_table(products_table(all_products, deleted, splits), tmp))
         live = [p for p, d in zip(all_products, deleted) if not d]
         lexicon = Lexicon.from_json(read_json(base / "lexicon.json")).with_catalog(build_lexicon(live))
         atomic_write_json(version / "lexicon.json", lexicon.to_json())
+        save_vocabulary(version / SPELLING_FILE, build_vocabulary((p.title for p in live), lexicon.phrases))
         if (base / "model").is_dir():
             _link_files(base / "model", version / "model")
         lap("lexical")

@@ -49,6 +49,30 @@ def _pad_concat(parts: list[np.ndarray], width: int, fill: int) -> np.ndarray:
     return np.concatenate(out, axis=0)
 
 
+def tokenize_with_keywords(tokenizer, texts: list[str], keywords: list[list[str]], max_len: int, sort: bool):
+    """Encode ``texts``; a text with keywords (Keyword Enhancement) gets them as its second
+    segment, the others are single segments. Rows keep the order of ``texts``. Also used by
+    the sentence-transformers export (:mod:`vlsearch.exports`), so both tokenize alike."""
+    from vlsearch.text import Encoded
+
+    plain = [i for i, k in enumerate(keywords) if not k]
+    enhanced = [i for i, k in enumerate(keywords) if k]
+    if not enhanced:
+        return tokenizer.encode(texts, max_len, sort_terms=sort)
+    if not plain:  # e.g. one served query with keywords: no merge, no padding copies
+        return tokenizer.encode(texts, max_len, pairs=[" ".join(k) for k in keywords], sort_terms=sort)
+    parts = [tokenizer.encode([texts[i] for i in plain], max_len, sort_terms=sort)]
+    parts.append(tokenizer.encode(
+        [texts[i] for i in enhanced], max_len, pairs=[" ".join(keywords[i]) for i in enhanced], sort_terms=sort,
+    ))
+    parts = [p for p in parts if p.input_ids.shape[0]]
+    width = max(p.input_ids.shape[1] for p in parts)
+    order = np.argsort(np.asarray(plain + enhanced))
+    fills = (tokenizer.pad_id, 0, 0)
+    arrays = [_pad_concat([p[j] for p in parts], width, fill)[order] for j, fill in enumerate(fills)]
+    return Encoded(*arrays)
+
+
 class Retriever:
     """Query/product encoders ready for inference (``encode_queries``, ``encode_products``)."""
 
@@ -207,29 +231,9 @@ class Retriever:
 
     def tokenize_queries(self, texts: list[str]):
         """Encoded queries; enhanced ones carry their keywords as the second segment."""
-        from vlsearch.text import Encoded
-
         texts = list(texts)
-        cfg, sort = self.config.model, self.config.data.sort_terms
-        keywords = self.query_keywords(texts)
-        plain = [i for i, k in enumerate(keywords) if not k]
-        enhanced = [i for i, k in enumerate(keywords) if k]
-        if not enhanced:
-            return self.tokenizer.encode(texts, cfg.max_query_len, sort_terms=sort)
-        if not plain:  # e.g. one served query with keywords: no merge, no padding copies
-            return self.tokenizer.encode(texts, cfg.max_query_len, pairs=[" ".join(k) for k in keywords],
-                                         sort_terms=sort)
-        parts = [self.tokenizer.encode([texts[i] for i in plain], cfg.max_query_len, sort_terms=sort)]
-        parts.append(self.tokenizer.encode(
-            [texts[i] for i in enhanced], cfg.max_query_len,
-            pairs=[" ".join(keywords[i]) for i in enhanced], sort_terms=sort,
-        ))
-        parts = [p for p in parts if p.input_ids.shape[0]]
-        width = max(p.input_ids.shape[1] for p in parts)
-        order = np.argsort(np.asarray(plain + enhanced))
-        fills = (self.tokenizer.pad_id, 0, 0)
-        arrays = [_pad_concat([p[j] for p in parts], width, fill)[order] for j, fill in enumerate(fills)]
-        return Encoded(*arrays)
+        return tokenize_with_keywords(self.tokenizer, texts, self.query_keywords(texts),
+                                      self.config.model.max_query_len, self.config.data.sort_terms)
 
     def tokenize_titles(self, titles: list[str]):
         return self.tokenizer.encode(list(titles), self.config.model.max_title_len, sort_terms=self.config.data.sort_terms)

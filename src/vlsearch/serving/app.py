@@ -1,7 +1,9 @@
 """HTTP service over the engine (FastAPI) and the web page at ``/`` (static HTML + JS).
 
 Routes (module-level functions over ``request.app.state``: ``engine``, ``config``):
-``GET/POST /search``, ``GET /products/{id}``, ``GET /products/{id}/image`` (the product's
+``GET/POST /search`` (hits with attributes and per-channel scores, facet counts over the
+hits, spelling correction, ``explain`` for the Modal Adaptation weights), ``GET
+/products/{id}`` (with its Modal Adaptation weights), ``GET /products/{id}/image`` (the product's
 own catalog image, resolved and confined to the catalog's image directory at request time,
 never a client-supplied path), ``GET /health``, OpenAPI at ``/openapi.json`` and Swagger UI
 at ``/docs`` (assets served locally: works offline). Bodies are typed (``serving.schema``);
@@ -33,6 +35,7 @@ from starlette.routing import Match
 
 from vlsearch.config import ServeConfig
 from vlsearch.errors import InputError, VlsearchError, WorkdirError
+from vlsearch.filters import FILTER_EXAMPLE, parse_filter
 from vlsearch.index.lexical import FILTER_FIELDS
 from vlsearch.serving.engine import CHANNELS, Engine
 from vlsearch.serving.guard import RequestGuard
@@ -66,7 +69,8 @@ class ApiError(Exception):
 
 def parse_filter_params(pairs: list[str], filters_json: str | None,
                         limits: TextLimits | None = None) -> dict[str, list[str]]:
-    """``field:value`` repeats and/or a JSON object into ``{field: [values]}`` (validated);
+    """``field=value[,value...]`` repeats (the CLI's syntax, :mod:`vlsearch.filters`) and/or a
+    JSON object into ``{field: [values]}`` (validated);
     each of the two may give half of ``limits.max_filter_values`` values per field."""
     limits = limits or TextLimits()
     half = dataclasses.replace(limits, max_filter_values=limits.max_filter_values // 2)
@@ -74,10 +78,12 @@ def parse_filter_params(pairs: list[str], filters_json: str | None,
         raise InputError(f"filter: {len(pairs)} given, at most {half.max_filter_values} allowed")
     given: dict[str, list[str]] = {}
     for pair in pairs:
-        field, sep, value = pair.partition(":")
-        if not sep or blank(field) or blank(value):
-            raise InputError(f"filter {safe(pair)!r}: expected FIELD:VALUE, e.g. brand:Nike")
-        given.setdefault(field.strip(BLANKS), []).append(value.strip(BLANKS))
+        try:  # the CLI's syntax (vlsearch.filters): FIELD=VALUE[,VALUE...]
+            field, values = parse_filter(pair, "filter")
+        except InputError:
+            raise InputError(f"filter {safe(pair)!r}: expected FIELD=VALUE[,VALUE...], "
+                             f"e.g. {FILTER_EXAMPLE}") from None
+        given.setdefault(field.strip(BLANKS), []).extend(v.strip(BLANKS) for v in values)
     out = check_filters(given, half, "filter")
     if filters_json:
         obj = loads_json(filters_json, "filters", limits.max_json_depth)
@@ -102,13 +108,33 @@ def _config(request: Request) -> ServeConfig:
     return request.app.state.config
 
 
+def facet_counts(hits: list[dict[str, Any]], fields: tuple[str, ...]) -> dict[str, list[list[Any]]]:
+    """``{field: [[value, count], ...]}`` over ``hits`` (most frequent first, then by value),
+    for each filter field: brand and category from the hit, the others from its attributes."""
+    counts: dict[str, dict[str, int]] = {name: {} for name in fields}
+    for hit in hits:
+        attributes = hit.get("attributes") or {}
+        for name in fields:
+            value = hit.get(name) if name in ("brand", "category") else attributes.get(name)
+            if value:
+                counts[name][value] = counts[name].get(value, 0) + 1
+    return {name: [[v, n] for v, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
+            for name, c in counts.items()}
+
+
 def run_search(request: Request, q: str, k: int | None, filters: dict, channels, auto: bool,
-               off: list[str], offset: int = 0) -> dict[str, Any]:
-    result = _engine(request).search(q, k=k, filters=filters, channels=channels,
-                                     auto_constraints=auto, off=off, offset=offset)
+               off: list[str], offset: int = 0, spell: bool = True, explain: bool = False) -> dict[str, Any]:
+    engine = _engine(request)
+    result = engine.search(q, k=k, filters=filters, channels=channels,
+                           auto_constraints=auto, off=off, offset=offset, spelling=spell)
     out = result.to_dict()
-    for hit in out["hits"]:
+    weights = engine.modal_weights([h["product_id"] for h in out["hits"]]) if explain else None
+    for i, hit in enumerate(out["hits"]):
         hit["image"] = f"/products/{hit['product_id']}/image"
+        hit["attributes"] = engine.product(hit["product_id"])["attributes"]
+        if weights is not None:
+            hit["modal_weights"] = weights[i]
+    out["facets"] = facet_counts(out["hits"], engine.filter_fields())
     return out
 
 
@@ -138,7 +164,8 @@ def search_get(
     k: Annotated[int | None, BeforeValidator(_digits),
                  Query(description="number of results (default from config)")] = None,
     filter: Annotated[list[str] | None, Query(
-        description="FIELD:VALUE, repeatable (OR within a field, AND across)")] = None,
+        description=f"FIELD=VALUE[,VALUE...], e.g. {FILTER_EXAMPLE}; repeatable "
+                    "(AND across fields, OR within a field)")] = None,
     filters: Annotated[str | None, Query(description='JSON object, e.g. {"brand": ["Nike"]}')] = None,
     channels: Annotated[list[str] | None, Query(
         description="embedding, lexical (repeat or comma-separate)")] = None,
@@ -146,10 +173,13 @@ def search_get(
     off: Annotated[list[str] | None, Query(description="auto constraint fields to switch off")] = None,
     offset: Annotated[int, BeforeValidator(_offset_digits), Query(
         description="rank of the first result (next page: offset + k)")] = 0,
+    spell: Annotated[bool, Query(description="correct terms unknown to the catalog (corrected_from says so)")] = True,
+    explain: Annotated[bool, Query(description="add each hit's Modal Adaptation weights "
+                                               "(computed now: runs the image model on the hits)")] = False,
 ) -> dict[str, Any]:
     limits = _engine(request).limits
     return run_search(request, q, k, parse_filter_params(filter or [], filters, limits),
-                      _channels(channels), auto, off or [], offset)
+                      _channels(channels), auto, off or [], offset, spell, explain)
 
 
 @router.post("/search", summary="Search (JSON body)", response_model=SearchResponse,
@@ -157,7 +187,7 @@ def search_get(
 def search_post(request: Request, body: SearchRequest) -> dict[str, Any]:
     filters = check_filters(body.filters, _engine(request).limits) if body.filters else {}
     return run_search(request, body.q, body.k, filters, body.channels or None, body.auto, body.off,
-                      body.offset)
+                      body.offset, body.spell, body.explain)
 
 
 @router.get("/products/{product_id}", summary="Product metadata", response_model=ProductOut,
@@ -168,6 +198,7 @@ def product(request: Request, product_id: str) -> dict[str, Any]:
     except KeyError:
         raise ApiError(404, f"product {safe(product_id)!r}: not in the index") from None
     info["image"] = f"/products/{product_id}/image" if info["has_image"] else None
+    info["modal_weights"] = _engine(request).modal_weights([product_id])[0]
     return info
 
 

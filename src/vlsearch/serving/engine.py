@@ -111,6 +111,8 @@ class SearchResult:
     offset: int = 0  # rank (0-based) of the first hit in the fused ranking
     preferences: list[Constraint] = field(default_factory=list)  # soft preferences (boosts)
     fill_relaxed: list[Constraint] = field(default_factory=list)  # constraints the relaxed hits break
+    corrected_from: str | None = None  # the query as typed, when spelling correction changed it
+    unknown_terms: list[str] = field(default_factory=list)  # terms the catalog vocabulary lacks
 
     def to_dict(self) -> dict:
         return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
@@ -119,7 +121,8 @@ class SearchResult:
                 "version": self.version, "allowed": self.allowed, "embedding_path": self.embedding_path,
                 "relaxed": [c.to_dict() for c in self.relaxed], "offset": self.offset,
                 "preferences": [c.to_dict() for c in self.preferences],
-                "fill_relaxed": [c.to_dict() for c in self.fill_relaxed]}
+                "fill_relaxed": [c.to_dict() for c in self.fill_relaxed],
+                "corrected_from": self.corrected_from, "unknown_terms": list(self.unknown_terms)}
 
 
 class _Lru:
@@ -239,6 +242,13 @@ class _Version:
             self.retriever = retriever
         else:
             self.retriever = self.encoder = retriever  # the caller's encoder (tests, benchmarks) as given
+        self.speller = None
+        if config.spelling:  # a version without spelling.json (an older build): from its live titles
+            from vlsearch.index.spelling import SPELLING_FILE, SpellCorrector, build_vocabulary
+
+            self.speller = (SpellCorrector.load(path / SPELLING_FILE, config) if (path / SPELLING_FILE).exists()
+                            else SpellCorrector(build_vocabulary([t for t, ok in zip(self.titles, live) if ok],
+                                                                 self.lexicon.phrases), config))
         self._masks: _Lru = _Lru(config.filter_cache_size)
         self._understood: _Lru = _Lru(config.understanding_cache_size)
         self._synonyms = config.synonyms
@@ -396,6 +406,31 @@ class Engine:
     def filter_fields(self) -> tuple[str, ...]:
         return FILTER_FIELDS
 
+    def modal_weights(self, product_ids: Sequence[str]) -> list[dict[str, float] | None]:
+        """The Modal Adaptation weights (modality -> weight) of each product, computed now by the
+        index's model from the product's title and catalog image (the image CNN runs once per
+        product: a debugging view, not the search path). None for an unknown id, or when the
+        engine's encoder is not a vlsearch Retriever."""
+        from vlsearch.catalog import Product
+
+        state = self._state
+        retriever = state.retriever
+        rows = [state.row_of.get(str(pid)) for pid in product_ids]
+        known = [row for row in rows if row is not None]
+        if not known or not hasattr(retriever, "modalities"):
+            return [None] * len(rows)
+        products = []
+        for row in known:
+            info = state.product(row)
+            path = state.image_paths[row]
+            products.append(Product(id=info["id"], title=info["title"], brand=info["brand"],
+                                    category=info["category"], attributes=info["attributes"],
+                                    image_paths=[path] if path and Path(path).is_file() else []))
+        _vectors, weights = retriever.encode_products(products, return_weights=True)
+        names = list(retriever.modalities)
+        by_row = {row: {name: float(w) for name, w in zip(names, weight)} for row, weight in zip(known, weights)}
+        return [by_row.get(row) if row is not None else None for row in rows]
+
     # --- search -----------------------------------------------------------------------------
     def _check(self, text: Any, k: Any, channels, offset: Any = 0) -> tuple[str, int, tuple[str, ...]]:
         cfg = self.config
@@ -439,6 +474,7 @@ class Engine:
         auto_constraints: bool = True,
         off: Collection[str] = (),
         offset: int = 0,
+        spelling: bool = True,
     ) -> SearchResult:
         """Hits ``offset .. offset + k`` of the fused ranking (see the module docstring)."""
         started = time.perf_counter()
@@ -449,6 +485,9 @@ class Engine:
         if self.config.reload_check:
             self.reload_if_changed()
         state = self._state  # one version for the whole request
+        correction = state.speller.correct(text) if spelling and state.speller is not None else None
+        if correction is not None:
+            text = correction.text  # search the corrected query (the typed one is in corrected_from)
         understood, preferences = self._understand(text, filters, auto_constraints, off)
         active, relaxed = self._relax(state, understood)
         mask = state.mask(active) if active else None
@@ -491,7 +530,9 @@ class Engine:
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
                             timings=timings, channels=channels, version=state.name, allowed=allowed,
                             embedding_path=path, relaxed=relaxed, offset=offset, preferences=preferences,
-                            fill_relaxed=fill_relaxed)
+                            fill_relaxed=fill_relaxed,
+                            corrected_from=correction.original if correction and correction.changed else None,
+                            unknown_terms=correction.unknown if correction else [])
 
     def _fill(self, state: _Version, text: str, offset: int, k: int, active: list[Constraint],
               exact: set[int], hits: list[Hit], channels, boosts) -> list[Constraint]:

@@ -58,6 +58,8 @@ class SearchRequest(BaseModel):
     off: list[str] = Field(default_factory=list, description="auto constraints to switch off, by field")
     offset: Annotated[int, BeforeValidator(_whole_float)] = Field(
         default=0, description="rank of the first result (pagination: next page at offset + k)")
+    spell: bool = Field(default=True, description="correct terms unknown to the catalog (corrected_from says so)")
+    explain: bool = Field(default=False, description="add each hit's Modal Adaptation weights (modal_weights)")
 
 
 class ConstraintOut(BaseModel):
@@ -83,6 +85,9 @@ class HitOut(BaseModel):
     channel_scores: dict[str, float] = Field(description="raw score per channel")
     relaxed: bool = Field(description="a short-list fill hit: breaks one of fill_relaxed (after every exact hit)")
     image: str = Field(description="URL of the product image route")
+    attributes: dict[str, str] = Field(default_factory=dict, description="catalog attributes (gender, colour, ...)")
+    modal_weights: dict[str, float] | None = Field(
+        default=None, description="Modal Adaptation weights (title / image / fused); with explain=true")
 
 
 class SearchResponse(BaseModel):
@@ -103,6 +108,11 @@ class SearchResponse(BaseModel):
     preferences: list[ConstraintOut] = Field(description="soft preferences of ambiguous terms (a boost, no filter)")
     fill_relaxed: list[ConstraintOut] = Field(
         description="constraints the relaxed hits break (fewer products than k matched them all)")
+    corrected_from: str | None = Field(default=None, description="the query as typed, when spelling "
+                                       "correction changed it (query is then the corrected text)")
+    unknown_terms: list[str] = Field(default_factory=list, description="query terms no product mentions")
+    facets: dict[str, list[tuple[str, int]]] = Field(
+        default_factory=dict, description="per filter field, [value, count] over these hits")
 
 
 class ProductOut(BaseModel):
@@ -115,6 +125,8 @@ class ProductOut(BaseModel):
     attributes: dict[str, str]
     has_image: bool
     image: str | None = Field(description="URL of the image route, null without an image")
+    modal_weights: dict[str, float] | None = Field(
+        default=None, description="Modal Adaptation weights (title / image / fused), computed now")
 
 
 class HealthOut(BaseModel):
