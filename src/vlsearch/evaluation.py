@@ -768,7 +768,7 @@ def evaluate_index(
 
 
 METRIC_LABELS = {  # metric name -> row label of format_report, in display order
-    "recall": "Recall (hit rate of the clicked product)",
+    "recall": "Recall (hit rate of the click)",
     "set_recall": "set recall",
     "ndcg": "nDCG (trec_eval, linear gain)",
     "trec_recall": "recall (trec_eval)",
@@ -784,7 +784,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     """The report of ``evaluate``/``evaluate_index`` as plain-text tables, one per non-empty
     subset: a row per metric, a column per cut-off; an undefined metric shows as ``-``."""
     ks = list(report["ks"])
-    width = max(len(label) for label in METRIC_LABELS)
+    width = max(len(label) for label in METRIC_LABELS.values()) + 2
     lines: list[str] = []
     inputs = report.get("inputs") or {}
     source = inputs.get("index") or inputs.get("run") or "in-memory run"

@@ -17,15 +17,17 @@ VALUE_SEPARATOR = ","  # between several values of one field
 FILTER_EXAMPLE = "brand=Nike,Puma"  # shown in error messages and help
 
 
-def parse_filter(text: str, source: str = "filter") -> tuple[str, list[str]]:
-    """``"brand=Nike,Puma"`` -> ``("brand", ["Nike", "Puma"])``; InputError when malformed."""
+def parse_filter(text: str, source: str = "filter", blanks: str | None = None) -> tuple[str, list[str]]:
+    """``"brand=Nike,Puma"`` -> ``("brand", ["Nike", "Puma"])``; InputError when malformed.
+    ``blanks``: the characters trimmed from the field and values (default: whitespace)."""
     field, sep, rest = str(text).partition(FILTER_SEPARATOR)
-    values = [v.strip() for v in rest.split(VALUE_SEPARATOR)]
-    if not sep or not field.strip() or not any(values):
+    field = field.strip(blanks)
+    values = [v.strip(blanks) for v in rest.split(VALUE_SEPARATOR)]
+    if not sep or not field or not any(values):
         raise InputError(f"{source} {text!r}: expected FIELD=VALUE[,VALUE...], e.g. {FILTER_EXAMPLE}")
     if not all(values):
         raise InputError(f"{source} {text!r}: empty value between commas")
-    return field.strip(), values
+    return field, values
 
 
 def parse_filters(items: Iterable[str], source: str = "filter") -> dict[str, list[str]]:

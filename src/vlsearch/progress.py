@@ -2,7 +2,8 @@
 
 ``with stage("loading the model"):`` prints ``loading the model ...`` on stderr before the
 work and ``loading the model: 3.2 s`` after it, so no stretch longer than a few seconds is
-silent. ``enabled=False`` (``--quiet``) prints nothing.
+silent. Only when stderr is a terminal (as tqdm's bars are for people; a log or a script
+reading stderr keeps errors on one line); ``enabled=False`` (``--quiet``) prints nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 @contextmanager
 def stage(message: str, enabled: bool = True) -> Iterator[None]:
     """Announce ``message`` on stderr, run the block, then report how long it took."""
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
         yield
         return
     print(f"{message} ...", file=sys.stderr, flush=True)

@@ -79,11 +79,11 @@ def parse_filter_params(pairs: list[str], filters_json: str | None,
     given: dict[str, list[str]] = {}
     for pair in pairs:
         try:  # the CLI's syntax (vlsearch.filters): FIELD=VALUE[,VALUE...]
-            field, values = parse_filter(pair, "filter")
+            field, values = parse_filter(pair, "filter", BLANKS)
         except InputError:
             raise InputError(f"filter {safe(pair)!r}: expected FIELD=VALUE[,VALUE...], "
                              f"e.g. {FILTER_EXAMPLE}") from None
-        given.setdefault(field.strip(BLANKS), []).extend(v.strip(BLANKS) for v in values)
+        given.setdefault(field, []).extend(values)
     out = check_filters(given, half, "filter")
     if filters_json:
         obj = loads_json(filters_json, "filters", limits.max_json_depth)

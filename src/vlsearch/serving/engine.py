@@ -485,7 +485,9 @@ class Engine:
         if self.config.reload_check:
             self.reload_if_changed()
         state = self._state  # one version for the whole request
-        correction = state.speller.correct(text) if spelling and state.speller is not None else None
+        # a logged query (in the qid table) is searched as logged, never "corrected"
+        correction = (state.speller.correct(text) if spelling and state.speller is not None
+                      and state.qid.lookup(state.query_id(text)) is None else None)
         if correction is not None:
             text = correction.text  # search the corrected query (the typed one is in corrected_from)
         understood, preferences = self._understand(text, filters, auto_constraints, off)

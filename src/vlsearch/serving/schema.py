@@ -171,10 +171,14 @@ def contract(openapi: dict[str, Any], config: Any, filter_fields, channels) -> d
     k = {"type": "integer", "minimum": 1, "maximum": config.max_k}
     offset = {"type": "integer", "minimum": 0, "maximum": config.max_offset, "default": 0}
     field_enum = {"type": "string", "enum": list(filter_fields)}
+    value_char = f"[^,{BLANK_CLASS}]"
     channel_list = {"type": "string", "pattern": (
         rf"^{_BLANK}*{_alternatives(channels)}{_BLANK}*(,{_BLANK}*{_alternatives(channels)}{_BLANK}*)*$")}
     pair = {"type": "string", "maxLength": config.max_value_chars,
-            "pattern": rf"^{_BLANK}*{_alternatives(filter_fields)}{_BLANK}*:[\s\S]*{TEXT_PATTERN}"}
+            # FIELD=VALUE[,VALUE...] (vlsearch.filters): every value holds a character that is
+            # neither blank nor a comma; at most the per-field share of values in one pair
+            "pattern": (rf"^{_BLANK}*{_alternatives(filter_fields)}{_BLANK}*="
+                        rf"[^,]*{value_char}[^,]*(,[^,]*{value_char}[^,]*){{0,{max(0, half - 1)}}}$")}
     query_params = {
         "q": query_text,
         "k": k,
