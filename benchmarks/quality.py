@@ -40,10 +40,12 @@ from typing import Any
 import numpy as np
 
 from vlsearch.io import atomic_write, atomic_write_text
+from vlsearch.model.product_text import ATTRIBUTE_TEXT
 from vlsearch.workdir import COLOUR_PROBE_SPLIT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+import st_baseline
 
 
 @dataclass(frozen=True)
@@ -52,14 +54,22 @@ class Row:
 
     name: str  # key in the results
     label: str  # method column of the Markdown table
-    baseline: str | None  # key of vlsearch.model.BASELINES; None: BM25 (no model)
+    baseline: str | None  # key of vlsearch.model.BASELINES (kind "vlsearch" only)
     processes: int = 1  # training processes (torchrun when > 1)
     table: str = "table1"  # table1 (the papers' comparison) | ablation
+    kind: str = "vlsearch"  # vlsearch | bm25 (the lexical channel) | st (sentence-transformers)
+    product_text: tuple[str, ...] = ()  # st rows: attribute-text template after the title
+    st_train: bool = False  # st rows: fine-tune (MNRL) for the row budget; False: zero-shot
 
 
 ROWS: tuple[Row, ...] = (
-    Row("bm25", "BM25 (lexical channel alone)", None),
+    Row("bm25", "BM25 (lexical channel alone)", None, kind="bm25"),
     Row("zero-shot-minilm", "all-MiniLM-L6-v2 zero-shot, titles", "zero-shot-minilm"),
+    Row("st-zero-shot-attrs", "all-MiniLM-L6-v2 zero-shot (sentence-transformers), titles + attributes",
+        None, kind="st", product_text=ATTRIBUTE_TEXT),
+    Row("st-finetune", "sentence-transformers MNRL fine-tune, titles", None, kind="st", st_train=True),
+    Row("st-finetune-attrs", "sentence-transformers MNRL fine-tune, titles + attributes", None,
+        kind="st", product_text=ATTRIBUTE_TEXT, st_train=True),
     Row("uni-encoder", "uni-encoder (FashionBERT-like)", "uni-encoder"),
     Row("dual-encoder", "dual-encoder (CLIP-like)", "dual-encoder"),
     Row("mixed-encoder", "mixed-encoder (CommerceMM-like)", "mixed-encoder"),
@@ -72,6 +82,11 @@ ROWS: tuple[Row, ...] = (
     Row("title-only", "full, title only (no image)", "title-only", 2, "ablation"),
     Row("no-ma", "full without Modal Adaptation", "no-ma", 2, "ablation"),
     Row("no-ke", "full without Keyword Enhancement", "no-ke", 2, "ablation"),
+    Row("make+attrs", "MAKE, title + attribute text", "make+attrs"),
+    Row("full+attrs", "full, title + attribute text", "full+attrs", 2),
+    Row("title-only+attrs", "full, title only (no image), + attribute text", "title-only+attrs", 2,
+        "ablation"),
+    Row("no-sort", "full, terms in natural order (not sorted)", "no-sort", 2, "ablation"),
 )
 ROW_BY_NAME = {row.name: row for row in ROWS}
 # Bumped whenever the test bed (eval sets, metrics) changes; finished rows are then scored
@@ -179,26 +194,30 @@ class Evaluation:
         return {"metrics": metrics, "queries": counts, "corpus": len(self.products)}
 
     def dense(self, retriever) -> dict[str, Any]:
-        """Encode every product and query; exact inner-product top-K; score."""
-        import torch
-
+        """Encode every product and query with a vlsearch Retriever; exact top-K; score."""
         patches = has_image = None
         if retriever.config.model.use_images:
             patches, has_image = self.patches()
         vectors, weights = retriever.encode_products(self.products, patches, has_image,
                                                      return_weights=True)
-        corpus = torch.from_numpy(vectors)
-        k = min(max(self.ks), len(self.products))
-        runs = {}
-        for split in self.splits:
-            q = torch.from_numpy(retriever.encode_queries([x.text for x in split.queries]))
-            top = (q @ corpus.T).topk(k, dim=1).indices.numpy()
-            runs[split.name] = {x.id: [self.products[j].id for j in row]
-                                for x, row in zip(split.queries, top)}
-        out = self.score(runs)
+        out = self.exact(vectors, retriever.encode_queries)
         out["modal_weights"] = {m: round(float(w), 4)
                                 for m, w in zip(retriever.modalities, weights.mean(axis=0))}
         return out
+
+    def exact(self, vectors: np.ndarray, encode_queries) -> dict[str, Any]:
+        """Exact inner-product top-K of every split's queries over the product vectors."""
+        import torch
+
+        corpus = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        k = min(max(self.ks), len(self.products))
+        runs = {}
+        for split in self.splits:
+            q = torch.from_numpy(np.asarray(encode_queries([x.text for x in split.queries]), np.float32))
+            top = (q @ corpus.T).topk(k, dim=1).indices.numpy()
+            runs[split.name] = {x.id: [self.products[j].id for j in row]
+                                for x, row in zip(split.queries, top)}
+        return self.score(runs)
 
     def bm25(self) -> dict[str, Any]:
         """The lexical channel of the index (tantivy BM25 over titles and attributes)."""
@@ -256,7 +275,9 @@ class Context:
         return self.seeds if self.trains(row) and chosen else self.seeds[:1]
 
     def trains(self, row: Row) -> bool:
-        return row.baseline is not None and self.row_config(row, self.seeds[0])[0].train.steps > 0
+        if row.kind == "st":
+            return row.st_train and self.args.steps > 0
+        return row.kind == "vlsearch" and self.row_config(row, self.seeds[0])[0].train.steps > 0
 
     def row_threads(self, row: Row) -> int:
         """Threads per training process: ``--threads`` shared by a row's processes, or by the
@@ -290,12 +311,17 @@ class Context:
             config = apply_baseline(config, row.baseline)
         overrides = {"preset": self.args.preset, "budget": budget,
                      "baseline": BASELINES.get(row.baseline) if row.baseline else None}
+        if row.kind == "st":
+            overrides["sentence_transformers"] = dataclasses.asdict(st_baseline.StSettings())
         return config, overrides
 
     def train_key(self, row: Row, seed: int) -> str:
         """Changes whenever anything that affects the row's trained model changes."""
-        config, _ = self.row_config(row, seed)
+        config, overrides = self.row_config(row, seed)
         shaping = {k: v for k, v in config.to_dict().items() if k in MODEL_SHAPING_SECTIONS}
+        if row.kind != "vlsearch":  # the budget and data are all that shape other rows
+            shaping = {"train": {k: shaping["train"][k] for k in ("steps", "batch_size", "seed")},
+                       "st": overrides.get("sentence_transformers")}
         return _digest({"row": dataclasses.asdict(row), "config": shaping,
                         "data": self.workdir.manifest.get("stages")})
 
@@ -364,10 +390,10 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     previous = json.loads(path.read_text()) if path.exists() and not ctx.args.fresh else {}
     config, overrides = ctx.row_config(row, seed)
     model_dir = ctx.model_dir(row, seed)
-    trained = row.baseline is not None and config.train.steps > 0
+    trained = ctx.trains(row)
+    saved = st_baseline.is_saved(model_dir) if row.kind == "st" else (model_dir / WEIGHTS_FILE).exists()
     # the same model, a changed test bed: score the saved model again
-    rescore = (trained and previous.get("train_key") == train_key
-               and (model_dir / WEIGHTS_FILE).exists())
+    rescore = trained and previous.get("train_key") == train_key and saved
     barrier()  # every rank decided from the same file before rank 0 rewrites it
     if previous.get("spec_key") == key:
         if is_main():
@@ -391,25 +417,31 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
             if model_dir.exists():
                 shutil.rmtree(model_dir)  # a killed earlier attempt
         barrier()
-        result = train(ctx.workdir, config, model_dir, progress=False)
-        record["train"] = {
-            "steps": result.steps, "wall_s": round(result.seconds, 1),
-            "steps_per_s": round(result.steps_per_s, 3), "samples_per_s": round(result.samples_per_s, 2),
-            "final_loss": result.final_loss, f"val_recall@{result.eval_k}": result.val_recall,
-            "metrics_jsonl": str(result.metrics_path), "curve": result.history,
-        }
+        if row.kind == "st":
+            with common.threads(ctx.row_threads(row)):
+                record["train"] = st_baseline.train(
+                    ctx.workdir, model_dir, row.product_text, config.train.steps,
+                    config.train.batch_size, seed, log_every=config.train.log_every)
+        else:
+            result = train(ctx.workdir, config, model_dir, progress=False)
+            record["train"] = _train_record(result)
     else:
         record["train"] = {"steps": 0, "wall_s": 0.0}
     if is_main():
         with common.threads(ctx.eval_threads(row)):
             evaluated = time.perf_counter()
-            if row.baseline is None:
+            if row.kind == "bm25":
                 scores = ctx.evaluation.bm25()
+            elif row.kind == "st":
+                encoder = st_baseline.StEncoder.load(model_dir if trained else None, row.product_text)
+                scores = ctx.evaluation.exact(encoder.encode_products(ctx.evaluation.products),
+                                              encoder.encode_queries)
             else:
                 retriever = (Retriever.load(model_dir) if trained
                              else Retriever.build(config, ctx.workdir))
                 scores = ctx.evaluation.dense(retriever)
             record["eval_wall_s"] = round(time.perf_counter() - evaluated, 1)
+
         record.update(scores)
         record["wall_s"] = round(time.perf_counter() - started, 1)
         record["load_average_after"] = common.load_average()
@@ -421,6 +453,15 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
                    f"{scores['metrics']['test'][f'recall@{k}']:.4f}")
         write_report(ctx)
     barrier()
+
+
+def _train_record(result) -> dict[str, Any]:
+    return {
+        "steps": result.steps, "wall_s": round(result.seconds, 1),
+        "steps_per_s": round(result.steps_per_s, 3), "samples_per_s": round(result.samples_per_s, 2),
+        "final_loss": result.final_loss, f"val_recall@{result.eval_k}": result.val_recall,
+        "metrics_jsonl": str(result.metrics_path), "curve": result.history,
+    }
 
 
 def _worker_command(rows: list[Row]) -> list[str]:

@@ -74,23 +74,31 @@ def test_quality_has_every_row_with_metrics(quality_out):
 
 def test_quality_rows_trained_as_configured(quality_out):
     rows = {r["name"]: r for r in json.loads((quality_out / "quality.json").read_text())["rows"]}
-    assert rows["bm25"]["runs"][0]["train"]["steps"] == 0
-    assert rows["zero-shot-minilm"]["runs"][0]["train"]["steps"] == 0
+    untrained = ("bm25", "zero-shot-minilm", "st-zero-shot-attrs")
+    for name in untrained:
+        assert rows[name]["runs"][0]["train"]["steps"] == 0
     for name, row in rows.items():
         run = row["runs"][0]
         assert run["processes"] == quality.ROW_BY_NAME[name].processes
-        if name in ("bm25", "zero-shot-minilm"):
+        if name in untrained:
             continue
         train = run["train"]
         assert train["steps"] == quality.DEFAULTS.smoke_steps and train["wall_s"] > 0
         last = [p for p in train["curve"] if "loss" in p][-1]
         assert last["loss"] > 0
+        if quality.ROW_BY_NAME[name].kind == "st":  # the sentence-transformers fine-tunes
+            assert run["config_overrides"]["sentence_transformers"]["lr"] > 0
+            assert train["samples_per_s"] > 0
+            continue
         baseline = run["config_overrides"]["baseline"]["train"]
         assert (last["neg_memory"] > 0) == baseline.get("memory_bank", False), name
         assert (last["neg_cross_device"] > 0) == baseline.get("cross_device", False), name
         assert run["batch_per_process"] * run["processes"] == 32
     assert set(rows["make"]["runs"][0]["modal_weights"]) == {"title", "image", "fused"}
     assert set(rows["title-only"]["runs"][0]["modal_weights"]) == {"title"}
+    assert rows["make+attrs"]["runs"][0]["config_overrides"]["baseline"]["model"]["product_text"]
+    # the fine-tune moved the model: its numbers differ from the zero-shot encoder's
+    assert rows["st-finetune-attrs"]["metrics"]["test"] != rows["st-zero-shot-attrs"]["metrics"]["test"]
 
 
 def test_quality_markdown_and_curves(quality_out):

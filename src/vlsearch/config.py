@@ -64,7 +64,12 @@ class ModelConfig:
     image_layers: int = 2  # depth of the image transformer over projected patch vectors
     embed_dim: int = 256  # size of the L2-normalised output vectors
     max_query_len: int = 24  # query tokens (plus keyword segment) after tokenization
-    max_title_len: int = 40  # title tokens after tokenization
+    max_title_len: int = 40  # product-text tokens (title + attribute text) after tokenization
+    # attribute text after the title for the product tower, in order: str.format parts over
+    # brand, category and attribute keys, e.g. ["colour {colour}", "{sub_category}"]; a part
+    # whose field a product lacks is left out; [] = title only (vlsearch.model.product_text)
+    product_text: tuple[str, ...] = ()
+    product_text_separator: str = ", "  # joins the title and the template's parts
     use_images: bool = True  # False: title-only product tower (ablation)
     modal_adaptation: bool = True  # per-product softmax weights over title/image/fused vectors
     keyword_enhancement: bool = True  # enrich short queries with click-log keywords

@@ -107,14 +107,14 @@ def _trim(ids: np.ndarray, mask: np.ndarray, *more: np.ndarray) -> list[Tensor]:
     return [torch.from_numpy(np.ascontiguousarray(a[:, :width])) for a in (ids, mask, *more)]
 
 
-class ClickStream:
-    """Training pairs drawn in proportion to click counts; ``batch(step)`` depends only on
-    (seed, step, rank). Queries (with their keywords) and titles are tokenized once."""
+class ClickLog:
+    """The training click log of a work directory, sampled in proportion to click counts:
+    ``draw(step)`` gives the click rows of one step and depends only on (seed, step, rank).
+    Shared by :class:`ClickStream` and by baselines trained outside vlsearch (benchmarks)."""
 
-    def __init__(self, workdir, retriever: Retriever, config: Config, rank: int):
-        self.seed, self.rank, self.batch_size = config.train.seed, rank, config.train.batch_size
-        table = workdir.product_table()
-        ids = table.column("id").to_pylist()
+    def __init__(self, workdir, seed: int, batch_size: int, rank: int = 0):
+        self.seed, self.rank, self.batch_size = seed, rank, batch_size
+        ids = workdir.product_table().column("id").to_pylist()
         row_of = {pid: i for i, pid in enumerate(ids)}
         clicks = workdir.clicks()
         pids = clicks.column("product_id").to_pylist()
@@ -127,11 +127,35 @@ class ClickStream:
         counts = np.asarray(clicks.column("count").to_numpy(), dtype=np.float64)[known]
         self.product_rows = np.array([row_of[p] for p, k in zip(pids, known) if k], dtype=np.int64)
         self.cumulative = np.cumsum(counts) / counts.sum()
-        distinct = sorted(set(queries))
-        index = {q: i for i, q in enumerate(distinct)}
+        self.distinct_queries = sorted(set(queries))
+        index = {q: i for i, q in enumerate(self.distinct_queries)}
         self.query_rows = np.array([index[q] for q in queries], dtype=np.int64)
-        self.queries = _tokenize(retriever.tokenize_queries, distinct, retriever.tokenizer.pad_id)
-        self.titles = _tokenize(retriever.tokenize_titles, table.column("title").to_pylist(), retriever.tokenizer.pad_id)
+
+    def __len__(self) -> int:
+        return len(self.product_rows)
+
+    def draw(self, step: int) -> np.ndarray:
+        """Indices of the click rows of ``step`` (``query_rows`` / ``product_rows`` index them)."""
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        clicks = np.searchsorted(self.cumulative, rng.random(self.batch_size), side="right")
+        return np.minimum(clicks, len(self.cumulative) - 1)
+
+    def pairs(self, step: int) -> tuple[list[str], np.ndarray]:
+        """The query texts and product rows of ``step``."""
+        clicks = self.draw(step)
+        return [self.distinct_queries[i] for i in self.query_rows[clicks]], self.product_rows[clicks]
+
+
+class ClickStream:
+    """Training batches from :class:`ClickLog`; ``batch(step)`` depends only on (seed, step,
+    rank). Queries (with their keywords) and product texts are tokenized once."""
+
+    def __init__(self, workdir, retriever: Retriever, config: Config, rank: int):
+        self.log = ClickLog(workdir, config.train.seed, config.train.batch_size, rank)
+        table = workdir.product_table()
+        self.queries = _tokenize(retriever.tokenize_queries, self.log.distinct_queries, retriever.tokenizer.pad_id)
+        # the product tower's text (title + configured attribute text), in product-table order
+        self.titles = _tokenize(retriever.tokenize_products, workdir.products(), retriever.tokenizer.pad_id)
         prob = np.asarray(table.column("sampling_prob").to_numpy(), dtype=np.float64)
         self.log_q = np.log(np.where(prob > 0, prob, prob[prob > 0].min())).astype(np.float32)
         position = {c: i for i, c in enumerate(retriever.categories)}
@@ -141,14 +165,12 @@ class ClickStream:
         self.features = workdir.features() if config.model.use_images else None
 
     def __len__(self) -> int:
-        return len(self.product_rows)
+        return len(self.log)
 
     def batch(self, step: int) -> Batch:
-        rng = np.random.default_rng([self.seed, step, self.rank])
-        clicks = np.searchsorted(self.cumulative, rng.random(self.batch_size), side="right")
-        clicks = np.minimum(clicks, len(self.cumulative) - 1)
-        rows = self.product_rows[clicks]
-        q_ids, q_mask, q_types = _trim(*(a[self.query_rows[clicks]] for a in self.queries))
+        clicks = self.log.draw(step)
+        rows = self.log.product_rows[clicks]
+        q_ids, q_mask, q_types = _trim(*(a[self.log.query_rows[clicks]] for a in self.queries))
         t_ids, t_mask = _trim(*(a[rows] for a in self.titles[:2]))
         patches = None
         if self.features is not None:
@@ -162,9 +184,10 @@ class ClickStream:
         )
 
 
-def _tokenize(encode, texts: list[str], pad_id: int, chunk: int = 4096) -> tuple[np.ndarray, ...]:
-    """Encode in chunks and pad every chunk to the widest, so rows can be gathered by index."""
-    parts = [encode(texts[lo:lo + chunk]) for lo in range(0, len(texts), chunk)]
+def _tokenize(encode, items: list, pad_id: int, chunk: int = 4096) -> tuple[np.ndarray, ...]:
+    """Encode ``items`` (texts, or products for ``tokenize_products``) in chunks and pad every
+    chunk to the widest, so rows can be gathered by index."""
+    parts = [encode(items[lo:lo + chunk]) for lo in range(0, len(items), chunk)]
     width = max(p.input_ids.shape[1] for p in parts)
     out = []
     for j, fill in enumerate((pad_id, 0, 0)):

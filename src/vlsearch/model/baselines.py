@@ -2,7 +2,7 @@
 
 ``BASELINES[name]`` is a nested dict like ``config.PRESETS``; ``apply_baseline(config, name)``
 returns a new Config. ``full`` is MAKE + contrastive MPM + MBNS + CDNS; the ablations switch
-one thing off ``full``; ``zero-shot-minilm`` is the packaged all-MiniLM-L6-v2 used as is.
+one thing off ``full`` (or add one: ``+attrs``, title + attribute text for the product tower); ``zero-shot-minilm`` is the packaged all-MiniLM-L6-v2 used as is.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlsearch.config import Config, ConfigError, update
+from vlsearch.model.product_text import ATTRIBUTE_TEXT
 
 _IN_BATCH = {"memory_bank": False, "cross_device": False}
 _MAKE = {
@@ -25,6 +26,14 @@ def _make(**train: Any) -> dict[str, Any]:
 def _full(**model: Any) -> dict[str, Any]:
     out = _make(mpm_kind="contrastive", memory_bank=True, cross_device=True)
     out["model"].update(model)
+    return out
+
+
+def _with(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with more fields in some sections."""
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in sections.items():
+        out.setdefault(section, {}).update(values)
     return out
 
 
@@ -51,6 +60,12 @@ BASELINES: dict[str, dict[str, Any]] = {
     "title-only": _full(use_images=False),
     "no-ma": _full(modal_adaptation=False),
     "no-ke": _full(keyword_enhancement=False),
+    # the product tower reads the title + attribute text (vlsearch.model.product_text)
+    "make+attrs": _with(_make(), model={"product_text": list(ATTRIBUTE_TEXT)}),
+    "full+attrs": _with(_full(), model={"product_text": list(ATTRIBUTE_TEXT)}),
+    "title-only+attrs": _with(_full(use_images=False), model={"product_text": list(ATTRIBUTE_TEXT)}),
+    # terms reach the dense towers in natural order (the qid still sorts them)
+    "no-sort": _with(_full(), data={"sort_terms": False}),
     "zero-shot-minilm": {
         "model": {
             "architecture": "dual-encoder", "init": "minilm", "use_images": False,

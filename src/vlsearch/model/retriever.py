@@ -27,6 +27,7 @@ from vlsearch.errors import InputError, WorkdirError
 from vlsearch.io import atomic_write, atomic_write_json, fsync_dir, read_json, temp_dir
 from vlsearch.model.architectures import RetrievalModel, modalities
 from vlsearch.model.keywords import KeywordTable, mine_from_workdir
+from vlsearch.model.product_text import product_texts, template_fields
 from vlsearch.model.towers import init_dir, text_config
 
 MODEL_FORMAT_VERSION = 1
@@ -113,6 +114,7 @@ class Retriever:
 
             backbone = get_backbone(config.images.backbone, config.images)
             image = {"backbone": backbone.name, "grid": list(backbone.grid), "dim": backbone.dim}
+        template_fields(config.model.product_text)  # a bad template fails before any work
         tokenizer = _tokenizer_for(config)
         text = text_config(config.model, tokenizer.vocab_size)
         model = RetrievalModel(
@@ -236,7 +238,17 @@ class Retriever:
                                       self.config.model.max_query_len, self.config.data.sort_terms)
 
     def tokenize_titles(self, titles: list[str]):
+        """Bare titles as the product tower reads them (no attribute text)."""
         return self.tokenizer.encode(list(titles), self.config.model.max_title_len, sort_terms=self.config.data.sort_terms)
+
+    def product_texts(self, products: list) -> list[str]:
+        """The product tower's text of each product: title + ``model.product_text`` attributes."""
+        cfg = self.config.model
+        return product_texts(products, cfg.product_text, cfg.product_text_separator, self.config.data.sort_terms)
+
+    def tokenize_products(self, products: list):
+        """Encoded product texts (``product_texts``; the title is already term-sorted there)."""
+        return self.tokenizer.encode(self.product_texts(products), self.config.model.max_title_len)
 
     # --- encoding -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -297,7 +309,7 @@ class Retriever:
             return (vectors, weights) if return_weights else vectors
         # Tokenize all, encode in order of token length (each batch padded only to its own
         # longest title), write each vector back to its product's row.
-        all_ids, all_mask, _ = self.tokenize_titles([p.title for p in products])
+        all_ids, all_mask, _ = self.tokenize_products(products)
         lengths = all_mask.sum(axis=1)
         order = np.argsort(lengths, kind="stable")
         with self._inference():
