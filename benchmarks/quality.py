@@ -92,6 +92,8 @@ ROW_BY_NAME = {row.name: row for row in ROWS}
 # Bumped whenever the test bed (eval sets, metrics) changes; finished rows are then scored
 # again from their saved models. 2: the colour probe.
 TEST_BED_VERSION = 2
+# Row fields that shape its trained model (label and table only change the report).
+TRAIN_ROW_FIELDS = ("name", "baseline", "processes", "kind", "product_text", "st_train")
 # Config sections that shape a trained model (index and serving settings do not).
 MODEL_SHAPING_SECTIONS = ("data", "images", "model", "train")
 # The work dir's eval split of queries naming the colour, category and gender of a product
@@ -317,13 +319,21 @@ class Context:
 
     def train_key(self, row: Row, seed: int) -> str:
         """Changes whenever anything that affects the row's trained model changes."""
+        from vlsearch.config import Config
+
         config, overrides = self.row_config(row, seed)
-        shaping = {k: v for k, v in config.to_dict().items() if k in MODEL_SHAPING_SECTIONS}
+        # fields at their defaults are left out, so a new config field whose default keeps
+        # today's behaviour does not retrain finished rows
+        defaults = Config().to_dict()
+        shaping = {k: {f: v for f, v in values.items() if defaults[k].get(f) != v}
+                   for k, values in config.to_dict().items() if k in MODEL_SHAPING_SECTIONS}
         if row.kind != "vlsearch":  # the budget and data are all that shape other rows
-            shaping = {"train": {k: shaping["train"][k] for k in ("steps", "batch_size", "seed")},
+            budget = config.train
+            shaping = {"train": {k: getattr(budget, k) for k in ("steps", "batch_size", "seed")},
                        "st": overrides.get("sentence_transformers")}
-        return _digest({"row": dataclasses.asdict(row), "config": shaping,
-                        "data": self.workdir.manifest.get("stages")})
+        # the row fields that shape its model (label and table do not)
+        fields = {k: v for k, v in dataclasses.asdict(row).items() if k in TRAIN_ROW_FIELDS}
+        return _digest({"row": fields, "config": shaping, "data": self.workdir.manifest.get("stages")})
 
     def spec_key(self, row: Row, seed: int) -> str:
         """Changes whenever anything that affects the row's numbers changes: its model or
