@@ -611,3 +611,31 @@ def test_synonym_tables_for_query_understanding():
             key = normalize_query(phrase)
             assert owner.setdefault(key, category) == category, phrase
     assert len(CATEGORY_PHRASES) >= 60
+
+
+def test_single_attribute_queries_one_per_value_with_every_holder_relevant(tmp_path):
+    from vlsearch.catalog import Product
+    from vlsearch.evaluation import read_beir_queries, read_qrels
+    from vlsearch.queries import export_beir, single_attribute_queries
+
+    def product(pid, **attrs):
+        return Product(id=pid, title=f"t{pid}", image_paths=[], brand=None,
+                       category=attrs.pop("category", "Tshirts"), attributes=attrs)
+
+    products = [product("1", season="Summer", master_category="Footwear", gender="Men"),
+                product("2", season="summer", master_category="Apparel", gender="Unisex"),
+                product("3", season="Winter", gender="Women", category="Shirts")]
+    queries = single_attribute_queries(products)
+    by_key = {}
+    for q in queries:
+        (key, value), = q.attributes.items()
+        by_key.setdefault(key, []).append((value, q.text))
+    assert by_key["season"] == [("summer", "summer"), ("winter", "winter")]  # one per value
+    assert by_key["master_category"] == [("apparel", "apparel"), ("footwear", "footwear")]
+    assert ("tshirts", "tshirts") in by_key["category"] and "colour" not in by_key
+    export_beir(queries, products, tmp_path)
+    read = {q.text: q.id for q in read_beir_queries(tmp_path / "queries.jsonl")}
+    qrels = read_qrels(tmp_path / "qrels.tsv")
+    assert set(qrels[read["summer"]]) == {"1", "2"}  # every product with the value
+    assert set(qrels[read["men"]]) == {"1", "2"}  # unisex products satisfy "men"
+    assert set(qrels[read["women"]]) == {"2", "3"}

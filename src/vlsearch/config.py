@@ -109,6 +109,8 @@ class TrainConfig:
     mpm_mask_ratio: float = 0.25  # share of image patches masked for MPM
     mpm_init_temperature: float = 0.1  # initial tau_m of contrastive MPM (learnable)
     mlm_probability: float = 0.15  # share of tokens selected for MLM (80/10/10)
+    mlm_every: int = 1  # MLM on every N-th step only (its second pass of both towers is costly)
+    mlm_fraction: float = 1.0  # share of the batch's pairs MLM runs on (the first ceil(f*B))
     qpc_margin: float = 0.35  # AM-Softmax additive margin
     qpc_scale: float = 30.0  # AM-Softmax scale
     logq_correction: bool = True  # subtract log Q(p) from matching logits
@@ -128,6 +130,8 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads (0: torch's default)
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     bf16: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPU too (AVX-512 bf16 / AMX); weights stay fp32
+    freeze_word_embeddings: bool = False  # text towers' word embeddings (tied MLM output) frozen
     adam_beta2: float = 0.98  # AdamW second-moment decay (beta1 stays 0.9)
     eval_at_start: bool = True  # validation Recall@K before the first step (untrained baseline)
     eval_split: str = "valid"  # work-directory eval split used for validation

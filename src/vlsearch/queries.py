@@ -589,6 +589,44 @@ def colour_probe_queries(products: Iterable[ProductLike], seed: int) -> list[Moc
     return out
 
 
+#: Attributes a single-attribute query asks for (every one the fashion catalog has, year aside).
+SINGLE_ATTRIBUTE_KEYS = ("category", "colour", "gender", "usage", "season", "master_category",
+                         "sub_category")
+
+
+def _value_phrase(key: str, value: str) -> str:
+    """How a shopper writes one canonical value alone: the commonest phrasing of the tables."""
+    if key == "category":
+        return category_phrases(value)[0]
+    if key == "colour":
+        return colour_phrases(value)[0]
+    if key == "gender" and value in GENDER_PHRASES:
+        return GENDER_PHRASES[value][0][0]
+    if key == "usage" and value in USAGE_PHRASES:
+        return USAGE_PHRASES[value][0][0]
+    return value
+
+
+def single_attribute_queries(products: Iterable[ProductLike],
+                             keys: Sequence[str] = SINGLE_ATTRIBUTE_KEYS) -> list[MockQuery]:
+    """One query per value of each attribute in ``keys`` that the catalog has ("summer",
+    "footwear", "topwear", "grey"): the value as a shopper writes it, with every product
+    holding that value relevant (``export_beir`` writes them; the first such product stands in
+    as the "click"). Products of a brand-only catalog give category/brand-free queries only
+    for the attributes they have. Deterministic: values in sorted order."""
+    products = list(products)
+    out: list[MockQuery] = []
+    for key in keys:
+        first: dict[str, str] = {}
+        for product in products:
+            value = product_value(product, key)
+            if value is not None:
+                first.setdefault(value, str(product.id))
+        for value in sorted(first):
+            out.append(MockQuery(_value_phrase(key, value), {key: value}, first[value]))
+    return out
+
+
 # --- splits -----------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from vlsearch.config import Config, TrainConfig
+from vlsearch.config import Config, ConfigError, TrainConfig
 from vlsearch.distributed import barrier, init_distributed
 from vlsearch.errors import VlsearchError, WorkdirError
 from vlsearch.io import (
@@ -228,6 +228,15 @@ class Pretrainer(nn.Module):
         self.mpm = masked_patch_objective(t.mpm_kind, t.mpm_init_temperature) if self.weights["mpm"] else None
         self.mask_ratio = t.mpm_mask_ratio
         self.mlm_probability = t.mlm_probability
+        self.mlm_fraction = t.mlm_fraction
+        if not 0.0 < t.mlm_fraction <= 1.0:
+            raise ConfigError(f"train.mlm_fraction must be in (0, 1], got {t.mlm_fraction}")
+        if t.mlm_every < 1:
+            raise ConfigError(f"train.mlm_every must be at least 1, got {t.mlm_every}")
+        if t.freeze_word_embeddings:  # no dense [vocab x hidden] gradient and AdamW update
+            for tower in self.model.modules():
+                if isinstance(tower, TextEncoder):
+                    tower.word_embeddings.weight.requires_grad_(False)
         tok = retriever.tokenizer
         self.vocab_size, self.mask_id = tok.vocab_size, tok.mask_id
         self.register_buffer("special_ids", torch.as_tensor(tok.special_ids), persistent=False)
@@ -243,33 +252,39 @@ class Pretrainer(nn.Module):
             self.qpc = AMSoftmaxClassifier(retriever.embed_dim, len(retriever.categories), t.qpc_margin, t.qpc_scale)
 
     def forward(self, batch: Batch, generator: torch.Generator, memory: NegativeSet | None = None,
-                cross_device: bool = False) -> StepOutput:
+                cross_device: bool = False, with_mlm: bool = True) -> StepOutput:
+        """The weighted loss of one step; ``with_mlm=False`` skips MLM (``train.mlm_every``)."""
         model = self.model
-        q = model.encode_query(batch.q_ids, batch.q_mask, batch.q_types)
-        p = model.encode_product(batch.t_ids, batch.t_mask, batch.patches, batch.has_image).vectors
+        # the towers may run under bf16 autocast; the vectors and the similarity logits are
+        # fp32 (a bf16 logit of 20 has a resolution of 0.125, too coarse for the softmax)
+        q = model.encode_query(batch.q_ids, batch.q_mask, batch.q_types).float()
+        p = model.encode_product(batch.t_ids, batch.t_mask, batch.patches, batch.has_image).vectors.float()
         others = gather_across_devices(p, batch.product_ids, batch.log_q) if cross_device else None
         terms: dict[str, Tensor] = {}
         out = StepOutput(p.new_zeros(()), terms, p.detach())
-        if self.weights["qpm"]:
-            match = self.qpm(q, p, batch.product_ids, batch.log_q, memory, others)
-            terms["qpm"] = match.loss
-            out.temperature, out.neg_in_batch = match.temperature, match.neg_in_batch
-            out.neg_memory, out.neg_cross_device = match.neg_memory, match.neg_cross_device
+        with torch.autocast(p.device.type, enabled=False):
+            if self.weights["qpm"]:
+                match = self.qpm(q, p, batch.product_ids, batch.log_q, memory, others)
+                terms["qpm"] = match.loss
+                out.temperature, out.neg_in_batch = match.temperature, match.neg_in_batch
+                out.neg_memory, out.neg_cross_device = match.neg_memory, match.neg_cross_device
+            if self.qpc is not None:
+                terms["qpc"] = 0.5 * (self.qpc(q, batch.labels) + self.qpc(p, batch.labels))
         if self.mpm is not None:
-            terms["mpm"] = self._mpm(batch, generator)
-        if self.mlm_title is not None:
-            terms["mlm"] = self._mlm(batch, generator)
-        if self.qpc is not None:
-            terms["qpc"] = 0.5 * (self.qpc(q, batch.labels) + self.qpc(p, batch.labels))
+            terms["mpm"] = self._mpm(batch, generator).float()
+        if self.mlm_title is not None and with_mlm:
+            terms["mlm"] = self._mlm(batch, generator).float()
         out.loss = sum(self.weights[name] * value for name, value in terms.items())
         return out
 
     def _mlm(self, batch: Batch, generator: torch.Generator) -> Tensor:
         """MLM on titles (title tower) and queries (query tower; the same tower when shared)."""
         losses = []
+        n = math.ceil(self.mlm_fraction * len(batch.t_ids))  # train.mlm_fraction of the pairs
         for ids, mask, types, tower, head in (
-            (batch.t_ids, batch.t_mask, None, self.model.text, self.mlm_title),
-            (batch.q_ids, batch.q_mask, batch.q_types, self.model.query_tower, self.mlm_query or self.mlm_title),
+            (batch.t_ids[:n], batch.t_mask[:n], None, self.model.text, self.mlm_title),
+            (batch.q_ids[:n], batch.q_mask[:n], batch.q_types[:n], self.model.query_tower,
+             self.mlm_query or self.mlm_title),
         ):
             masked, labels = mask_tokens(
                 ids, torch.isin(ids, self.special_ids), vocab_size=self.vocab_size, mask_id=self.mask_id,
@@ -711,8 +726,8 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
         with stage(f"validation Recall@{t.eval_k} before the first step", progress and validator is not None):
             initial_recall = validate(0)
 
-    use_amp = device.type == "cuda" and t.bf16
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    use_amp = (device.type == "cuda" and t.bf16) or (device.type == "cpu" and t.cpu_bf16)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     mbns_from = int(t.memory_bank_start * total)
     cdns_from = int(t.cross_device_start * total)
     switches = []
@@ -739,7 +754,7 @@ def _train(wd, config: Config, out_dir: Path, resume: bool, stop_at: int | None,
             memory = bank.negatives() if bank is not None and step >= mbns_from else None
             cross = t.cross_device and info.world_size > 1 and step >= cdns_from
             with autocast():
-                out = model(batch, generator, memory, cross)
+                out = model(batch, generator, memory, cross, step % t.mlm_every == 0)
             finite = torch.isfinite(out.loss.detach()).float()
             if info.world_size > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
