@@ -60,9 +60,10 @@ class Row:
     kind: str = "vlsearch"  # vlsearch | bm25 (the lexical channel) | st (sentence-transformers)
     product_text: tuple[str, ...] = ()  # st rows: attribute-text template after the title
     st_train: bool = False  # st rows: fine-tune (MNRL) for the row budget; False: zero-shot
+    smoke: bool = True  # in --smoke's default rows (False: its code path is another row's)
 
 
-ROWS: tuple[Row, ...] = (
+ROWS: tuple[Row, ...] = (  # single-process rows first, then one torchrun group
     Row("bm25", "BM25 (lexical channel alone)", None, kind="bm25"),
     Row("zero-shot-minilm", "all-MiniLM-L6-v2 zero-shot, titles", "zero-shot-minilm"),
     Row("st-zero-shot-attrs", "all-MiniLM-L6-v2 zero-shot (sentence-transformers), titles + attributes",
@@ -76,22 +77,30 @@ ROWS: tuple[Row, ...] = (
     Row("make", "MAKE", "make"),
     Row("make+contrastive-mpm", "MAKE + contrastive MPM", "make+contrastive-mpm"),
     Row("make+mbns", "MAKE + MBNS", "make+mbns"),
+    Row("make+attrs", "MAKE, title + attribute text", "make+attrs"),
     Row("make-2proc", "MAKE, 2 processes, no CDNS (CDNS control)", "make", 2),
     Row("make+cdns", "MAKE + CDNS", "make+cdns", 2),
     Row("full", "full: MAKE + contrastive MPM + MBNS + CDNS", "full", 2),
+    Row("full+attrs", "full, title + attribute text", "full+attrs", 2),
     Row("title-only", "full, title only (no image)", "title-only", 2, "ablation"),
+    Row("title-only+attrs", "full, title only (no image), + attribute text", "title-only+attrs", 2,
+        "ablation", smoke=False),
     Row("no-ma", "full without Modal Adaptation", "no-ma", 2, "ablation"),
     Row("no-ke", "full without Keyword Enhancement", "no-ke", 2, "ablation"),
-    Row("make+attrs", "MAKE, title + attribute text", "make+attrs"),
-    Row("full+attrs", "full, title + attribute text", "full+attrs", 2),
-    Row("title-only+attrs", "full, title only (no image), + attribute text", "title-only+attrs", 2,
-        "ablation"),
-    Row("no-sort", "full, terms in natural order (not sorted)", "no-sort", 2, "ablation"),
+    Row("no-sort", "full, terms in natural order (not sorted)", "no-sort", 2, "ablation", smoke=False),
 )
 ROW_BY_NAME = {row.name: row for row in ROWS}
 # Bumped whenever the test bed (eval sets, metrics) changes; finished rows are then scored
-# again from their saved models. 2: the colour probe.
-TEST_BED_VERSION = 2
+# again from their saved models. 2: the colour probe. 3: the single-attribute split and the
+# serving engine's channels x query-understanding matrix.
+TEST_BED_VERSION = 3
+# Eval split built by the benchmark from the catalog alone (vlsearch.queries.single_attribute_queries).
+SINGLE_ATTRIBUTE = "single_attribute"
+# The serving engine over a row's vectors: name -> (channels, query-understanding constraints).
+# "embedding" alone without constraints is the row's exact search, the main table.
+ENGINE_DENSE = {"embedding+qu": (("embedding",), True), "both": (("embedding", "lexical"), False),
+                "both+qu": (("embedding", "lexical"), True)}
+ENGINE_LEXICAL = {"lexical+qu": (("lexical",), True)}
 # Row fields that shape its trained model (label and table only change the report).
 TRAIN_ROW_FIELDS = ("name", "baseline", "processes", "kind", "product_text", "st_train")
 # Config sections that shape a trained model (index and serving settings do not).
@@ -111,7 +120,11 @@ TABLE_COLUMNS = (  # (header, split, metric)
     ("Cate@100", "test", "category_consistency@100"),
     ("held-out R@100", "heldout", "recall@100"),
     ("colour probe R@100", COLOUR_PROBE, "recall@100"),
+    ("single-attr Rel@100", SINGLE_ATTRIBUTE, "strict_relevance@100"),
 )
+# The engine table: (header, split, metric) for each ENGINE_* setting.
+ENGINE_COLUMNS = (("R@100", "test", "recall@100"), ("colour probe R@100", COLOUR_PROBE, "recall@100"),
+                  ("single-attr Rel@100", SINGLE_ATTRIBUTE, "strict_relevance@100"))
 
 
 @dataclass(frozen=True)
@@ -154,17 +167,23 @@ class EvalSplit:
 class Evaluation:
     """The fixed test bed: corpus (every product of the work dir) and the eval splits."""
 
-    def __init__(self, workdir, max_queries: int, ks: tuple[int, ...]):
+    def __init__(self, workdir, max_queries: int, ks: tuple[int, ...], test_bed_dir: Path):
         from vlsearch.evaluation import read_beir_queries, read_qrels
+        from vlsearch.queries import export_beir, single_attribute_queries
 
         self.ks = ks
         self.products = workdir.products()
         self.by_id = {p.id: p for p in self.products}
         splits = workdir.product_table().column("split").to_pylist()
         self.heldout_ids = {p.id for p, s in zip(self.products, splits) if s == "heldout"}
+        directories = {name: workdir.eval_dir(name) for name in ("test", "heldout", COLOUR_PROBE)}
+        # one query per attribute value, every product with it relevant: from the catalog
+        # alone, so it joins the test bed without touching the training data
+        directories[SINGLE_ATTRIBUTE] = test_bed_dir / SINGLE_ATTRIBUTE
+        export_beir(single_attribute_queries(self.products), self.products,
+                    directories[SINGLE_ATTRIBUTE], max_queries=max_queries, id_prefix="attr")
         self.splits = []
-        for name in ("test", "heldout", COLOUR_PROBE):
-            directory = workdir.eval_dir(name)
+        for name, directory in directories.items():
             queries = read_beir_queries(directory / "queries.jsonl")[:max_queries]
             self.splits.append(EvalSplit(name, queries, read_qrels(directory / "qrels.tsv")))
         self._workdir = workdir
@@ -189,6 +208,7 @@ class Evaluation:
             keep = {"test": {"all": "test", "colour_only_in_image": "colour_only_in_image"},
                     "heldout": {"all": "heldout"},
                     COLOUR_PROBE: {"all": COLOUR_PROBE, "heldout": f"{COLOUR_PROBE}_heldout"},
+                    SINGLE_ATTRIBUTE: {"all": SINGLE_ATTRIBUTE},
                     }[split.name]
             for subset, key in keep.items():
                 metrics[key] = subsets[subset]["metrics"]
@@ -203,6 +223,7 @@ class Evaluation:
         vectors, weights = retriever.encode_products(self.products, patches, has_image,
                                                      return_weights=True)
         out = self.exact(vectors, retriever.encode_queries)
+        out["engine"] = self.engine(vectors, retriever, ENGINE_DENSE)
         out["modal_weights"] = {m: round(float(w), 4)
                                 for m, w in zip(retriever.modalities, weights.mean(axis=0))}
         return out
@@ -221,6 +242,33 @@ class Evaluation:
                                 for x, row in zip(split.queries, top)}
         return self.score(runs)
 
+    def engine(self, vectors: np.ndarray, encoder, settings: dict[str, tuple]) -> dict[str, Any]:
+        """Every split searched by the serving engine (exact Flat index over ``vectors``, no
+        qid table, so every query is encoded) under each of ``settings``: name -> (channels,
+        query-understanding constraints); metrics per setting as ``score`` gives them."""
+        from vlsearch.config import IndexConfig, ServeConfig
+        from vlsearch.index.builder import build_index_from_parts
+        from vlsearch.serving.engine import Engine
+
+        k = min(max(self.ks), len(self.products))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        texts = sorted({x.text for split in self.splits for x in split.queries})
+        cached = _CachedQueries(texts, encoder.encode_queries)
+        out = {}
+        with tempfile.TemporaryDirectory(prefix="engine-") as tmp:
+            build_index_from_parts(tmp, self.products, lambda lo, hi: vectors[lo:hi],
+                                   cached.encode_queries, [], [],
+                                   config=IndexConfig(kind="flat", recall_sample_queries=0),
+                                   progress=False)
+            engine = Engine.open(tmp, ServeConfig(qid_table=False, reload_check=False,
+                                                  max_k=max(k, 1)), retriever=cached)
+            for name, (channels, constraints) in settings.items():
+                runs = {split.name: {x.id: [h.product_id for h in engine.search(
+                            x.text, k, channels=channels, auto_constraints=constraints).hits]
+                            for x in split.queries} for split in self.splits}
+                out[name] = self.score(runs)["metrics"]
+        return out
+
     def bm25(self) -> dict[str, Any]:
         """The lexical channel of the index (tantivy BM25 over titles and attributes)."""
         from vlsearch.index.lexical import LexicalIndex, build_lexical
@@ -235,7 +283,27 @@ class Evaluation:
                     x.id: [self.products[r].id for r in lexical.search(x.text, k)[1]]
                     for x in split.queries
                 }
-        return self.score(runs)
+        out = self.score(runs)
+        out["engine"] = self.engine(np.zeros((len(self.products), 1), np.float32),
+                                    _CachedQueries([], lambda t: np.zeros((len(t), 1), np.float32)),
+                                    ENGINE_LEXICAL)
+        return out
+
+
+class _CachedQueries:
+    """Query vectors encoded once in batches, looked up by text (the engine encodes one query
+    per search); texts not seen before are encoded on the spot."""
+
+    def __init__(self, texts: list[str], encode):
+        self._encode = encode
+        vectors = np.asarray(encode(texts), np.float32) if texts else np.zeros((0, 0), np.float32)
+        self._vectors = dict(zip(texts, vectors))
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in texts if t not in self._vectors]
+        if missing:
+            self._vectors.update(zip(missing, np.asarray(self._encode(missing), np.float32)))
+        return np.stack([self._vectors[t] for t in texts])
 
 
 # --------------------------------------------------------------------------------------
@@ -261,7 +329,8 @@ class Context:
     @property
     def evaluation(self) -> Evaluation:
         if self._evaluation is None:
-            self._evaluation = Evaluation(self.workdir, self.args.eval_queries, self.args.ks)
+            self._evaluation = Evaluation(self.workdir, self.args.eval_queries, self.args.ks,
+                                          self.run_dir / "test_bed")
         return self._evaluation
 
     def row_file(self, row: Row, seed: int) -> Path:
@@ -435,6 +504,8 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
         else:
             result = train(ctx.workdir, config, model_dir, progress=False)
             record["train"] = _train_record(result)
+        if is_main():  # trained: a failed evaluation is retried from the saved model
+            common.write_json(path, {**record, "spec_key": "", "status": "trained"})
     else:
         record["train"] = {"steps": 0, "wall_s": 0.0}
     if is_main():
@@ -444,8 +515,9 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
                 scores = ctx.evaluation.bm25()
             elif row.kind == "st":
                 encoder = st_baseline.StEncoder.load(model_dir if trained else None, row.product_text)
-                scores = ctx.evaluation.exact(encoder.encode_products(ctx.evaluation.products),
-                                              encoder.encode_queries)
+                vectors = encoder.encode_products(ctx.evaluation.products)
+                scores = ctx.evaluation.exact(vectors, encoder.encode_queries)
+                scores["engine"] = ctx.evaluation.engine(vectors, encoder, ENGINE_DENSE)
             else:
                 retriever = (Retriever.load(model_dir) if trained
                              else Retriever.build(config, ctx.workdir))
@@ -670,7 +742,41 @@ def markdown(report: dict) -> str:
             train_s = f"{np.mean(walls):.0f}" if walls else "…"
             cells = " | ".join(_cell(row, split, metric) for _, split, metric in TABLE_COLUMNS)
             lines.append(f"| {row['label']} | {cells} | {train_s} |")
+    lines += _engine_table(report["rows"])
     return "\n".join(lines) + "\n"
+
+
+def _engine_mean(row: dict, setting: str, split: str, metric: str) -> float | None:
+    values = [r["engine"][setting][split][metric] for r in row.get("runs", [])
+              if setting in r.get("engine", {}) and r["engine"][setting][split].get(metric) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _engine_table(rows: list[dict]) -> list[str]:
+    """The serving engine over each row's vectors: its own channel alone (the main table's
+    exact search), with query-understanding constraints (QU), fused with BM25, and both."""
+    settings = (("alone", None), ("+ QU", "embedding+qu"), ("+ BM25", "both"), ("+ BM25 + QU", "both+qu"))
+    header = "| Method | " + " | ".join(f"{h} {name}" for h, _, _ in ENGINE_COLUMNS for name, _ in settings) + " |"
+    lines = ["", "## Channels x query-understanding constraints (serving engine, exact search)", "",
+             ("Each row's dense channel alone (as above), with the constraints query understanding "
+              "derives from the query (QU, with the engine's relaxation), fused with the BM25 "
+              "channel, and both; the BM25 row is the lexical channel alone and with QU."), "",
+             header, "|---|" + "---:|" * (len(ENGINE_COLUMNS) * len(settings))]
+    for row in rows:
+        if not any("engine" in r for r in row.get("runs", [])):
+            continue
+        cells = []
+        for _, split, metric in ENGINE_COLUMNS:
+            for _, setting in settings:
+                if setting is None:
+                    value = row["metrics"].get(split, {}).get(metric)
+                else:
+                    if row["kind"] == "bm25":
+                        setting = {"embedding+qu": "lexical+qu"}.get(setting)
+                    value = _engine_mean(row, setting, split, metric) if setting else None
+                cells.append("—" if value is None else f"{value:.4f}")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -725,7 +831,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{d.smoke_parallel} with --smoke: in this process)")
     p.add_argument("--eval-queries", type=int, help=f"queries per eval split (default {d.eval_queries})")
     p.add_argument("--ks", default="10,100,500", help="cut-offs")
-    p.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated row names")
+    p.add_argument("--rows", help="comma-separated row names (default: every row; with --smoke, "
+                   "the rows marked smoke)")
     p.add_argument("--preset", help=f"model preset (default {d.preset}; tiny with --smoke)")
     p.add_argument("--backbone", default=d.backbone, help="image backbone of the prepared subset")
     p.add_argument("--work", help="cache folder (default work/bench; with --smoke, OUT/work)")
@@ -741,6 +848,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.ks = tuple(int(k) for k in args.ks.split(","))
+    if args.rows is None:
+        args.rows = ",".join(r.name for r in ROWS if r.smoke or not args.smoke)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROW_BY_NAME]
     if unknown:

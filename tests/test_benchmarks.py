@@ -50,7 +50,7 @@ def _in_unit(value) -> bool:
 def test_quality_has_every_row_with_metrics(quality_out):
     report = json.loads((quality_out / "quality.json").read_text())
     assert report["complete"] and report["invocations"][-1]["finished"]
-    assert [r["name"] for r in report["rows"]] == [r.name for r in quality.ROWS]
+    assert [r["name"] for r in report["rows"]] == [r.name for r in quality.ROWS if r.smoke]
     assert report["budget"]["steps"] == quality.DEFAULTS.smoke_steps
     assert report["machine"]["cpus"] >= 1 and "1min" in report["machine"]["load_average"]
     for row in report["rows"]:
@@ -60,7 +60,12 @@ def test_quality_has_every_row_with_metrics(quality_out):
                     "eval_wall_s", "queries", "corpus"):
             assert key in run, (row["name"], key)
         assert set(row["metrics"]) == {"test", "colour_only_in_image", "heldout",
-                                       "colour_probe", "colour_probe_heldout"}
+                                       "colour_probe", "colour_probe_heldout", "single_attribute"}
+        # the serving engine's channels x constraints matrix over the row's vectors
+        settings = quality.ENGINE_LEXICAL if row["kind"] == "bm25" else quality.ENGINE_DENSE
+        assert set(run["engine"]) == set(settings), row["name"]
+        for metrics in run["engine"].values():
+            assert _in_unit(metrics["test"]["recall@100"]) and "single_attribute" in metrics
         for split, metrics in row["metrics"].items():
             for k in report["budget"]["ks"]:
                 for name in ("recall", "set_recall", "ndcg", "category_consistency",
@@ -104,7 +109,8 @@ def test_quality_rows_trained_as_configured(quality_out):
 def test_quality_markdown_and_curves(quality_out):
     text = (quality_out / "quality.md").read_text()
     for row in quality.ROWS:
-        assert f"| {row.label} |" in text
+        assert (f"| {row.label} |" in text) == row.smoke
+    assert "## Channels x query-understanding constraints" in text
     assert "Status: complete" in text
     assert (quality_out / "quality_curves.png").stat().st_size > 10_000
 
