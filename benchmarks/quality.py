@@ -146,6 +146,7 @@ class Defaults:
     smoke_parallel: int = 1
     smoke_steps: int = 6
     smoke_eval_queries: int = 200
+    smoke_engine_queries: int = 40  # queries per split through the serving engine (--smoke)
     smoke_log_every: int = 2
     validation_products: int = 0  # extra products in the trainer's own validation corpus
 
@@ -167,11 +168,13 @@ class EvalSplit:
 class Evaluation:
     """The fixed test bed: corpus (every product of the work dir) and the eval splits."""
 
-    def __init__(self, workdir, max_queries: int, ks: tuple[int, ...], test_bed_dir: Path):
+    def __init__(self, workdir, max_queries: int, ks: tuple[int, ...], test_bed_dir: Path,
+                 engine_queries: int | None = None):
         from vlsearch.evaluation import read_beir_queries, read_qrels
         from vlsearch.queries import export_beir, single_attribute_queries
 
         self.ks = ks
+        self.engine_queries = engine_queries  # first N queries of each split in the engine matrix
         self.products = workdir.products()
         self.by_id = {p.id: p for p in self.products}
         splits = workdir.product_table().column("split").to_pylist()
@@ -195,13 +198,14 @@ class Evaluation:
             self._patches = (features.patches(), features.has_image())
         return self._patches
 
-    def score(self, runs: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    def score(self, runs: dict[str, dict[str, list[str]]], splits: list[EvalSplit] | None = None
+              ) -> dict[str, Any]:
         """Metrics of every split/subset, keyed test | colour_only_in_image | heldout |
         colour_probe (and colour_probe_heldout: its queries about held-out products)."""
         from vlsearch.evaluation import evaluate
 
         metrics, counts = {}, {}
-        for split in self.splits:
+        for split in splits or self.splits:
             result = evaluate(runs[split.name], split.qrels, split.queries, self.by_id, ks=self.ks,
                               heldout=self.heldout_ids)
             subsets = result["subsets"]
@@ -252,7 +256,9 @@ class Evaluation:
 
         k = min(max(self.ks), len(self.products))
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        texts = sorted({x.text for split in self.splits for x in split.queries})
+        splits = [EvalSplit(split.name, split.queries[:self.engine_queries], split.qrels)
+                  for split in self.splits]
+        texts = sorted({x.text for split in splits for x in split.queries})
         cached = _CachedQueries(texts, encoder.encode_queries)
         out = {}
         with tempfile.TemporaryDirectory(prefix="engine-") as tmp:
@@ -265,8 +271,8 @@ class Evaluation:
             for name, (channels, constraints) in settings.items():
                 runs = {split.name: {x.id: [h.product_id for h in engine.search(
                             x.text, k, channels=channels, auto_constraints=constraints).hits]
-                            for x in split.queries} for split in self.splits}
-                out[name] = self.score(runs)["metrics"]
+                            for x in split.queries} for split in splits}
+                out[name] = self.score(runs, splits)["metrics"]
         return out
 
     def bm25(self) -> dict[str, Any]:
@@ -330,7 +336,7 @@ class Context:
     def evaluation(self) -> Evaluation:
         if self._evaluation is None:
             self._evaluation = Evaluation(self.workdir, self.args.eval_queries, self.args.ks,
-                                          self.run_dir / "test_bed")
+                                          self.run_dir / "test_bed", self.args.engine_queries)
         return self._evaluation
 
     def row_file(self, row: Row, seed: int) -> Path:
@@ -407,8 +413,11 @@ class Context:
     def spec_key(self, row: Row, seed: int) -> str:
         """Changes whenever anything that affects the row's numbers changes: its model or
         the test bed."""
-        return _digest({"train": self.train_key(row, seed), "test_bed": TEST_BED_VERSION,
-                        "eval_queries": self.args.eval_queries, "ks": list(self.args.ks)})
+        bed = {"train": self.train_key(row, seed), "test_bed": TEST_BED_VERSION,
+               "eval_queries": self.args.eval_queries, "ks": list(self.args.ks)}
+        if self.args.engine_queries is not None:
+            bed["engine_queries"] = self.args.engine_queries
+        return _digest(bed)
 
 
 def _digest(payload: dict) -> str:
@@ -670,6 +679,7 @@ def write_report(ctx: Context, finished: bool = False) -> None:
         "seed_rows": sorted(a.seed_rows) if a.seed_rows else "every trained row",
         "threads": a.threads, "parallel_rows": a.parallel, "eval_queries_per_split": a.eval_queries, "ks": list(a.ks),
         "search": "exact inner product over the whole subset", "backbone": ctx.base.images.backbone,
+        "engine_queries_per_split": a.engine_queries or "all",
     }
     report = {
         "benchmark": "quality", "complete": all(r["status"] == "done" for r in rows),
@@ -831,6 +841,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{d.smoke_parallel} with --smoke: in this process)")
     p.add_argument("--eval-queries", type=int, help=f"queries per eval split (default {d.eval_queries})")
     p.add_argument("--ks", default="10,100,500", help="cut-offs")
+    p.add_argument("--engine-queries", type=int, help="queries per split searched through the "
+                   f"serving engine (default: all; {d.smoke_engine_queries} with --smoke)")
     p.add_argument("--rows", help="comma-separated row names (default: every row; with --smoke, "
                    "the rows marked smoke)")
     p.add_argument("--preset", help=f"model preset (default {d.preset}; tiny with --smoke)")
@@ -860,6 +872,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = args.steps if args.steps is not None else (d.smoke_steps if args.smoke else d.steps)
     args.eval_queries = args.eval_queries or (d.smoke_eval_queries if args.smoke else d.eval_queries)
     args.threads = args.threads or (d.smoke_threads if args.smoke else d.threads)
+    if args.engine_queries is None and args.smoke:
+        args.engine_queries = d.smoke_engine_queries
     args.parallel = args.parallel or (d.smoke_parallel if args.smoke else d.parallel)
     args.log_every = d.smoke_log_every if args.smoke else d.log_every
     args.out = args.out or str(common.WORK_DIR / "smoke" if args.smoke else common.RESULTS_DIR)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def _run(script: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--smoke", "--out", str(out), *extra],
-        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=840,
+        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
