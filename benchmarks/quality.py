@@ -68,7 +68,8 @@ ROWS: tuple[Row, ...] = (  # single-process rows first, then one torchrun group
     Row("zero-shot-minilm", "all-MiniLM-L6-v2 zero-shot, titles", "zero-shot-minilm"),
     Row("st-zero-shot-attrs", "all-MiniLM-L6-v2 zero-shot (sentence-transformers), titles + attributes",
         None, kind="st", product_text=ATTRIBUTE_TEXT),
-    Row("st-finetune", "sentence-transformers MNRL fine-tune, titles", None, kind="st", st_train=True),
+    Row("st-finetune", "sentence-transformers MNRL fine-tune, titles", None, kind="st", st_train=True,
+        smoke=False),
     Row("st-finetune-attrs", "sentence-transformers MNRL fine-tune, titles + attributes", None,
         kind="st", product_text=ATTRIBUTE_TEXT, st_train=True),
     Row("uni-encoder", "uni-encoder (FashionBERT-like)", "uni-encoder"),
@@ -81,7 +82,7 @@ ROWS: tuple[Row, ...] = (  # single-process rows first, then one torchrun group
     Row("make-2proc", "MAKE, 2 processes, no CDNS (CDNS control)", "make", 2),
     Row("make+cdns", "MAKE + CDNS", "make+cdns", 2),
     Row("full", "full: MAKE + contrastive MPM + MBNS + CDNS", "full", 2),
-    Row("full+attrs", "full, title + attribute text", "full+attrs", 2),
+    Row("full+attrs", "full, title + attribute text", "full+attrs", 2, smoke=False),
     Row("title-only", "full, title only (no image)", "title-only", 2, "ablation"),
     Row("title-only+attrs", "full, title only (no image), + attribute text", "title-only+attrs", 2,
         "ablation", smoke=False),
@@ -147,6 +148,8 @@ class Defaults:
     smoke_steps: int = 6
     smoke_eval_queries: int = 200
     smoke_engine_queries: int = 40  # queries per split through the serving engine (--smoke)
+    # --smoke runs the engine matrix only for these rows (one of each kind of vectors)
+    smoke_engine_rows: tuple[str, ...] = ("bm25", "st-finetune-attrs", "make+attrs")
     smoke_log_every: int = 2
     validation_products: int = 0  # extra products in the trainer's own validation corpus
 
@@ -219,7 +222,7 @@ class Evaluation:
                 counts[key] = subsets[subset]["queries"]
         return {"metrics": metrics, "queries": counts, "corpus": len(self.products)}
 
-    def dense(self, retriever) -> dict[str, Any]:
+    def dense(self, retriever, with_engine: bool = True) -> dict[str, Any]:
         """Encode every product and query with a vlsearch Retriever; exact top-K; score."""
         patches = has_image = None
         if retriever.config.model.use_images:
@@ -227,7 +230,8 @@ class Evaluation:
         vectors, weights = retriever.encode_products(self.products, patches, has_image,
                                                      return_weights=True)
         out = self.exact(vectors, retriever.encode_queries)
-        out["engine"] = self.engine(vectors, retriever, ENGINE_DENSE)
+        if with_engine:
+            out["engine"] = self.engine(vectors, retriever, ENGINE_DENSE)
         out["modal_weights"] = {m: round(float(w), 4)
                                 for m, w in zip(retriever.modalities, weights.mean(axis=0))}
         return out
@@ -275,7 +279,7 @@ class Evaluation:
                 out[name] = self.score(runs, splits)["metrics"]
         return out
 
-    def bm25(self) -> dict[str, Any]:
+    def bm25(self, with_engine: bool = True) -> dict[str, Any]:
         """The lexical channel of the index (tantivy BM25 over titles and attributes)."""
         from vlsearch.index.lexical import LexicalIndex, build_lexical
 
@@ -290,6 +294,8 @@ class Evaluation:
                     for x in split.queries
                 }
         out = self.score(runs)
+        if not with_engine:
+            return out
         out["engine"] = self.engine(np.zeros((len(self.products), 1), np.float32),
                                     _CachedQueries([], lambda t: np.zeros((len(t), 1), np.float32)),
                                     ENGINE_LEXICAL)
@@ -520,17 +526,19 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     if is_main():
         with common.threads(ctx.eval_threads(row)):
             evaluated = time.perf_counter()
+            with_engine = not ctx.args.smoke or row.name in DEFAULTS.smoke_engine_rows
             if row.kind == "bm25":
-                scores = ctx.evaluation.bm25()
+                scores = ctx.evaluation.bm25(with_engine)
             elif row.kind == "st":
                 encoder = st_baseline.StEncoder.load(model_dir if trained else None, row.product_text)
                 vectors = encoder.encode_products(ctx.evaluation.products)
                 scores = ctx.evaluation.exact(vectors, encoder.encode_queries)
-                scores["engine"] = ctx.evaluation.engine(vectors, encoder, ENGINE_DENSE)
+                if with_engine:
+                    scores["engine"] = ctx.evaluation.engine(vectors, encoder, ENGINE_DENSE)
             else:
                 retriever = (Retriever.load(model_dir) if trained
                              else Retriever.build(config, ctx.workdir))
-                scores = ctx.evaluation.dense(retriever)
+                scores = ctx.evaluation.dense(retriever, with_engine)
             record["eval_wall_s"] = round(time.perf_counter() - evaluated, 1)
 
         record.update(scores)
