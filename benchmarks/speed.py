@@ -571,8 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads of the throughput sections (default "
                    f"{Sizes.threads}; use 1 while another process keeps a core busy: 2 threads "
                    "on a contended 2-core machine thrash)")
+    p.add_argument("--wrk-seconds", type=float, help=f"seconds per http_wrk workload (default {Sizes.wrk_seconds})")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
+    if args.wrk_seconds:
+        sizes = dataclasses.replace(sizes, wrk_seconds=args.wrk_seconds)
     if args.threads:
         sizes = dataclasses.replace(sizes, threads=args.threads)
     out_dir = Path(args.out or (common.WORK_DIR / "smoke-speed" if args.smoke else common.RESULTS_DIR))
