@@ -174,7 +174,8 @@ class Evaluation:
     def __init__(self, workdir, max_queries: int, ks: tuple[int, ...], test_bed_dir: Path,
                  engine_queries: int | None = None):
         from vlsearch.evaluation import read_beir_queries, read_qrels
-        from vlsearch.queries import export_beir, single_attribute_queries
+        from vlsearch.queries.beir import export_beir
+        from vlsearch.queries.generator import single_attribute_queries
 
         self.ks = ks
         self.engine_queries = engine_queries  # first N queries of each split in the engine matrix

@@ -52,7 +52,7 @@ def build_lexicons(workdir, index_config):
     from vlsearch.index.builder import click_rows
     from vlsearch.index.evidence import mine_terms
     from vlsearch.index.understanding import build_lexicon
-    from vlsearch.queries import SYNONYMS
+    from vlsearch.queries.phrases import SYNONYMS
 
     products = workdir.products()
     clicks = click_rows(workdir.clicks())

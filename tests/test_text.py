@@ -131,7 +131,7 @@ def test_qid_property_permutation_invariant(words, rnd):
 
 def test_no_qid_collisions_among_distinct_generated_queries():
     from vlsearch.config import DataConfig
-    from vlsearch.queries import generate_queries
+    from vlsearch.queries.generator import generate_queries
 
     products = _many_products(4000)
     queries = generate_queries(products, DataConfig(queries_per_product=6, typo_rate=0.2), seed=3)

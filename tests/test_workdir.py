@@ -54,7 +54,7 @@ def test_prepare_writes_the_documented_layout(sample_workdir):
 
 
 def test_eval_splits_are_beir_and_judged_by_the_relevance_rule(sample_workdir):
-    from vlsearch.queries import relevant
+    from vlsearch.queries.relevance import relevant
 
     out, _ = sample_workdir
     wd = Workdir.open(out)

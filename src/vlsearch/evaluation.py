@@ -561,7 +561,7 @@ def strict_relevance_at_k(
     if not qids:
         return None
     if rule is None:
-        from vlsearch.queries import relevant as rule
+        from vlsearch.queries.relevance import relevant as rule
 
     def good(qid: str, doc: str) -> bool:
         product = products.get(doc)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Protocol
 
+#: Attribute keys a query can express (the mocked-query generator writes them in this order).
+QUERY_ATTRIBUTE_KEYS = ("category", "colour", "gender", "brand", "usage")
+
 MISSING_VALUES = frozenset({"", "na", "n/a", "none", "null", "nan", "-", "unknown"})
 
 # spelling (canonical form) -> canonical gender

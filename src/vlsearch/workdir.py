@@ -181,7 +181,7 @@ class Workdir:
     def phrase_tables(self) -> dict[str, dict[str, tuple[str, ...]]]:
         """The mocked-query generator's phrase tables ({field: {value: phrasings}}): the
         optional hand-written synonym layer of query understanding (off by default)."""
-        from vlsearch.queries import SYNONYMS
+        from vlsearch.queries.phrases import SYNONYMS
 
         return SYNONYMS
 
@@ -330,7 +330,7 @@ def _merge(manifest: dict[str, Any], stage_result: dict[str, Any]) -> None:
 def _prepare_catalog(catalog: Path, out: Path, cfg: DataConfig) -> dict[str, Any]:
     """Load, validate and split the catalog; write products.parquet and brands.json."""
     from vlsearch.catalog import load_catalog
-    from vlsearch.queries import split_products
+    from vlsearch.queries.splits import split_products
 
     loaded = load_catalog(catalog, limit=cfg.limit, brand_min_products=cfg.brand_min_products)
     products = loaded.products
