@@ -27,6 +27,10 @@ import pyarrow.parquet as pq
 from vlsearch.config import Config, DataConfig, ImageConfig, update
 from vlsearch.errors import WorkdirError
 from vlsearch.io import atomic_write, atomic_write_json, read_json
+from vlsearch.product_table import (
+    products_from_table,
+    products_to_table,
+)
 
 FORMAT_VERSION = 1
 COLOUR_PROBE_SPLIT = "colour_probe"  # eval split of queries.colour_probe_queries
@@ -202,38 +206,6 @@ class Workdir:
         return FeatureCache.open(self.path / "features")
 
 
-def products_to_table(products: list, splits: list[str], sampling: dict[str, float]) -> pa.Table:
-    return pa.table(
-        {
-            "id": [p.id for p in products],
-            "title": [p.title for p in products],
-            "brand": [p.brand for p in products],
-            "category": [p.category for p in products],
-            "image_path": [p.image_paths[0] if p.image_paths else None for p in products],
-            "attributes": [json.dumps(p.attributes, ensure_ascii=False) for p in products],
-            "split": splits,
-            "sampling_prob": [float(sampling.get(p.id, 0.0)) for p in products],
-        }
-    )
-
-
-def products_from_table(table: pa.Table) -> list:
-    from vlsearch.catalog import Product
-
-    cols = table.to_pydict()
-    return [
-        Product(
-            id=cols["id"][i],
-            title=cols["title"][i],
-            image_paths=[cols["image_path"][i]] if cols["image_path"][i] else [],
-            brand=cols["brand"][i],
-            category=cols["category"][i],
-            attributes=json.loads(cols["attributes"][i]),
-        )
-        for i in range(table.num_rows)
-    ]
-
-
 # --- prepare ------------------------------------------------------------------------------
 
 
@@ -338,7 +310,7 @@ def _prepare_catalog(catalog: Path, out: Path, cfg: DataConfig) -> dict[str, Any
         raise WorkdirError(f"{catalog}: no usable products\n{loaded.report.summary()}")
     heldout = set(split_products(products, cfg.heldout_product_fraction, cfg.seed).heldout)
     splits = ["heldout" if p.id in heldout else "train" for p in products]
-    _write_parquet(out / "products.parquet", products_to_table(products, splits, {}))
+    _write_parquet(out / "products.parquet", products_to_table(products, splits=splits, sampling={}))
     atomic_write_json(out / "prepare_report.json", loaded.report.to_dict())
     brand_counts: dict[str, int] = {}
     for p in products:

@@ -61,6 +61,7 @@ from vlsearch.io import (
     normalize_modes,
     read_json,
 )
+from vlsearch.product_table import products_to_table
 from vlsearch.progress import stage
 
 FORMAT_VERSION = 1
@@ -234,26 +235,6 @@ def prune_versions(out_dir: str | Path, keep: int) -> list[str]:
 
 
 # --- building -------------------------------------------------------------------------------
-
-
-def products_table(products: Sequence, deleted: Sequence[bool] | None = None,
-                   splits: Sequence[str | None] | None = None) -> pa.Table:
-    """Product metadata the engine, the web page and ``vlsearch eval`` need, row i = product i;
-    ``deleted`` marks rows removed by a live update (tombstones, kept so rows never move);
-    ``split`` is "train" | "heldout" from the work directory, when known."""
-    columns = {
-        "id": [str(p.id) for p in products],
-        "title": [p.title for p in products],
-        "brand": [p.brand for p in products],
-        "category": [p.category for p in products],
-        "image_path": [p.image_paths[0] if p.image_paths else None for p in products],
-        "attributes": [json.dumps(p.attributes or {}, ensure_ascii=False) for p in products],
-    }
-    if deleted is not None:
-        columns["deleted"] = [bool(d) for d in deleted]
-    if splits is not None:
-        columns["split"] = list(splits)
-    return pa.table(columns)
 
 
 def save_query_vectors(version: Path, parts: Sequence[np.ndarray], dim: int) -> None:
@@ -431,7 +412,7 @@ def build_index_from_parts(
             write_backend_qid_table(store, table, np.concatenate(query_vectors), config, version.name)
         lap("qid_table")
 
-        atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_table(products, splits=splits), tmp))
+        atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_to_table(products, splits=splits), tmp))
         if model_dir is not None:
             shutil.copytree(model_dir, version / "model",  # query.onnx: exported below, per version
                             ignore=shutil.ignore_patterns("checkpoints", "query.onnx"))

@@ -36,7 +36,6 @@ rather than publish over it. Searches keep running on the old version until the 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
@@ -61,7 +60,6 @@ from vlsearch.index.builder import (
     _new_version_dir,
     answer_vectors,
     current_version,
-    products_table,
     prune_versions,
     publish,
     save_query_vectors,
@@ -85,6 +83,7 @@ from vlsearch.io import (
     normalize_modes,
     read_json,
 )
+from vlsearch.product_table import product_from_columns, products_to_table
 
 LOCK_FILE = ".update.lock"
 COPY_CHUNK_ROWS = 65536  # rows copied per step from the old vectors (bounds memory)
@@ -174,13 +173,6 @@ def load_delta(path: str | Path, brands: Iterable[str], mapping: ColumnMapping |
 
 
 # --- the index as it is ---------------------------------------------------------------------
-
-
-def _product(table: dict, row: int) -> Product:
-    image = table["image_path"][row]
-    return Product(id=table["id"][row], title=table["title"][row], image_paths=[image] if image else [],
-                   brand=table["brand"][row], category=table["category"][row],
-                   attributes=json.loads(table["attributes"][row] or "{}"))
 
 
 def _same(a: Product, b: Product) -> bool:
@@ -294,7 +286,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         row = row_of.get(p.id)
         if row is None:
             added.append(p)
-        elif _same(p, _product(table, row)):
+        elif _same(p, product_from_columns(table, row)):
             report.unchanged += 1
         else:
             changed[row] = p
@@ -356,7 +348,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
 
         shutil.copytree(base / "lexical", version / "lexical")
         update_lexical(version / "lexical", del_rows, dict(zip(upsert_rows.tolist(), upsert_products)))
-        all_products = [_product(table, r) for r in range(n_old)] + added
+        all_products = [product_from_columns(table, r) for r in range(n_old)] + added
         for row, p in changed.items():
             all_products[row] = p
         deleted = dead + [False] * len(added)
@@ -365,7 +357,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         # the work directory's train/heldout split (for `vlsearch eval`) carries over; added rows have none
         splits = table["split"] + [None] * len(added) if "split" in table else None
         atomic_write(version / "products.parquet",
-                     lambda tmp: pq.write_table(products_table(all_products, deleted, splits), tmp))
+                     lambda tmp: pq.write_table(products_to_table(all_products, deleted=deleted, splits=splits), tmp))
         live = [p for p, d in zip(all_products, deleted) if not d]
         lexicon = Lexicon.from_json(read_json(base / "lexicon.json")).with_catalog(build_lexicon(live))
         atomic_write_json(version / "lexicon.json", lexicon.to_json())
@@ -377,7 +369,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         # 4. qid table
         refreshed, patched, dropped = _update_qid_table(
             base, version, store, lexicon, encoder, set(del_rows), upsert_rows, vecs, upsert_products,
-            {r: _product(table, r) for r in changed}, config.export_batch_size,
+            {r: product_from_columns(table, r) for r in changed}, config.export_batch_size,
             config.update_qid_research_limit)
         lap("qid_table")
 
