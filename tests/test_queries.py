@@ -581,7 +581,7 @@ def test_click_log_parquet_round_trip(tmp_path: Path):
     table = pq.read_table(tmp_path / "train.parquet")
     assert table.column_names == ["query", "product_id", "count", "qid"]
     assert table.schema.field("qid").type == pa.uint32()
-    back = ClickLog.read_parquet(tmp_path / "train.parquet")
+    back = read_click_log(tmp_path / "train.parquet")
     assert back.query == log.query and back.product_id == log.product_id
     assert np.array_equal(back.count, log.count) and not back.problems
     # bad Parquet rows are reported with their row number

@@ -110,10 +110,6 @@ class ClickLog:
         table = self.to_table()
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
-    @classmethod
-    def read_parquet(cls, path: str | Path) -> ClickLog:
-        return read_click_log(path)
-
     def summary(self) -> str:
         lines = [(f"{self.source or 'click log'}: {self.rows_read} rows read, {len(self)} loaded, "
                  f"{len(self.problems)} skipped, {self.total_clicks} clicks")]
