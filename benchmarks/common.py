@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: paths, machine facts, load average, latency summaries,
-JSON output and the small sample work directory the smoke runs use.
+JSON output, a server subprocess on a free loopback port, and the small sample work directory
+the smoke runs use.
 
 The machine is shared and noisy, so every figure is recorded with the load average seen
 while it was measured, and timings are summarised by medians and percentiles.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +149,47 @@ class SmokeData:
     seed: int = 0  # catalog generator seed
     backbone: str = "random-cnn"  # test backbone (no download, fast)
     preset: str = "tiny"  # model size of every smoke row
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server_process(cmd: list[str], url: str, *, timeout_s: float, log_path: Path | None = None,
+                   cwd: Path | None = None, settle_s: float = 0.0,
+                   stop_timeout_s: float = 30.0) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` until ``url/health`` answers 200, wait ``settle_s`` more (other worker
+    processes finish loading), yield the process; always stopped (SIGTERM, then kill)."""
+    sink = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd, env=dict(os.environ))
+    name = " ".join(cmd[:4])
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode} (see {log_path})")
+            try:
+                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not up after {timeout_s} s (see {log_path})")
+            time.sleep(0.5)
+        time.sleep(settle_s)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_path:
+            sink.close()
 
 
 def prepare_smoke_workdir(work: Path, data: SmokeData = SmokeData()):

@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -40,46 +37,16 @@ class LoadConfig:
     request_timeout_s: float = 30.0  # per request
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_server(index_dir: Path, config: LoadConfig, log_path: Path | None = None):
     """``vlsearch serve`` as a subprocess on 127.0.0.1; yields its base URL; always stopped."""
-    import httpx
-
-    port = free_port()
+    port = common.free_port()
     cmd = [sys.executable, "-m", "vlsearch.cli", "serve", "--index", str(index_dir),
            "--host", "127.0.0.1", "--port", str(port)]
-    sink = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + config.startup_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vlsearch serve exited with status {proc.returncode} ({log_path})")
-            try:
-                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vlsearch serve not up after {config.startup_timeout_s} s")
-            time.sleep(0.5)
+    with common.server_process(cmd, url, timeout_s=config.startup_timeout_s, log_path=log_path,
+                               stop_timeout_s=15.0):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log_path:
-            sink.close()
 
 
 async def _drive(url: str, queries: list[str], config: LoadConfig) -> dict[str, Any]:

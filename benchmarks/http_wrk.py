@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 HERE = Path(__file__).resolve().parent
+SETTLE_S = 2.0  # after the first /health answer, until every worker process has loaded
 
 
 @dataclass(frozen=True)
@@ -45,46 +44,6 @@ class WrkConfig:
     queries: int = 2000  # distinct request paths per workload
     startup_timeout_s: float = 300.0
     targets: tuple = (("logged", 1500.0, 15.0), ("miss", 150.0, 60.0))  # (workload, q/s >=, p99 ms <=)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def server(cmd: list[str], url: str, timeout_s: float, log_path: Path, cwd: Path | None = None):
-    """Run ``cmd`` until ``url/health`` answers 200; always stopped (SIGTERM, then kill)."""
-    import httpx
-
-    sink = open(log_path, "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd, env=dict(os.environ))
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited with status {proc.returncode} (see {log_path})")
-            try:
-                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[:4]} not up after {timeout_s} s (see {log_path})")
-            time.sleep(0.5)
-        time.sleep(2.0)  # every worker finished loading (each answers /health on its own)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        sink.close()
 
 
 def _paths(queries: list[str], k: int) -> list[str]:
@@ -186,21 +145,23 @@ def http_figures(index: Path, workdir: Path, cfg: WrkConfig, log_dir: Path) -> d
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="http-wrk-") as tmp_name:
         tmp = Path(tmp_name)
-        port = free_port()
+        port = common.free_port()
         url = f"http://127.0.0.1:{port}"
         bare = [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(cfg.workers), "--log-level", "warning"]
-        with server(bare, url, cfg.startup_timeout_s, log_dir / "bare-serve.log", cwd=HERE):
+        with common.server_process(bare, url, timeout_s=cfg.startup_timeout_s, log_path=log_dir / "bare-serve.log",
+                                   cwd=HERE, settle_s=SETTLE_S):
             before = common.load_average()
             out["workloads"]["bare_fastapi"] = {**drive(url, _paths(logged, cfg.k), cfg, tmp),
                                                 "load_average_before": before,
                                                 "load_average_after": common.load_average()}
-        port = free_port()
+        port = common.free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "vlsearch.cli", "serve", "--index", str(index), "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(cfg.workers)]
         started = time.perf_counter()
-        with server(cmd, url, cfg.startup_timeout_s, log_dir / "vlsearch-serve.log") as proc:
+        with common.server_process(cmd, url, timeout_s=cfg.startup_timeout_s,
+                                   log_path=log_dir / "vlsearch-serve.log", settle_s=SETTLE_S) as proc:
             out["server_startup_s"] = round(time.perf_counter() - started, 1)
             out["server_rss_mb"] = _rss_mb(proc.pid)
             for name, queries in (("logged", logged), ("miss", unlogged)):
