@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlsearch.catalog import Product, load_catalog
 from vlsearch.config import Config, DataConfig, ImageConfig, update
 from vlsearch.errors import WorkdirError
 from vlsearch.io import atomic_write, atomic_write_json, read_json
@@ -31,6 +32,11 @@ from vlsearch.product_table import (
     products_from_table,
     products_to_table,
 )
+from vlsearch.queries.beir import export_beir, export_click_beir, export_corpus
+from vlsearch.queries.clicklog import ClickLog, read_click_log, sampling_probabilities
+from vlsearch.queries.generator import colour_probe_queries, generate_queries
+from vlsearch.queries.phrases import SYNONYMS
+from vlsearch.queries.splits import split_click_log, split_products, split_queries
 
 FORMAT_VERSION = 1
 COLOUR_PROBE_SPLIT = "colour_probe"  # eval split of queries.colour_probe_queries
@@ -98,6 +104,29 @@ class PrepareSummary:
     click_log_notes: list[str] = field(default_factory=list)
     stages_run: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, workdir: Path, manifest: dict[str, Any], stages_run: list[str],
+                      seconds: dict[str, float]) -> PrepareSummary:
+        """The summary of a prepared directory from what its stages recorded in the manifest."""
+        counts = manifest.get("counts", {})
+        return cls(
+            workdir=workdir,
+            products=counts.get("products", 0),
+            products_with_image=manifest.get("products_with_image", 0),
+            heldout_products=counts.get("heldout_products", 0),
+            brands=counts.get("brands", 0),
+            top_brands=[tuple(x) for x in manifest.get("top_brands", [])],
+            categories=len(manifest.get("categories", [])),
+            training_clicks=counts.get("training_clicks", 0),
+            distinct_training_queries=counts.get("distinct_training_queries", 0),
+            eval_queries=manifest.get("eval_queries", {}),
+            image_problems=manifest.get("image_problems", 0),
+            catalog_report=manifest.get("catalog_summary", ""),
+            click_log_notes=list(manifest.get("click_log_notes", [])),
+            stages_run=stages_run,
+            seconds=seconds,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -185,8 +214,6 @@ class Workdir:
     def phrase_tables(self) -> dict[str, dict[str, tuple[str, ...]]]:
         """The mocked-query generator's phrase tables ({field: {value: phrasings}}): the
         optional hand-written synonym layer of query understanding (off by default)."""
-        from vlsearch.queries.phrases import SYNONYMS
-
         return SYNONYMS
 
     def eval_dir(self, split: str) -> Path:
@@ -225,72 +252,48 @@ def prepare(
       - ``features``: catalog fingerprint + ImageConfig → features/ (resumable)
     """
     config = config or Config()
-    catalog = Path(catalog)
-    out = Path(out)
+    catalog, out = Path(catalog), Path(out)
+    click_log = Path(clicks) if clicks else None
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "manifest.json"
-    manifest: dict[str, Any] = read_json(manifest_path) if manifest_path.exists() else {}
+    manifest = _read_manifest(out, log)
+    stages: dict[str, Any] = manifest.get("stages", {})
+    catalog_fp = _fingerprint({"catalog": catalog_signature(catalog), "data": config.data.__dict__})
+    click_sig = catalog_signature(click_log) if click_log else None
+    image_output = {k: getattr(config.images, k) for k in IMAGE_OUTPUT_FIELDS}
+    plan: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+        ("catalog", catalog_fp, lambda: _prepare_catalog(catalog, out, config.data)),
+        ("queries",
+         _fingerprint({"catalog": catalog_fp, "clicks": click_sig, "version": QUERIES_STAGE_VERSION}),
+         lambda: _prepare_queries(out, config.data, click_log)),
+        ("features", _fingerprint({"catalog": catalog_fp, "images": image_output}),
+         lambda: _prepare_features(out, config.images, progress)),
+    ]
+    stages_run: list[str] = []
+    seconds: dict[str, float] = {}
+    for stage, fingerprint, run in plan:
+        if stages.get(stage, {}).get("fingerprint") == fingerprint:
+            continue
+        started = time.perf_counter()
+        if stage == "catalog":  # everything after the catalog is made from it
+            stages.pop("queries", None)
+            stages.pop("features", None)
+        _merge(manifest, run())
+        stages[stage] = {"fingerprint": fingerprint}
+        manifest.update(format_version=FORMAT_VERSION, config=config.to_dict(), stages=stages)
+        atomic_write_json(out / "manifest.json", manifest)
+        stages_run.append(stage)
+        seconds[stage] = time.perf_counter() - started
+    return PrepareSummary.from_manifest(out, manifest, stages_run, seconds)
+
+
+def _read_manifest(out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The manifest of an earlier run, or {} (none yet, or one of another format version)."""
+    path = out / "manifest.json"
+    manifest: dict[str, Any] = read_json(path) if path.exists() else {}
     if manifest and manifest.get("format_version") != FORMAT_VERSION:
         log(f"{out}: work directory from format version {manifest.get('format_version')}; rebuilding")
-        manifest = {}
-    stages: dict[str, Any] = manifest.get("stages", {})
-    summary = PrepareSummary(workdir=out)
-
-    def save_manifest() -> None:
-        manifest.update(
-            format_version=FORMAT_VERSION,
-            config=config.to_dict(),
-            stages=stages,
-        )
-        atomic_write_json(manifest_path, manifest)
-
-    data_cfg = config.data
-    catalog_fp = _fingerprint({"catalog": catalog_signature(catalog), "data": data_cfg.__dict__})
-    if stages.get("catalog", {}).get("fingerprint") != catalog_fp:
-        started = time.perf_counter()
-        stages.pop("queries", None)
-        stages.pop("features", None)
-        _merge(manifest, _prepare_catalog(catalog, out, data_cfg))
-        stages["catalog"] = {"fingerprint": catalog_fp}
-        save_manifest()
-        summary.stages_run.append("catalog")
-        summary.seconds["catalog"] = time.perf_counter() - started
-
-    click_sig = catalog_signature(Path(clicks)) if clicks else None
-    queries_fp = _fingerprint({"catalog": catalog_fp, "clicks": click_sig,
-                               "version": QUERIES_STAGE_VERSION})
-    if stages.get("queries", {}).get("fingerprint") != queries_fp:
-        started = time.perf_counter()
-        _merge(manifest, _prepare_queries(out, data_cfg, Path(clicks) if clicks else None))
-        stages["queries"] = {"fingerprint": queries_fp}
-        save_manifest()
-        summary.stages_run.append("queries")
-        summary.seconds["queries"] = time.perf_counter() - started
-
-    image_output = {k: getattr(config.images, k) for k in IMAGE_OUTPUT_FIELDS}
-    features_fp = _fingerprint({"catalog": catalog_fp, "images": image_output})
-    if stages.get("features", {}).get("fingerprint") != features_fp:
-        started = time.perf_counter()
-        _merge(manifest, _prepare_features(out, config.images, progress))
-        stages["features"] = {"fingerprint": features_fp}
-        save_manifest()
-        summary.stages_run.append("features")
-        summary.seconds["features"] = time.perf_counter() - started
-
-    counts = manifest.get("counts", {})
-    summary.products = counts.get("products", 0)
-    summary.products_with_image = manifest.get("products_with_image", 0)
-    summary.heldout_products = counts.get("heldout_products", 0)
-    summary.brands = counts.get("brands", 0)
-    summary.top_brands = [tuple(x) for x in manifest.get("top_brands", [])]
-    summary.categories = len(manifest.get("categories", []))
-    summary.training_clicks = counts.get("training_clicks", 0)
-    summary.distinct_training_queries = counts.get("distinct_training_queries", 0)
-    summary.eval_queries = manifest.get("eval_queries", {})
-    summary.image_problems = manifest.get("image_problems", 0)
-    summary.catalog_report = manifest.get("catalog_summary", "")
-    summary.click_log_notes = list(manifest.get("click_log_notes", []))
-    return summary
+        return {}
+    return manifest
 
 
 def _merge(manifest: dict[str, Any], stage_result: dict[str, Any]) -> None:
@@ -301,9 +304,6 @@ def _merge(manifest: dict[str, Any], stage_result: dict[str, Any]) -> None:
 
 def _prepare_catalog(catalog: Path, out: Path, cfg: DataConfig) -> dict[str, Any]:
     """Load, validate and split the catalog; write products.parquet and brands.json."""
-    from vlsearch.catalog import load_catalog
-    from vlsearch.queries.splits import split_products
-
     loaded = load_catalog(catalog, limit=cfg.limit, brand_min_products=cfg.brand_min_products)
     products = loaded.products
     if not products:
@@ -334,59 +334,27 @@ def _prepare_queries(out: Path, cfg: DataConfig, clicks: Path | None) -> dict[st
     split by query id; clicks on held-out products become the cold-start split and never
     enter training; rows naming unknown products are counted and left out.
     """
-    from vlsearch import queries as q
-
     table = pq.read_table(out / "products.parquet")
     products = products_from_table(table)
     split_col = table.column("split").to_pylist()
     heldout_ids = {p.id for p, s in zip(products, split_col) if s == "heldout"}
     eval_dir = out / "eval"
-    eval_counts: dict[str, int] = {}
     notes: list[str] = []
     if clicks is not None:
-        log = q.read_click_log(clicks)
-        if log.problems:
-            notes.append(log.summary())
-        known = {p.id for p in products}
-        unknown = {pid for pid in log.product_id if pid not in known}
-        if unknown:
-            notes.append(f"{clicks}: clicks on {len(unknown)} product ids not in the catalog left out")
-        on_heldout = log.take([i for i, pid in enumerate(log.product_id) if pid in heldout_ids])
-        train_log, valid_log, test_log = q.split_click_log(
-            log.without_products(heldout_ids | unknown),
-            cfg.valid_query_fraction, cfg.test_query_fraction, cfg.seed,
-        )
-        for split, part in (("valid", valid_log), ("test", test_log), ("heldout", on_heldout)):
-            eval_counts[split] = q.export_click_beir(
-                part, products, eval_dir / split, max_queries=cfg.max_eval_queries, seed=cfg.seed
-            )
+        train_log, eval_counts = _click_log_splits(clicks, products, heldout_ids, cfg, eval_dir,
+                                                   notes)
     else:
-        train_products = [p for p in products if p.id not in heldout_ids]
-        heldout_products = [p for p in products if p.id in heldout_ids]
-        train_q, valid_q, test_q = q.split_queries(
-            q.generate_queries(train_products, cfg, cfg.seed),
-            cfg.valid_query_fraction, cfg.test_query_fraction, cfg.seed,
-        )
-        mocked_eval = {
-            "valid": valid_q,
-            "test": test_q,
-            "heldout": q.generate_queries(heldout_products, cfg, cfg.seed + 1),
-        }
-        for split, mocked in mocked_eval.items():
-            eval_counts[split] = q.export_beir(
-                mocked, products, eval_dir / split, max_queries=cfg.max_eval_queries, seed=cfg.seed
-            )
-        train_log = q.ClickLog.from_queries(train_q)
+        train_log, eval_counts = _mocked_splits(products, heldout_ids, cfg, eval_dir)
     # From the catalog alone, whatever the click source: colours that only images show.
-    eval_counts[COLOUR_PROBE_SPLIT] = q.export_beir(
-        q.colour_probe_queries(products, cfg.seed), products, eval_dir / COLOUR_PROBE_SPLIT,
+    eval_counts[COLOUR_PROBE_SPLIT] = export_beir(
+        colour_probe_queries(products, cfg.seed), products, eval_dir / COLOUR_PROBE_SPLIT,
         max_queries=cfg.max_eval_queries, seed=cfg.seed, id_prefix="colour",
     )
 
-    q.export_corpus(products, [eval_dir / split for split in eval_counts])
+    export_corpus(products, [eval_dir / split for split in eval_counts])
     train_log.write_parquet(out / "clicks" / "train.parquet")
     # Q(p): each product's share of the training click mass, stored beside the product.
-    mass = q.sampling_probabilities(train_log)
+    mass = sampling_probabilities(train_log)
     table = table.set_column(
         table.schema.get_field_index("sampling_prob"),
         "sampling_prob",
@@ -401,6 +369,54 @@ def _prepare_queries(out: Path, cfg: DataConfig, clicks: Path | None) -> dict[st
         "eval_queries": eval_counts,
         "click_log_notes": notes,
     }
+
+
+def _click_log_splits(clicks: Path, products: list[Product], heldout_ids: set[str],
+                      cfg: DataConfig, eval_dir: Path,
+                      notes: list[str]) -> tuple[ClickLog, dict[str, int]]:
+    """A real click log split by query id: the training log and the valid/test/heldout
+    BEIR splits written under ``eval_dir`` (their query counts); problems go to ``notes``."""
+    log = read_click_log(clicks)
+    if log.problems:
+        notes.append(log.summary())
+    known = {p.id for p in products}
+    unknown = {pid for pid in log.product_id if pid not in known}
+    if unknown:
+        notes.append(f"{clicks}: clicks on {len(unknown)} product ids not in the catalog left out")
+    on_heldout = log.take([i for i, pid in enumerate(log.product_id) if pid in heldout_ids])
+    train_log, valid_log, test_log = split_click_log(
+        log.without_products(heldout_ids | unknown),
+        cfg.valid_query_fraction, cfg.test_query_fraction, cfg.seed,
+    )
+    eval_counts = {
+        split: export_click_beir(part, products, eval_dir / split,
+                                 max_queries=cfg.max_eval_queries, seed=cfg.seed)
+        for split, part in (("valid", valid_log), ("test", test_log), ("heldout", on_heldout))
+    }
+    return train_log, eval_counts
+
+
+def _mocked_splits(products: list[Product], heldout_ids: set[str], cfg: DataConfig,
+                   eval_dir: Path) -> tuple[ClickLog, dict[str, int]]:
+    """Mocked queries: the training clicks and the valid/test/heldout BEIR splits written
+    under ``eval_dir`` (their query counts)."""
+    train_products = [p for p in products if p.id not in heldout_ids]
+    heldout_products = [p for p in products if p.id in heldout_ids]
+    train_queries, valid_queries, test_queries = split_queries(
+        generate_queries(train_products, cfg, cfg.seed),
+        cfg.valid_query_fraction, cfg.test_query_fraction, cfg.seed,
+    )
+    mocked_eval = {
+        "valid": valid_queries,
+        "test": test_queries,
+        "heldout": generate_queries(heldout_products, cfg, cfg.seed + 1),
+    }
+    eval_counts = {
+        split: export_beir(mocked, products, eval_dir / split,
+                           max_queries=cfg.max_eval_queries, seed=cfg.seed)
+        for split, mocked in mocked_eval.items()
+    }
+    return ClickLog.from_queries(train_queries), eval_counts
 
 
 def _prepare_features(out: Path, cfg: ImageConfig, progress: bool) -> dict[str, Any]:
