@@ -17,8 +17,10 @@ from vlsearch.errors import InputError, WorkdirError
 from vlsearch.images import (
     Backbone,
     FeatureCache,
+    backbones,
     extract_features,
     extract_product_features,
+    features,
     get_backbone,
     load_image,
     register_backbone,
@@ -102,7 +104,7 @@ def test_registry(monkeypatch):
     assert {"efficientnet-lite0", "random-cnn"} <= set(images.backbone_names())
     with pytest.raises(ConfigError, match="unknown backbone 'nope'"):
         get_backbone("nope")
-    monkeypatch.setattr(images, "_REGISTRY", dict(images._REGISTRY))
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
     register_backbone("rc-small")(images.RandomCNNBackbone)
     small = get_backbone("rc-small", ImageConfig(width=64, height=32))
     assert small.name == "rc-small" and small.grid == (1, 2) and small.dim == 64
@@ -212,7 +214,7 @@ def test_resume_after_crash_inside_a_chunk(drawn, tmp_path, monkeypatch):
     ids, paths = _ids_paths(drawn, names)
     extract_features(ids, paths, tmp_path / "whole", RANDOM, progress=False)
 
-    real_load, calls = images.load_image, []
+    real_load, calls = features.load_image, []
 
     def crash_at_image_9(path):
         calls.append(path)
@@ -220,10 +222,10 @@ def test_resume_after_crash_inside_a_chunk(drawn, tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real_load(path)
 
-    monkeypatch.setattr(images, "load_image", crash_at_image_9)
+    monkeypatch.setattr(features, "load_image", crash_at_image_9)
     with pytest.raises(RuntimeError, match="killed"):
         extract_features(ids, paths, tmp_path / "crash", RANDOM, progress=False)
-    monkeypatch.setattr(images, "load_image", real_load)
+    monkeypatch.setattr(features, "load_image", real_load)
     assert FeatureCache.open(tmp_path / "crash").done == 6
     extract_features(ids, paths, tmp_path / "crash", RANDOM, progress=False)
     assert _files(tmp_path / "crash") == _files(tmp_path / "whole")
@@ -268,7 +270,7 @@ def test_second_call_does_no_work(drawn, tmp_path, monkeypatch):
         raise AssertionError("a forward pass or backbone load happened")
 
     monkeypatch.setattr(Backbone, "forward", no_forward)
-    monkeypatch.setattr(images, "get_backbone", no_forward)
+    monkeypatch.setattr(features, "get_backbone", no_forward)
     again = extract_features(ids, paths, tmp_path / "f", RANDOM, progress=False, overwrite=True)
     assert again.last_run.images == 0 and again.complete
     np.testing.assert_array_equal(again.patches(), first.patches())
