@@ -44,6 +44,8 @@ from common import RESULTS_DIR, ROOT, load_average, log, write_json
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from vlsearch.model.hashing import HashingEncoder  # after the thread setting: it imports torch
+
 FIELDS = ("brand", "category", "colour", "gender", "usage")
 PHRASED = ROOT / "benchmarks" / "data" / "phrased_queries.jsonl"
 
@@ -108,41 +110,6 @@ def constraint_quality(queries, lexicon, synonyms: bool) -> dict:
                          "recall": round(s["correct"] / s["expressed"], 4) if s["expressed"] else None}
                      for f, s in per_field.items()}
     return out
-
-
-class HashingEncoder:
-    """A model-free stand-in for the dense towers (``--hash-index``): each term hashes to a
-    fixed random vector and a text is the normalised sum of its terms' vectors."""
-
-    def __init__(self, dim: int = 64):
-        self.dim = dim
-        self._cache: dict[str, object] = {}
-
-    def _term(self, term: str):
-        import hashlib
-
-        import numpy as np
-
-        vec = self._cache.get(term)
-        if vec is None:
-            seed = int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little")
-            vec = self._cache[term] = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-        return vec
-
-    def encode_queries(self, texts):
-        import numpy as np
-
-        from vlsearch.text import query_terms
-
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            for term in query_terms(text):
-                out[i] += self._term(term)
-            out[i] += 1e-3 * self._term("\x00bias")
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    def encode_products(self, products, patches=None, has_image=None):
-        return self.encode_queries([p.title for p in products])
 
 
 def hash_index(workdir, out: Path) -> Path:

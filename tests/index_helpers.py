@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 
-import numpy as np
-
 from vlsearch.catalog import Product
+from vlsearch.model.hashing import HashingEncoder
 
 BRANDS = ["Nike", "Adidas", "Red Tape", "United Colors of Benetton", "Peter England", "Puma"]
 CATEGORIES = {  # article type -> (sub category, master category)
@@ -52,31 +50,9 @@ def synthetic_queries(products: list[Product], seed: int = 0) -> list[str]:
     return queries
 
 
-class HashEncoder:
-    """Deterministic bag-of-words encoder: each term hashes to a fixed random unit vector."""
-
-    def __init__(self, dim: int = 32):
-        self.dim = dim
-
-    def _term(self, term: str) -> np.ndarray:
-        seed = int.from_bytes(hashlib.blake2b(term.encode(), digest_size=8).digest(), "little")
-        return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-
-    def _encode(self, texts) -> np.ndarray:
-        from vlsearch.text import query_terms
-
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            for term in query_terms(text):
-                out[i] += self._term(term)
-            out[i] += 1e-3 * self._term("\x00bias")
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    def encode_queries(self, texts) -> np.ndarray:
-        return self._encode(list(texts))
-
-    def encode_products(self, products, patches=None, has_image=None) -> np.ndarray:
-        return self._encode([p.title for p in products])
+def HashEncoder(dim: int = 32) -> HashingEncoder:
+    """The model-free hashing encoder at the small size the index/serving tests use."""
+    return HashingEncoder(dim)
 
 
 def build_synthetic_index(out_dir, products, encoder, config, queries=None, progress=False):
