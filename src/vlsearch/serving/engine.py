@@ -70,6 +70,7 @@ from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.store import FilterPolicy, open_lexical, open_qid_table, open_store
 from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
 from vlsearch.io import load_part, read_json
+from vlsearch.queries.beir import read_beir_queries, write_trec_run
 from vlsearch.text import normalize_text
 from vlsearch.validation import TextLimits, check_filters, check_query, parse_int
 
@@ -688,8 +689,6 @@ def search_queries_file(
     With ``out``, also writes TREC run lines (``fmt="trec"``) or one JSON result per line
     (``fmt="json"``).
     """
-    from vlsearch.evaluation import read_beir_queries, write_trec_run
-
     run: dict[str, list[str]] = {}
     scores: dict[str, list[float]] = {}
     results = []
