@@ -174,7 +174,7 @@ class Evaluation:
     def __init__(self, workdir, max_queries: int, ks: tuple[int, ...], test_bed_dir: Path,
                  engine_queries: int | None = None):
         from vlsearch.evaluation import read_beir_queries, read_qrels
-        from vlsearch.queries.beir import export_beir
+        from vlsearch.queries.generator import export_beir
         from vlsearch.queries.generator import single_attribute_queries
 
         self.ks = ks

@@ -616,8 +616,7 @@ def test_synonym_tables_for_query_understanding():
 def test_single_attribute_queries_one_per_value_with_every_holder_relevant(tmp_path):
     from vlsearch.catalog import Product
     from vlsearch.evaluation import read_beir_queries, read_qrels
-    from vlsearch.queries.beir import export_beir
-    from vlsearch.queries.generator import single_attribute_queries
+    from vlsearch.queries.generator import export_beir, single_attribute_queries
 
     def product(pid, **attrs):
         return Product(id=pid, title=f"t{pid}", image_paths=[], brand=None,

@@ -32,9 +32,9 @@ from vlsearch.product_table import (
     products_from_table,
     products_to_table,
 )
-from vlsearch.queries.beir import export_beir, export_click_beir, export_corpus
+from vlsearch.queries.beir import export_click_beir, export_corpus
 from vlsearch.queries.clicklog import ClickLog, read_click_log, sampling_probabilities
-from vlsearch.queries.generator import colour_probe_queries, generate_queries
+from vlsearch.queries.generator import colour_probe_queries, export_beir, generate_queries
 from vlsearch.queries.phrases import SYNONYMS
 from vlsearch.queries.splits import split_click_log, split_products, split_queries
 

@@ -2,7 +2,7 @@
 
 * ``relevance``: the relevance rule (``relevant``, ``intent_key``, ``RelevanceIndex``);
 * ``phrases``: the phrasing tables (``SYNONYMS`` and the per-attribute phrasings);
-* ``generator``: the mocked-query generator (test data; serving never imports it);
+* ``generator``: the mocked-query generator and its BEIR export (test data; serving never imports it);
 * ``splits``: the seeded-hash splits of products, mocked queries and click logs;
 * ``clicklog``: click logs and the sampling probabilities Q(p);
 * ``beir``: the BEIR writer of evaluation sets and the corpus file.
@@ -22,11 +22,11 @@ _EXPORTS = {
     "phrases": ("CATEGORY_PHRASES", "COLOUR_PHRASES", "GENDER_PHRASES", "SYNONYMS",
                 "USAGE_PHRASES", "category_phrases", "colour_phrases", "names_colour"),
     "generator": ("SINGLE_ATTRIBUTE_KEYS", "MockQuery", "colour_probe_queries",
-                  "generate_queries", "single_attribute_queries"),
+                  "generate_queries", "single_attribute_queries", "export_beir"),
     "splits": ("ClickSplit", "ProductSplit", "QuerySplit", "split_click_log", "split_products",
                "split_queries"),
     "clicklog": ("ClickLog", "ClickRow", "read_click_log", "sampling_probabilities"),
-    "beir": ("CORPUS_FILE", "corpus_text", "export_beir", "export_click_beir", "export_corpus"),
+    "beir": ("CORPUS_FILE", "corpus_text", "export_click_beir", "export_corpus"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
@@ -67,7 +67,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and editors
     from vlsearch.queries.beir import (
         CORPUS_FILE,
         corpus_text,
-        export_beir,
         export_click_beir,
         export_corpus,
     )
@@ -76,6 +75,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and editors
         SINGLE_ATTRIBUTE_KEYS,
         MockQuery,
         colour_probe_queries,
+        export_beir,
         generate_queries,
         single_attribute_queries,
     )

@@ -1,5 +1,6 @@
 """BEIR evaluation sets and TREC runs: the one writer of ``queries.jsonl`` + ``qrels.tsv``
-(used for mocked queries and for the queries of a real click log), the corpus file
+(used for mocked queries by ``generator.export_beir`` and here for the queries of a real
+click log), the corpus file
 ``corpus.jsonl``, and the readers of BEIR queries, qrels and TREC runs (and the TREC writer).
 
 Every query line carries the same ``metadata``: ``attributes`` (canonical), ``category``
@@ -23,14 +24,11 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from vlsearch.errors import InputError
 from vlsearch.io import atomic_write_text
-from vlsearch.queries.phrases import names_colour
-from vlsearch.queries.relevance import RelevanceIndex
 from vlsearch.queries.splits import seeded_int
 from vlsearch.vocabulary import ProductLike
 
-if TYPE_CHECKING:  # annotations only: writing BEIR files never runs the generator
+if TYPE_CHECKING:  # annotations only
     from vlsearch.queries.clicklog import ClickLog
-    from vlsearch.queries.generator import MockQuery
 
 T = TypeVar("T")
 PathLike = str | os.PathLike
@@ -87,7 +85,7 @@ def write_beir(out_dir: str | Path, queries: Sequence[BeirQuery], id_prefix: str
     return len(queries)
 
 
-def _seeded_sample(items: Sequence[T], max_queries: int | None, seed: int) -> list[T]:
+def seeded_sample(items: Sequence[T], max_queries: int | None, seed: int) -> list[T]:
     """At most ``max_queries`` of ``items``: a seeded sample, their order kept."""
     chosen = list(items)
     if max_queries is not None and len(chosen) > max_queries:
@@ -95,40 +93,6 @@ def _seeded_sample(items: Sequence[T], max_queries: int | None, seed: int) -> li
         keep = sorted(rng.sample(range(len(chosen)), max_queries))
         chosen = [chosen[i] for i in keep]
     return chosen
-
-
-def export_beir(
-    queries: Sequence[MockQuery],
-    products: Sequence[ProductLike],
-    out_dir: str | Path,
-    max_queries: int | None = None,
-    seed: int = 0,
-    id_prefix: str = "q",
-) -> int:
-    """Write ``queries.jsonl`` and ``qrels.tsv`` (BEIR layout) under ``out_dir``; return the
-    number of queries written.
-
-    At most ``max_queries`` queries are kept (a seeded sample, original order kept). Query
-    ids are ``{id_prefix}{n}``. ``metadata``: ``attributes`` (canonical), ``category`` (the
-    intent category in catalog spelling, or null), ``source_product``, and
-    ``colour_only_in_image`` (the query names a colour that the source title does not).
-    Qrels: score 2 for the source product (the "click"), 1 for every other product of
-    ``products`` that satisfies all attributes (``relevant``), found by intersecting
-    attribute posting sets (``RelevanceIndex``). Both files are written atomically.
-    """
-    index = RelevanceIndex(products)
-    by_id = {p.id: p for p in index.products}
-    out: list[BeirQuery] = []
-    for q in _seeded_sample(queries, max_queries, seed):
-        source = by_id.get(q.product_id)
-        colour = q.attributes.get("colour")
-        only_in_image = bool(colour) and source is not None and not names_colour(source.title, colour)
-        metadata = beir_metadata(dict(q.attributes), q.attributes.get("category"), q.product_id,
-                                 only_in_image)
-        judged = [(q.product_id, 2)] if source is not None else []
-        judged += [(pid, 1) for pid in index.matching(q.attributes) if pid != q.product_id]
-        out.append(BeirQuery(q.text, metadata, judged))
-    return write_beir(out_dir, out, id_prefix)
 
 
 def _click_query(products: dict[str, ProductLike], clicks: dict[str, int],
@@ -174,7 +138,7 @@ def export_click_beir(
         per_product[row.product_id] = per_product.get(row.product_id, 0) + row.count
         per_text = spellings.setdefault(q, {})
         per_text[row.query] = per_text.get(row.query, 0) + row.count
-    chosen = _seeded_sample(sorted(clicks), max_queries, seed)
+    chosen = seeded_sample(sorted(clicks), max_queries, seed)
     out = [_click_query(by_id, clicks[q], spellings[q]) for q in chosen]
     return write_beir(out_dir, out, id_prefix)
 

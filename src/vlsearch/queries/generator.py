@@ -1,5 +1,5 @@
 """The mocked-query generator: shopper queries written from each product's attributes, the
-colour probe (colours only images show) and single-attribute queries.
+colour probe (colours only images show), single-attribute queries, and their BEIR export.
 
 Test data only: serving and the index never import this module (they use
 ``vlsearch.vocabulary`` and ``vlsearch.queries.relevance``).
@@ -10,9 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vlsearch.config import DataConfig
+from vlsearch.queries.beir import BeirQuery, beir_metadata, seeded_sample, write_beir
 from vlsearch.queries.phrases import (
     GENDER_PHRASES,
     USAGE_PHRASES,
@@ -20,8 +22,9 @@ from vlsearch.queries.phrases import (
     colour_phrases,
     colour_words,
     names_any,
+    names_colour,
 )
-from vlsearch.queries.relevance import intent_key
+from vlsearch.queries.relevance import RelevanceIndex, intent_key
 from vlsearch.queries.splits import seeded_int
 from vlsearch.text import segment
 from vlsearch.vocabulary import QUERY_ATTRIBUTE_KEYS, ProductLike, canonical, product_value
@@ -352,3 +355,36 @@ def single_attribute_queries(products: Iterable[ProductLike],
             out.append(MockQuery(_value_phrase(key, value), {key: value}, first[value]))
     return out
 
+
+def export_beir(
+    queries: Sequence[MockQuery],
+    products: Sequence[ProductLike],
+    out_dir: str | Path,
+    max_queries: int | None = None,
+    seed: int = 0,
+    id_prefix: str = "q",
+) -> int:
+    """Write ``queries.jsonl`` and ``qrels.tsv`` (BEIR layout) under ``out_dir``; return the
+    number of queries written.
+
+    At most ``max_queries`` queries are kept (a seeded sample, original order kept). Query
+    ids are ``{id_prefix}{n}``. ``metadata``: ``attributes`` (canonical), ``category`` (the
+    intent category in catalog spelling, or null), ``source_product``, and
+    ``colour_only_in_image`` (the query names a colour that the source title does not).
+    Qrels: score 2 for the source product (the "click"), 1 for every other product of
+    ``products`` that satisfies all attributes (``relevant``), found by intersecting
+    attribute posting sets (``RelevanceIndex``). Both files are written atomically.
+    """
+    index = RelevanceIndex(products)
+    by_id = {p.id: p for p in index.products}
+    out: list[BeirQuery] = []
+    for q in seeded_sample(queries, max_queries, seed):
+        source = by_id.get(q.product_id)
+        colour = q.attributes.get("colour")
+        only_in_image = bool(colour) and source is not None and not names_colour(source.title, colour)
+        metadata = beir_metadata(dict(q.attributes), q.attributes.get("category"), q.product_id,
+                                 only_in_image)
+        judged = [(q.product_id, 2)] if source is not None else []
+        judged += [(pid, 1) for pid in index.matching(q.attributes) if pid != q.product_id]
+        out.append(BeirQuery(q.text, metadata, judged))
+    return write_beir(out_dir, out, id_prefix)
