@@ -154,12 +154,12 @@ def flops_per_sample(config, workdir, batches: int = 3) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vlsearch.model import Retriever
-    from vlsearch.training import ClickStream, Pretrainer
+    from vlsearch.training import ClickStream, PretrainingObjective
 
     torch.manual_seed(config.train.seed)
     retriever = Retriever.build(config, workdir)
     stream = ClickStream(workdir, retriever, config, rank=0)
-    trainer = Pretrainer(retriever, config)
+    objective = PretrainingObjective(retriever, config)
     model = retriever.model
     towers = {"query": (model.query_tower, "q_ids"), "title": (model.text, "t_ids")}
     n_params = {name: _tower_params(tower) for name, (tower, _) in towers.items()}
@@ -172,13 +172,13 @@ def flops_per_sample(config, workdir, batches: int = 3) -> dict[str, Any]:
     formula = 6 * sum(n_params[k] * tokens[k] for k in n_params)
     batch = stream.batch(0)
     with common.threads(config.train.num_threads), FlopCounterMode(display=False) as counter:
-        out = trainer(batch, torch.Generator().manual_seed(0))
+        out = objective(batch, torch.Generator().manual_seed(0))
         out.loss.backward()
     counted = counter.get_total_flops() / config.train.batch_size
     return {"formula": "6 * sum_tower(non_embedding_params * tokens_per_sample)",
             "tower_params": n_params, "tokens_per_sample": tokens,
             "formula_flops_per_sample": float(formula), "counted_flops_per_sample": float(counted),
-            "all_params": sum(p.numel() for p in trainer.parameters())}
+            "all_params": sum(p.numel() for p in objective.parameters())}
 
 
 def training_speed(sizes: Sizes, inputs: Inputs, peak: dict | None) -> dict[str, Any]:

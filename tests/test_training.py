@@ -19,7 +19,7 @@ from vlsearch.errors import WorkdirError
 from vlsearch.model import Retriever
 from vlsearch.training import (
     CheckpointError,
-    Pretrainer,
+    PretrainingObjective,
     TrainingError,
     list_checkpoints,
     load_checkpoint,
@@ -114,7 +114,7 @@ def test_corrupt_checkpoint_is_refused_and_the_previous_one_used(workdir, tmp_pa
 
 
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(workdir, tmp_path, monkeypatch):
-    forward = Pretrainer.forward
+    forward = PretrainingObjective.forward
     calls = {"n": 0}
 
     def poisoned(self, *args, **kwargs):
@@ -124,7 +124,7 @@ def test_nan_loss_stops_with_the_step_and_last_checkpoint(workdir, tmp_path, mon
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(Pretrainer, "forward", poisoned)
+    monkeypatch.setattr(PretrainingObjective, "forward", poisoned)
     with pytest.raises(TrainingError, match=r"step 3: non-finite loss.*step-00000002"):
         train(workdir, _config(6), tmp_path / "run", progress=False)
 

@@ -10,7 +10,7 @@ import torch
 
 from vlsearch.config import ConfigError, preset
 from vlsearch.model import Retriever
-from vlsearch.training import Pretrainer, train
+from vlsearch.training import PretrainingObjective, train
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_mlm_runs_only_on_its_steps_and_rows(workdir):
     config = _config(mlm_fraction=0.25)
     wd = Workdir.open(workdir)
     retriever = Retriever.build(config, wd)
-    trainer = Pretrainer(retriever, config)
+    trainer = PretrainingObjective(retriever, config)
     batch = ClickStream(wd, retriever, config, rank=0).batch(0)
     seen = []
     heads = {trainer.mlm_title, trainer.mlm_query or trainer.mlm_title}
@@ -92,7 +92,7 @@ def test_frozen_word_embeddings_get_no_gradient(workdir):
     from vlsearch.workdir import Workdir
 
     config = _config(freeze_word_embeddings=True)
-    trainer = Pretrainer(Retriever.build(config, Workdir.open(workdir)), config)
+    trainer = PretrainingObjective(Retriever.build(config, Workdir.open(workdir)), config)
     assert not trainer.model.text.word_embeddings.weight.requires_grad
     assert trainer.model.text.bert.encoder.layer[0].attention.self.query.weight.requires_grad
 
@@ -103,4 +103,4 @@ def test_bad_switch_values_are_refused(workdir, field, value):
 
     config = _config(**{field: value})
     with pytest.raises(ConfigError, match=f"train.{field}"):
-        Pretrainer(Retriever.build(config, Workdir.open(workdir)), config)
+        PretrainingObjective(Retriever.build(config, Workdir.open(workdir)), config)

@@ -34,7 +34,7 @@ from vlsearch.training.metrics import (
     Validator,
     plot_metrics,
 )
-from vlsearch.training.objective import Pretrainer, StepOutput, lr_factor, make_optimizer
+from vlsearch.training.objective import PretrainingObjective, StepOutput, lr_factor, make_optimizer
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -50,7 +50,7 @@ __all__ = [
     "ClickLog",
     "ClickStream",
     "MetricsLog",
-    "Pretrainer",
+    "PretrainingObjective",
     "StepOutput",
     "TrainResult",
     "TrainingError",

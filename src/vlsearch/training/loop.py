@@ -51,7 +51,7 @@ from vlsearch.training.metrics import (
     log,
     plot_metrics,
 )
-from vlsearch.training.objective import Pretrainer, StepOutput, lr_factor, make_optimizer
+from vlsearch.training.objective import PretrainingObjective, StepOutput, lr_factor, make_optimizer
 from vlsearch.workdir import Workdir
 
 
@@ -173,7 +173,7 @@ class _Run:
     info: DistInfo
     retriever: Retriever
     stream: ClickStream
-    objective: Pretrainer  # the retrieval model (``retriever.model``) plus the training heads
+    objective: PretrainingObjective  # the retrieval model (``retriever.model``) plus the training heads
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     bank: MemoryBank | None
@@ -212,7 +212,7 @@ def _build(wd: Workdir, config: Config, out_dir: Path, resume: bool, stop_at: in
     torch.manual_seed(t.seed)  # same initial weights on every rank
     retriever = Retriever.build(config, wd).to(device)
     stream = ClickStream(wd, retriever, config, info.rank)
-    objective = Pretrainer(retriever, config).to(device)
+    objective = PretrainingObjective(retriever, config).to(device)
     optimizer = make_optimizer(objective, t)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, t.warmup_fraction))
     bank = None

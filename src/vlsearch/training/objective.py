@@ -1,6 +1,6 @@
 """The pre-training objective module and its optimizer and schedule.
 
-:class:`Pretrainer` holds the retrieval model (``.model``, the same module as
+:class:`PretrainingObjective` holds the retrieval model (``.model``, the same module as
 ``Retriever.model``) plus the training-only heads (query-product matching, masked patch /
 language modelling, category classification); ``forward`` gives one step's weighted loss.
 ``make_optimizer`` and ``lr_factor`` are the AdamW groups and the warm-up/decay schedule.
@@ -39,10 +39,13 @@ class StepOutput:
     neg_cross_device: float = 0.0
 
 
-class Pretrainer(nn.Module):
-    """The retrieval model plus the training-only objective modules; ``forward`` gives the loss.
+class PretrainingObjective(nn.Module):
+    """The pre-training objective: the retrieval model plus the training-only objective
+    modules; ``forward`` gives the loss. An objective whose weight is zero is neither built
+    nor computed.
 
-    An objective whose weight is zero is neither built nor computed.
+    ``.model`` is the retrieval model itself (``Retriever.model``, not a copy): its weights
+    are saved as ``model.model.*`` in a checkpoint, so the attribute keeps that name.
     """
 
     def __init__(self, retriever: Retriever, config: Config):
