@@ -163,13 +163,16 @@ def checkpoint_tensors(objective: torch.nn.Module, optimizer: torch.optim.Optimi
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
     tensors.update(_bank_tensors(bank, world_size))
-    tensors["rng.torch"] = torch.get_rng_state()
     return tensors, opt_meta
 
 
 def restore_checkpoint(checkpoint: Checkpoint, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
                        scheduler, bank: MemoryBank | None, rank: int) -> None:
-    """Load weights, optimizer, schedule and this rank's memory bank from ``checkpoint``."""
+    """Load weights, optimizer, schedule and this rank's memory bank from ``checkpoint``.
+
+    No RNG state: every step reseeds torch from ``(train.seed, step, rank)``, so the state
+    at a checkpoint has no effect (an older checkpoint's ``rng.torch`` tensor is ignored).
+    """
     tensors = checkpoint.tensors
     objective.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(unflatten_optimizer(tensors, checkpoint.state["optimizer"]))
@@ -182,5 +185,3 @@ def restore_checkpoint(checkpoint: Checkpoint, objective: torch.nn.Module, optim
             bank.load_state_dict(saved)
         else:
             log(f"training: {checkpoint.path} has no memory bank for rank {rank}; starting it empty")
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
