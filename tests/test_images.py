@@ -164,7 +164,6 @@ def test_bad_files_become_problems(drawn, tmp_path):
     assert patches.dtype == np.float16 and patches.shape == (7, 12, 64)
     assert not patches[[1, 3, 4, 5]].any() and all(patches[i].any() for i in [0, 2, 6])
     assert cache.last_run.decoded == 3 and cache.last_run.images_per_second > 0
-    assert cache.rows_for(["p2", "p0"]).tolist() == [6, 0]
     np.testing.assert_array_equal(cache.patches([6, 0]), patches[[6, 0]])
 
 

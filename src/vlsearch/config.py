@@ -48,7 +48,7 @@ class ImageConfig:
     batch_size: int = 16  # images per forward pass during extraction (16-32 fastest on CPU)
     chunk_size: int = 512  # images between two durable progress records (resume granularity)
     num_threads: int = 1  # torch threads for extraction (0: torch default; 1 best on shared CPUs)
-    decode_workers: int = 1  # threads decoding images ahead of the CNN (0: decode inline)
+    decode_workers: int = 1  # DataLoader worker processes decoding ahead of the CNN (0: inline)
 
 
 @dataclass

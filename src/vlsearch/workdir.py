@@ -223,7 +223,7 @@ class Workdir:
 
     # --- images ---------------------------------------------------------------------------
     def features(self):
-        from vlsearch.images import FeatureCache
+        from vlsearch.images import FeatureCache  # local: vlsearch.images loads torch (heavy)
 
         if "features" not in self.manifest.get("stages", {}):
             raise WorkdirError(
@@ -420,7 +420,7 @@ def _mocked_splits(products: list[Product], heldout_ids: set[str], cfg: DataConf
 
 
 def _prepare_features(out: Path, cfg: ImageConfig, progress: bool) -> dict[str, Any]:
-    from vlsearch.images import extract_features
+    from vlsearch.images import extract_features  # local: vlsearch.images loads torch (heavy)
 
     table = pq.read_table(out / "products.parquet", columns=["id", "image_path"])
     ids = table.column("id").to_pylist()

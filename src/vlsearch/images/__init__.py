@@ -16,7 +16,7 @@ from vlsearch.images.backbones import (
     get_backbone,
     register_backbone,
 )
-from vlsearch.images.cache import FORMAT_VERSION, INDEX_FILE, PATCHES_FILE, FeatureCache
+from vlsearch.images.cache import FORMAT_VERSION, INDEX_FILE, PATCHES_FILE, CacheMeta, FeatureCache
 from vlsearch.images.features import ExtractionStats, extract_features, extract_product_features
 from vlsearch.images.loading import load_image
 
@@ -25,6 +25,7 @@ __all__ = [
     "INDEX_FILE",
     "PATCHES_FILE",
     "Backbone",
+    "CacheMeta",
     "EfficientNetLiteBackbone",
     "ExtractionStats",
     "FeatureCache",

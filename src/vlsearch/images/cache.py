@@ -1,19 +1,18 @@
 """The on-disk feature cache: ``patches.f16`` (float16 memmap ``[n, P, D]``, row i = the
-i-th product id) and ``index.json`` (settings, ids, progress, problems), which lets a killed
-extraction resume where it stopped; :class:`FeatureCache` is its read side.
+i-th product id) and ``index.json`` (:class:`CacheMeta`: settings, ids, progress, problems),
+which lets a killed extraction resume where it stopped; :class:`FeatureCache` is its read side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vlsearch.errors import Problem, WorkdirError
-from vlsearch.io import read_json
+from vlsearch.io import atomic_write_json, read_json
 
 FORMAT_VERSION = 1
 PATCHES_FILE = "patches.f16"
@@ -32,23 +31,78 @@ class ExtractionStats:
     failed: int  # missing or undecodable files in this call
 
 
-def _problem_to_dict(problem: Problem) -> dict[str, Any]:
-    return asdict(problem)
+@dataclass
+class CacheMeta:
+    """``index.json``: what the patches were made with and how far extraction got.
 
+    On disk a JSON object with the keys ``format, backbone, width, height, grid, dim, n,
+    done, counts, problems, ids, has_image`` (``n`` = ``len(ids)``; ``problems`` as
+    ``{file, line, field, message}`` objects).
+    """
 
-def _problem_from_dict(raw: dict[str, Any]) -> Problem:
-    return Problem(raw["file"], raw.get("line"), raw.get("field"), raw["message"])
+    backbone: str
+    width: int
+    height: int
+    grid: tuple[int, int]  # (rows, cols) of the patch grid
+    dim: int
+    ids: list[str]  # row i = product ids[i]
+    has_image: list[bool]  # False: no path, or a missing or undecodable file (a zero row)
+    done: int = 0  # rows extracted and durable (the end of a chunk)
+    counts: dict[str, int] = field(default_factory=lambda: {"no_image": 0, "failed": 0})
+    problems: list[Problem] = field(default_factory=list)
+    format: int = FORMAT_VERSION
+
+    @classmethod
+    def start(cls, describe: dict[str, Any], ids: list[str]) -> CacheMeta:
+        """Nothing extracted yet, for ``Backbone.describe()`` and ``ids``."""
+        return cls(describe["backbone"], describe["width"], describe["height"],
+                   tuple(describe["grid"]), describe["dim"], list(ids), [False] * len(ids))
+
+    @classmethod
+    def read(cls, path: Path) -> CacheMeta:
+        """Read and validate ``path``; :class:`WorkdirError` names what is wrong."""
+        raw = read_json(path)
+        _validate(raw, path)
+        return cls(
+            backbone=raw["backbone"], width=raw["width"], height=raw["height"],
+            grid=tuple(raw["grid"]), dim=raw["dim"], ids=list(raw["ids"]),
+            has_image=[bool(h) for h in raw["has_image"]], done=raw["done"],
+            counts=dict(raw["counts"]), format=raw["format"],
+            problems=[Problem(p["file"], p.get("line"), p.get("field"), p["message"])
+                      for p in raw["problems"]],
+        )
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, {
+            "format": self.format, "backbone": self.backbone, "width": self.width,
+            "height": self.height, "grid": list(self.grid), "dim": self.dim, "n": self.n,
+            "done": self.done, "counts": self.counts,
+            "problems": [asdict(p) for p in self.problems], "ids": self.ids,
+            "has_image": self.has_image,
+        })
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(n, P, D)`` of ``patches.f16``."""
+        return self.n, self.grid[0] * self.grid[1], self.dim
+
+    @property
+    def patch_bytes(self) -> int:
+        return int(np.prod(self.shape)) * 2
 
 
 class FeatureCache:
     """Read access to an extracted feature directory; row i belongs to the i-th id given."""
 
-    def __init__(self, directory: Path, meta: dict[str, Any], patches: np.ndarray) -> None:
+    def __init__(self, directory: Path, meta: CacheMeta, patches: np.ndarray) -> None:
         self.directory = directory
         self.meta = meta
         self._patches = patches
-        self._has_image = np.asarray(meta["has_image"], dtype=bool)
-        self._row_of: dict[str, int] | None = None
+        self._has_image = np.asarray(meta.has_image, dtype=bool)
         self.last_run: ExtractionStats | None = None
 
     @classmethod
@@ -57,32 +111,29 @@ class FeatureCache:
         directory = Path(directory)
         index_path = directory / INDEX_FILE
         patches_path = directory / PATCHES_FILE
-        meta = read_json(index_path)
-        _validate_meta(meta, index_path)
-        shape = (meta["n"], meta["grid"][0] * meta["grid"][1], meta["dim"])
+        meta = CacheMeta.read(index_path)
         if not patches_path.exists():
             raise WorkdirError(f"{patches_path}: file not found (feature cache is incomplete)")
-        expected = int(np.prod(shape)) * 2
         actual = patches_path.stat().st_size
-        if actual != expected:
+        if actual != meta.patch_bytes:
             raise WorkdirError(
-                f"{patches_path}: {actual} bytes, expected {expected} for float16 {list(shape)} "
-                f"as recorded in {index_path}"
+                f"{patches_path}: {actual} bytes, expected {meta.patch_bytes} for float16 "
+                f"{list(meta.shape)} as recorded in {index_path}"
             )
-        if shape[0] == 0:
-            patches = np.zeros(shape, dtype=np.float16)
+        if meta.n == 0:
+            patches = np.zeros(meta.shape, dtype=np.float16)
         else:
-            patches = np.memmap(patches_path, dtype=np.float16, mode="r", shape=shape)
+            patches = np.memmap(patches_path, dtype=np.float16, mode="r", shape=meta.shape)
         return cls(directory, meta, patches)
 
     # --- shape and settings ---------------------------------------------------------------
     @property
     def n(self) -> int:
-        return int(self.meta["n"])
+        return self.meta.n
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.meta["grid"])  # type: ignore[return-value]
+        return self.meta.grid
 
     @property
     def num_patches(self) -> int:
@@ -90,20 +141,20 @@ class FeatureCache:
 
     @property
     def dim(self) -> int:
-        return int(self.meta["dim"])
+        return self.meta.dim
 
     @property
     def size(self) -> tuple[int, int]:
         """Input ``(width, height)`` in pixels the features were extracted at."""
-        return int(self.meta["width"]), int(self.meta["height"])
+        return self.meta.width, self.meta.height
 
     @property
     def backbone(self) -> str:
-        return str(self.meta["backbone"])
+        return self.meta.backbone
 
     @property
     def done(self) -> int:
-        return int(self.meta["done"])
+        return self.meta.done
 
     @property
     def complete(self) -> bool:
@@ -111,16 +162,16 @@ class FeatureCache:
 
     @property
     def ids(self) -> list[str]:
-        return list(self.meta["ids"])
+        return list(self.meta.ids)
 
     @property
     def problems(self) -> list[Problem]:
-        return [_problem_from_dict(p) for p in self.meta["problems"]]
+        return list(self.meta.problems)
 
     @property
     def counts(self) -> dict[str, int]:
         """``no_image`` (no path given) and ``failed`` (missing or undecodable file)."""
-        return dict(self.meta["counts"])
+        return dict(self.meta.counts)
 
     # --- rows -------------------------------------------------------------------------------
     def _rows(self, rows: Any) -> np.ndarray | slice:
@@ -153,17 +204,6 @@ class FeatureCache:
         """bool ``[len(rows)]``: False where the row is all zeros (no image or a bad file)."""
         return self._has_image[self._rows(rows)].copy()
 
-    def rows_for(self, ids: Sequence[str]) -> np.ndarray:
-        """Row numbers of ``ids``; an unknown id raises KeyError naming it."""
-        if self._row_of is None:
-            self._row_of = {pid: i for i, pid in enumerate(self.meta["ids"])}
-        try:
-            return np.asarray([self._row_of[str(pid)] for pid in ids], dtype=np.int64)
-        except KeyError as exc:
-            raise KeyError(
-                f"{self.directory}: product id {exc.args[0]!r} has no feature row"
-            ) from None
-
     def __repr__(self) -> str:
         return (
             f"FeatureCache({str(self.directory)!r}, backbone={self.backbone!r}, n={self.n}, "
@@ -187,7 +227,7 @@ _META_KEYS = {
 }
 
 
-def _validate_meta(meta: Any, path: Path) -> None:
+def _validate(meta: Any, path: Path) -> None:
     if not isinstance(meta, dict):
         raise WorkdirError(f"{path}: expected a JSON object")
     for key, kind in _META_KEYS.items():
@@ -208,27 +248,28 @@ def _validate_meta(meta: Any, path: Path) -> None:
         raise WorkdirError(f"{path}: done = {meta['done']} outside [0, {n}]")
 
 
-def _existing_meta(
+def resumable_meta(
     out_dir: Path, wanted: dict[str, Any], ids: list[str], overwrite: bool
-) -> dict[str, Any] | None:
-    """The resumable meta of ``out_dir``, None to start fresh; raises on a foreign cache."""
+) -> CacheMeta | None:
+    """The meta of the cache in ``out_dir`` when it can be resumed (or is complete) for
+    ``ids`` and the ``wanted`` backbone/width/height, else None to start fresh; a cache
+    made with other settings raises :class:`WorkdirError` unless ``overwrite``."""
     index_path = out_dir / INDEX_FILE
     if not index_path.exists():
         return None
     try:
-        meta = read_json(index_path)
-        _validate_meta(meta, index_path)
+        meta = CacheMeta.read(index_path)
     except WorkdirError:
         if overwrite:
             return None
         raise
     differences = [
-        f"{key} {meta[key]!r} (wanted {value!r})"
+        f"{key} {getattr(meta, key)!r} (wanted {value!r})"
         for key, value in wanted.items()
-        if meta[key] != value
+        if getattr(meta, key) != value
     ]
-    if meta["ids"] != ids:
-        differences.append(_ids_difference(meta["ids"], ids))
+    if meta.ids != ids:
+        differences.append(_ids_difference(meta.ids, ids))
     if differences:
         if overwrite:
             return None
@@ -237,10 +278,19 @@ def _existing_meta(
             f"Use another directory or rebuild it (overwrite=True)"
         )
     patches_path = out_dir / PATCHES_FILE
-    expected = meta["n"] * meta["grid"][0] * meta["grid"][1] * meta["dim"] * 2
-    if not patches_path.exists() or patches_path.stat().st_size != expected:
+    if not patches_path.exists() or patches_path.stat().st_size != meta.patch_bytes:
         return None  # index without its data: nothing to resume
     return meta
+
+
+def create(out_dir: Path, meta: CacheMeta) -> None:
+    """A fresh cache in ``out_dir``: an all-zero (sparse) ``patches.f16`` and ``meta``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    patches_path = out_dir / PATCHES_FILE
+    patches_path.unlink(missing_ok=True)
+    with open(patches_path, "wb") as handle:
+        handle.truncate(meta.patch_bytes)
+    meta.write(out_dir / INDEX_FILE)
 
 
 def _ids_difference(old: list[str], new: list[str]) -> str:

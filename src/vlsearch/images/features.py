@@ -1,61 +1,38 @@
 """Feature extraction: the backbone run over the first image of each product into the
 feature cache (:mod:`vlsearch.images.cache`), in durable chunks, resumable byte for byte.
+
+Images are decoded and preprocessed by a ``torch.utils.data.DataLoader`` over the cache's
+rows (``ImageConfig.decode_workers`` worker processes decode ahead of the CNN; 0 decodes in
+this process); batches come back in row order, so the bytes never depend on the workers.
 """
 
 from __future__ import annotations
 
-import collections
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from vlsearch.config import ConfigError, ImageConfig
 from vlsearch.errors import InputError, Problem
 from vlsearch.images.backbones import Backbone, get_backbone
 from vlsearch.images.cache import (
-    FORMAT_VERSION,
     INDEX_FILE,
     PATCHES_FILE,
+    CacheMeta,
     ExtractionStats,
     FeatureCache,
-    _existing_meta,
-    _problem_to_dict,
+    create,
+    resumable_meta,
 )
 from vlsearch.images.loading import load_image
-from vlsearch.io import atomic_write_json
-
-
-def _first_path(paths: Any) -> str | None:
-    if paths is None:
-        return None
-    if isinstance(paths, (str, Path)):
-        return str(paths) if str(paths) else None
-    paths = list(paths)
-    return str(paths[0]) if paths and paths[0] else None
-
-
-def _decode(path: str, backbone: Backbone) -> tuple[np.ndarray | None, Problem | None]:
-    try:
-        return backbone.preprocess_array(load_image(path)), None
-    except InputError as exc:
-        return None, Problem(path, None, None, str(exc).removeprefix(f"{path}: "))
-
-
-def _batches(start: int, n: int, chunk_size: int, batch_size: int) -> Iterator[tuple[int, int]]:
-    """Batches that start at multiples of ``chunk_size`` (and never cross one), so a run
-    resumed at ``done`` forms the very batches of an uninterrupted run."""
-    chunk_start = start
-    while chunk_start < n:
-        chunk_end = min((chunk_start // chunk_size + 1) * chunk_size, n)
-        for b in range(chunk_start, chunk_end, batch_size):
-            yield b, min(b + batch_size, chunk_end)
-        chunk_start = chunk_end
 
 
 def extract_features(
@@ -85,6 +62,39 @@ def extract_features(
     out_dir = Path(out_dir)
     ids = [str(pid) for pid in ids]
     image_paths = list(image_paths)
+    _check_arguments(ids, image_paths, config, backbone)
+    name = backbone.name if backbone is not None else config.backbone
+    wanted = {"backbone": name, "width": config.width, "height": config.height}
+    meta = resumable_meta(out_dir, wanted, ids, overwrite)
+    if meta is not None and meta.done == len(ids):
+        cache = FeatureCache.open(out_dir)
+        cache.last_run = ExtractionStats(0, 0, 0.0, 0.0, cache.done, 0)
+        return cache
+
+    if backbone is None:
+        backbone = get_backbone(name, config)
+    if meta is None or meta.grid != backbone.grid or meta.dim != backbone.dim:
+        meta = CacheMeta.start(backbone.describe(), ids)  # (same name, other output: start over)
+        create(out_dir, meta)
+    paths = [_first_path(p) for p in image_paths]
+    with _torch_threads(config.num_threads):
+        stats = _run(backbone, paths, meta, out_dir, config, progress, on_chunk)
+    cache = FeatureCache.open(out_dir)
+    cache.last_run = stats
+    return cache
+
+
+def extract_product_features(
+    products: Sequence[Any], out_dir: str | Path, config: ImageConfig | None = None, **kwargs: Any
+) -> FeatureCache:
+    """:func:`extract_features` over ``Product`` records (their ``id`` and ``image_paths``)."""
+    return extract_features(
+        [p.id for p in products], [p.image_paths for p in products], out_dir, config, **kwargs
+    )
+
+
+def _check_arguments(ids: list[str], image_paths: list[Any], config: ImageConfig,
+                     backbone: Backbone | None) -> None:
     if len(ids) != len(image_paths):
         raise InputError(
             f"extract_features: {len(ids)} ids but {len(image_paths)} image path entries"
@@ -100,157 +110,139 @@ def extract_features(
         raise ConfigError(
             f"images: batch_size and chunk_size must be >= 1, got {config.batch_size}, {config.chunk_size}"
         )
-    name = backbone.name if backbone is not None else config.backbone
     if backbone is not None and (backbone.width, backbone.height) != (config.width, config.height):
         raise ConfigError(
             f"images: backbone built for {backbone.width}x{backbone.height}, config asks {config.width}x{config.height}"
         )
-    wanted = {"backbone": name, "width": config.width, "height": config.height}
 
-    meta = _existing_meta(out_dir, wanted, ids, overwrite)
-    if meta is not None and meta["done"] == len(ids):
-        cache = FeatureCache.open(out_dir)
-        cache.last_run = ExtractionStats(0, 0, 0.0, 0.0, cache.done, 0)
-        return cache
 
-    if backbone is None:
-        backbone = get_backbone(name, config)
-    if meta is not None and (meta["grid"] != list(backbone.grid) or meta["dim"] != backbone.dim):
-        meta = None  # same name, different network output: start over
-    n, shape = len(ids), (len(ids), backbone.num_patches, backbone.dim)
-    patches_path = out_dir / PATCHES_FILE
-    if meta is None:
-        meta = {
-            "format": FORMAT_VERSION,
-            **backbone.describe(),
-            "n": n,
-            "done": 0,
-            "counts": {"no_image": 0, "failed": 0},
-            "problems": [],
-            "ids": ids,
-            "has_image": [False] * n,
-        }
-        out_dir.mkdir(parents=True, exist_ok=True)
-        patches_path.unlink(missing_ok=True)
-        with open(patches_path, "wb") as handle:  # sparse file of zeros
-            handle.truncate(int(np.prod(shape)) * 2)
-        atomic_write_json(out_dir / INDEX_FILE, meta)
+def _first_path(paths: Any) -> str | None:
+    if paths is None:
+        return None
+    if isinstance(paths, (str, Path)):
+        return str(paths) if str(paths) else None
+    paths = list(paths)
+    return str(paths[0]) if paths and paths[0] else None
 
-    paths = [_first_path(p) for p in image_paths]
-    previous_threads = torch.get_num_threads()
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the block (0: leave torch's setting)."""
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
     try:
-        stats = _run(backbone, paths, meta, out_dir, shape, config, progress, on_chunk)
+        yield
     finally:
-        torch.set_num_threads(previous_threads)
-    cache = FeatureCache.open(out_dir)
-    cache.last_run = stats
-    return cache
+        torch.set_num_threads(previous)
 
 
-def extract_product_features(
-    products: Sequence[Any], out_dir: str | Path, config: ImageConfig | None = None, **kwargs: Any
-) -> FeatureCache:
-    """:func:`extract_features` over ``Product`` records (their ``id`` and ``image_paths``)."""
-    return extract_features(
-        [p.id for p in products], [p.image_paths for p in products], out_dir, config, **kwargs
+# --- decoding -----------------------------------------------------------------------------
+
+
+class _Decoded(NamedTuple):
+    row: int
+    pixels: np.ndarray | None  # preprocessed float32 [3, H, W]; None without a usable image
+    problem: Problem | None  # the missing or undecodable file (None: no path given)
+
+
+class _Batch(NamedTuple):
+    """Rows ``lo:hi`` decoded; ``pixels`` stacks the rows whose ``has_image`` is True."""
+
+    lo: int
+    hi: int
+    has_image: list[bool]
+    problems: list[Problem]  # in row order
+    pixels: torch.Tensor | None  # [sum(has_image), 3, H, W] float32
+
+
+class _ImageRows(Dataset):
+    """Row i → its image decoded and preprocessed (run in the DataLoader's workers)."""
+
+    def __init__(self, paths: list[str | None], preprocess: Callable[[Any], np.ndarray]) -> None:
+        self.paths = paths
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int) -> _Decoded:
+        path = self.paths[row]
+        if not path:
+            return _Decoded(row, None, None)
+        try:
+            return _Decoded(row, self.preprocess(load_image(path)), None)
+        except InputError as exc:
+            return _Decoded(row, None, Problem(path, None, None, str(exc).removeprefix(f"{path}: ")))
+
+
+def _collate(decoded: list[_Decoded]) -> _Batch:
+    arrays = [d.pixels for d in decoded if d.pixels is not None]
+    return _Batch(
+        decoded[0].row,
+        decoded[-1].row + 1,
+        [d.pixels is not None for d in decoded],
+        [d.problem for d in decoded if d.problem is not None],
+        torch.from_numpy(np.stack(arrays)) if arrays else None,
     )
 
 
+def _batches(start: int, n: int, chunk_size: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """Batches that start at multiples of ``chunk_size`` (and never cross one), so a run
+    resumed at ``done`` forms the very batches of an uninterrupted run."""
+    chunk_start = start
+    while chunk_start < n:
+        chunk_end = min((chunk_start // chunk_size + 1) * chunk_size, n)
+        for b in range(chunk_start, chunk_end, batch_size):
+            yield b, min(b + batch_size, chunk_end)
+        chunk_start = chunk_end
+
+
+def _decoded_batches(backbone: Backbone, paths: list[str | None], start: int,
+                     config: ImageConfig) -> Iterator[_Batch]:
+    """The batches of rows ``start:`` decoded, in row order."""
+    spans = [range(lo, hi) for lo, hi in _batches(start, len(paths), config.chunk_size,
+                                                   config.batch_size)]
+    loader = DataLoader(_ImageRows(paths, backbone.preprocess_array), batch_sampler=spans,
+                        collate_fn=_collate, num_workers=max(0, config.decode_workers))
+    return iter(loader)
+
+
+# --- the extraction loop ------------------------------------------------------------------
 
 
 def _run(
     backbone: Backbone,
     paths: list[str | None],
-    meta: dict[str, Any],
+    meta: CacheMeta,
     out_dir: Path,
-    shape: tuple[int, int, int],
     config: ImageConfig,
     progress: bool,
     on_chunk: Callable[[int], None] | None,
 ) -> ExtractionStats:
-    from tqdm.auto import tqdm
-
-    n = shape[0]
-    start = meta["done"]
-    stats = ExtractionStats(0, 0, 0.0, 0.0, start, 0)
-    if start >= n:
+    """Extract rows ``meta.done:`` into ``out_dir``, durable at the end of every chunk."""
+    stats = ExtractionStats(0, 0, 0.0, 0.0, meta.done, 0)
+    if meta.done >= meta.n:
         return stats
-    store = np.memmap(out_dir / PATCHES_FILE, dtype=np.float16, mode="r+", shape=shape)
-    device = backbone.device
-    workers = max(0, config.decode_workers)
-    pool = (
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vlsearch-decode")
-        if workers
-        else None
-    )
-
-    def decode_batch(lo: int, hi: int) -> list[tuple[int, np.ndarray | None, Problem | None]]:
-        out = []
-        for row in range(lo, hi):
-            path = paths[row]
-            out.append((row, *(_decode(path, backbone) if path else (None, None))))
-        return out
-
-    pending: collections.deque[tuple[int, int, Future | None]] = collections.deque()
-    batches = _batches(start, n, config.chunk_size, config.batch_size)
-    depth = workers + 1
-
-    def refill() -> None:
-        while len(pending) < depth:
-            span = next(batches, None)
-            if span is None:
-                return
-            job = pool.submit(decode_batch, *span) if pool else None
-            pending.append((*span, job))
-
-    bar = tqdm(
-        total=n,
-        initial=start,
-        unit="img",
-        desc="image features",
-        disable=not progress,
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    store = np.memmap(out_dir / PATCHES_FILE, dtype=np.float16, mode="r+", shape=meta.shape)
+    batches = _decoded_batches(backbone, paths, meta.done, config)
+    bar = tqdm(total=meta.n, initial=meta.done, unit="img", desc="image features",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)
     began = time.perf_counter()
     try:
         with torch.inference_mode():
-            refill()
-            while pending:
-                lo, hi, job = pending.popleft()
-                decoded = job.result() if job is not None else decode_batch(lo, hi)
-                refill()
-                rows = [row for row, array, _ in decoded if array is not None]
-                block = np.zeros((hi - lo, shape[1], shape[2]), dtype=np.float16)
-                if rows:
-                    batch = torch.from_numpy(np.stack([a for _, a, _ in decoded if a is not None]))
-                    vectors = backbone(batch.to(device)).to("cpu", torch.float16).numpy()
-                    block[np.asarray(rows) - lo] = vectors
-                store[lo:hi] = block
-                for row, array, problem in decoded:
-                    meta["has_image"][row] = array is not None
-                    if problem is not None:
-                        meta["problems"].append(_problem_to_dict(problem))
-                        meta["counts"]["failed"] += 1
-                        stats.failed += 1
-                    elif array is None:
-                        meta["counts"]["no_image"] += 1
-                stats.images += hi - lo
-                stats.decoded += len(rows)
-                bar.update(hi - lo)
-                if hi == n or hi % config.chunk_size == 0:  # end of a chunk: make it durable
+            for batch in batches:
+                _store(backbone, batch, store, meta, stats)
+                bar.update(batch.hi - batch.lo)
+                if batch.hi == meta.n or batch.hi % config.chunk_size == 0:  # end of a chunk
                     store.flush()
-                    meta["done"] = hi
-                    atomic_write_json(out_dir / INDEX_FILE, meta)
+                    meta.done = batch.hi
+                    meta.write(out_dir / INDEX_FILE)
                     if on_chunk is not None:
-                        on_chunk(hi)
+                        on_chunk(batch.hi)
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        del store
+        del batches, store  # stops the decode workers now, not when a traceback is freed
     stats.seconds = time.perf_counter() - began
     stats.images_per_second = stats.decoded / stats.seconds if stats.seconds > 0 else 0.0
     if progress:
@@ -262,3 +254,23 @@ def _run(
             file=sys.stderr,
         )
     return stats
+
+
+def _store(backbone: Backbone, batch: _Batch, store: np.ndarray, meta: CacheMeta,
+           stats: ExtractionStats) -> None:
+    """The batch's patch vectors (zero rows without an image) into ``store``; its rows'
+    image flags and problems into ``meta``; its counts into ``stats``."""
+    rows = batch.hi - batch.lo
+    block = np.zeros((rows, *meta.shape[1:]), dtype=np.float16)
+    if batch.pixels is not None:
+        vectors = backbone(batch.pixels.to(backbone.device)).to("cpu", torch.float16).numpy()
+        block[np.flatnonzero(batch.has_image)] = vectors
+    store[batch.lo:batch.hi] = block
+    decoded = sum(batch.has_image)
+    meta.has_image[batch.lo:batch.hi] = batch.has_image
+    meta.problems.extend(batch.problems)
+    meta.counts["failed"] += len(batch.problems)
+    meta.counts["no_image"] += rows - decoded - len(batch.problems)
+    stats.images += rows
+    stats.decoded += decoded
+    stats.failed += len(batch.problems)
