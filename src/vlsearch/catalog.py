@@ -9,9 +9,7 @@ id/title column, unknown format) raises :class:`vlsearch.errors.InputError`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from vlsearch.brands import (  # noqa: F401 - GENDER_WORDS, BrandMiner re-export
 )
 from vlsearch.catalog_images import ImageResolver, verify_images  # noqa: F401 - verify_images re-exported
 from vlsearch.errors import InputError, Problem
+from vlsearch.tabular import MALFORMED, ParquetRows, delimited_rows, jsonl_rows
 
 # ----------------------------------------------------------------------------- records
 
@@ -159,6 +158,8 @@ class LoadedCatalog:
 
 
 # ----------------------------------------------------------------------------- readers
+# Rows come from vlsearch.tabular, which reports bad bytes (replaced with U+FFFD, counted as
+# ``non_utf8``) and rows the format refuses (``malformed``) into the load report.
 
 
 @dataclass
@@ -173,72 +174,26 @@ def _snake(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
-def _decoded_lines(handle, path: str, report: LoadReport) -> Iterator[str]:
-    """Decode a binary file line by line; bad UTF-8 is replaced and the line reported."""
-    for number, raw in enumerate(handle, start=1):
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            report.add(Problem(path, number, None,
-                               f"bytes not valid UTF-8 at column {exc.start + 1} "
-                               f"({raw[exc.start:exc.end]!r}); replaced with U+FFFD"), "non_utf8")
-            yield raw.decode("utf-8", errors="replace")
-
-
-def _csv_records(path: Path, mapping: ColumnMapping,
-                 report: LoadReport) -> Iterator[tuple[int, int, list[str] | csv.Error]]:
-    """The one CSV reading loop: ``(first line, last line, fields)`` per record (physical
-    lines), or ``(first line, last line, csv.Error)`` for a record the csv module refuses (a line break inside an unquoted
-    field, a field over the size limit); reading always goes on with the next line."""
-    with open(path, "rb") as handle:
-        reader = csv.reader(_decoded_lines(handle, str(path), report), delimiter=mapping.delimiter)
-        while True:
-            start = reader.line_num + 1
-            try:
-                fields_ = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield start, reader.line_num, exc
-                continue
-            yield start, reader.line_num, fields_
-
-
 def _read_csv(path: Path, mapping: ColumnMapping, report: LoadReport,
               limit: int | None) -> tuple[list[str], Iterator[_Row]]:
-    head = _csv_records(path, mapping, LoadReport())  # its problems are reported by the full pass
-    try:
-        _, _, first = next(head)
-    except StopIteration:
-        raise InputError(f"{path}: empty file; expected a header line and product rows") from None
-    finally:
-        head.close()
-    if isinstance(first, csv.Error):
-        raise InputError(f"{path}:1: header is not valid CSV ({first})")
-    header = [h.strip() for h in first]
+    header, records = delimited_rows(path, mapping.delimiter, report.add)
+    if header is None:
+        raise InputError(f"{path}: empty file; expected a header line and product rows")
     title_at = header.index(mapping.title) if mapping.title in header else None
 
     def rows() -> Iterator[_Row]:
-        records = _csv_records(path, mapping, report)
-        next(records)  # header
         seen = 0
-        for start, end, fields_ in records:
+        for row in records:
             if limit is not None and seen >= limit:
                 break
-            if isinstance(fields_, csv.Error):
-                seen += 1
-                report.rows_read += 1
-                report.add(Problem(str(path), start, None, f"not valid CSV ({fields_}); row skipped"),
-                           "malformed")
-                continue
-            if not fields_ or (len(fields_) == 1 and not fields_[0].strip()):
-                continue  # blank line
             seen += 1
-            fixed = _fit_fields(fields_, len(header), title_at, mapping, str(path), start, report)
+            if row.record is None:  # not valid CSV: reported by the reader
+                report.rows_read += 1
+                continue
+            fixed = _fit_fields(row.record, len(header), title_at, mapping, str(path), row.line,
+                                report)
             if fixed is not None:
-                yield _Row(start, dict(zip(header, fixed, strict=True)), end)
+                yield _Row(row.line, dict(zip(header, fixed, strict=True)), row.last_line)
         records.close()
 
     return header, rows()
@@ -261,55 +216,32 @@ def _fit_fields(values: list[str], width: int, title_at: int | None, mapping: Co
         return values[:title_at] + [joined] + values[title_at + extra + 1:]
     report.rows_read += 1
     report.add(Problem(path, line, None, f"expected {width} fields, got {len(values)}"),
-               "malformed")
+               MALFORMED)
     return None
 
 
 def _read_jsonl(path: Path, report: LoadReport, limit: int | None) -> Iterator[_Row]:
-    with open(path, "rb") as handle:
-        seen = 0
-        for number, text in enumerate(_decoded_lines(handle, str(path), report), start=1):
-            if limit is not None and seen >= limit:
-                return
-            if not text.strip():
-                continue
-            seen += 1
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                report.rows_read += 1
-                report.add(Problem(str(path), number, None, f"not valid JSON ({exc.msg})"),
-                           "malformed")
-                continue
-            if not isinstance(obj, dict):
-                report.rows_read += 1
-                report.add(Problem(str(path), number, None,
-                                   f"expected a JSON object, got {type(obj).__name__}"),
-                           "malformed")
-                continue
-            yield _Row(number, obj)
+    seen = 0
+    for row in jsonl_rows(path, report.add):
+        if limit is not None and seen >= limit:
+            return
+        seen += 1
+        if row.record is None:  # not a JSON object: reported by the reader
+            report.rows_read += 1
+            continue
+        yield _Row(row.line, row.record)
 
 
 def _read_parquet(path: Path, limit: int | None) -> tuple[list[str], Iterator[_Row]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    header = list(parquet.schema_arrow.names)
+    parquet = ParquetRows(path)
 
     def rows() -> Iterator[_Row]:
-        number = 0
-        for batch in parquet.iter_batches():
-            for values in batch.to_pylist():
-                if limit is not None and number >= limit:
-                    return
-                number += 1
-                yield _Row(number, values)
+        for row in parquet.rows():
+            if limit is not None and row.line > limit:
+                return
+            yield _Row(row.line, row.record)
 
-    return header, rows()
+    return parquet.names, rows()
 
 
 # ----------------------------------------------------------------------------- loading
