@@ -5,10 +5,7 @@ probabilities Q(p) of the logQ correction.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +15,7 @@ import numpy as np
 
 from vlsearch.errors import InputError, Problem
 from vlsearch.io import atomic_write
+from vlsearch.tabular import MALFORMED, ParquetRows, delimited_rows, jsonl_rows
 from vlsearch.text import query_ids, segment
 
 if TYPE_CHECKING:  # annotations only: a click log never needs the generator itself
@@ -120,7 +118,6 @@ class ClickLog:
 
 
 _REQUIRED = ("query", "product_id")
-_SURROGATE_RE = re.compile("[\udc80-\udcff]")
 
 
 def read_click_log(path: str | Path) -> ClickLog:
@@ -129,9 +126,10 @@ def read_click_log(path: str | Path) -> ClickLog:
     Columns ``query``, ``product_id`` and optionally ``count`` (absent: 1 per row); header
     names are matched case-insensitively. A bad row (empty query or product id, a query
     without any term, a count that is not a positive integer, wrong field count, invalid
-    JSON or UTF-8) is skipped and recorded as a ``Problem`` naming file, line and field.
-    A missing file or column, an unknown extension and a file with no rows raise
-    ``InputError`` naming the file.
+    JSON, bytes that are not UTF-8) is skipped and recorded as a ``Problem`` naming file,
+    line and field (rows are read by ``vlsearch.tabular``, which reports bad bytes and
+    malformed lines). A missing file or column, an unknown extension and a file with no
+    rows raise ``InputError`` naming the file.
     """
     path = Path(path)
     if not path.exists():
@@ -153,44 +151,47 @@ def read_click_log(path: str | Path) -> ClickLog:
 
 
 class _Rows:
-    """Accumulates validated rows into a ClickLog."""
+    """Accumulates validated rows into a ClickLog; every row given counts as read."""
 
     def __init__(self, log: ClickLog):
         self.log = log
         self.counts: list[int] = []
 
+    def report(self, problem: Problem, kind: str) -> None:
+        """The ``vlsearch.tabular`` reporter: the problem is recorded, its row skipped."""
+        self.log.problems.append(problem)
+
+    def skip(self) -> None:
+        """A row already reported (malformed, or with bytes that are not UTF-8)."""
+        self.log.rows_read += 1
+
     def add(self, line: int, query: Any, product_id: Any, count: Any) -> None:
         log = self.log
         log.rows_read += 1
-        file = log.source or ""
-        for name, value in (("query", query), ("product_id", product_id), ("count", count)):
-            if isinstance(value, str) and _SURROGATE_RE.search(value):
-                log.problems.append(Problem(file, line, name, "not valid UTF-8"))
-                return
-        if not isinstance(query, str) or not query.strip():
-            log.problems.append(Problem(file, line, "query", f"expected a non-empty text, got {query!r}"))
-            return
-        if not segment(query):
-            log.problems.append(Problem(file, line, "query", f"no searchable term in {query!r}"))
-            return
-        pid = _product_id(product_id)
-        if pid is None:
-            log.problems.append(
-                Problem(file, line, "product_id", f"expected a non-empty id, got {product_id!r}")
-            )
-            return
-        n = _count(count)
-        if n is None:
-            log.problems.append(
-                Problem(file, line, "count", f"expected a positive integer, got {count!r}")
-            )
+        problem = _bad_field(query, product_id, count)
+        if problem is not None:
+            name, message = problem
+            log.problems.append(Problem(log.source or "", line, name, message))
             return
         log.query.append(query.strip())
-        log.product_id.append(pid)
-        self.counts.append(n)
+        log.product_id.append(_product_id(product_id))
+        self.counts.append(_count(count))
 
     def finish(self) -> None:
         self.log.count = np.asarray(self.counts, dtype=np.int64)
+
+
+def _bad_field(query: Any, product_id: Any, count: Any) -> tuple[str, str] | None:
+    """(field, message) of the first unusable value of a row, or None."""
+    if not isinstance(query, str) or not query.strip():
+        return "query", f"expected a non-empty text, got {query!r}"
+    if not segment(query):
+        return "query", f"no searchable term in {query!r}"
+    if _product_id(product_id) is None:
+        return "product_id", f"expected a non-empty id, got {product_id!r}"
+    if _count(count) is None:
+        return "count", f"expected a positive integer, got {count!r}"
+    return None
 
 
 def _product_id(value: Any) -> str | None:
@@ -241,40 +242,30 @@ def _missing_columns(path: Path, found: Iterable[str], what: str = "column") -> 
         )
 
 
+def _column_name(cell: str) -> str:
+    return cell.strip().casefold()
+
+
 def _read_csv(path: Path, log: ClickLog, delimiter: str) -> None:
     rows = _Rows(log)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header: list[str] | None = None
-        previous_end = 0
-        while True:
-            try:
-                record = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                log.rows_read += 1
-                log.problems.append(Problem(str(path), reader.line_num, None, f"bad CSV: {exc}"))
-                previous_end = reader.line_num
-                continue
-            line, previous_end = previous_end + 1, reader.line_num
-            if not record or all(not cell.strip() for cell in record):
-                continue
-            if header is None:
-                header = [cell.strip().casefold() for cell in record]
-                _missing_columns(path, header)
-                index = {name: header.index(name) for name in (*_REQUIRED, "count") if name in header}
-                continue
-            if len(record) != len(header):
-                log.rows_read += 1
-                log.problems.append(Problem(
-                    str(path), line, None, f"expected {len(header)} fields, got {len(record)}"
-                ))
-                continue
-            count = record[index["count"]] if "count" in index else _MISSING_COUNT
-            rows.add(line, record[index["query"]], record[index["product_id"]], count)
+    header, records = delimited_rows(path, delimiter, rows.report, names=_column_name)
     if header is None:
         raise InputError(f"{path}: empty file; expected a header with query, product_id[, count]")
+    _missing_columns(path, header)
+    index = {name: header.index(name) for name in (*_REQUIRED, "count") if name in header}
+    for row in records:
+        if row.record is not None and all(not cell.strip() for cell in row.record):
+            continue  # only delimiters: a blank line
+        if row.record is None or row.bad_bytes:
+            rows.skip()
+        elif len(row.record) != len(header):
+            rows.skip()
+            rows.report(Problem(str(path), row.line, None,
+                                f"expected {len(header)} fields, got {len(row.record)}"), MALFORMED)
+        else:
+            cells = row.record
+            count = cells[index["count"]] if "count" in index else _MISSING_COUNT
+            rows.add(row.line, cells[index["query"]], cells[index["product_id"]], count)
     if log.rows_read == 0:
         raise InputError(f"{path}: no rows after the header")
     rows.finish()
@@ -284,35 +275,19 @@ def _read_jsonl(path: Path, log: ClickLog) -> None:
     rows = _Rows(log)
     seen_keys: set[str] = set()
     nonblank = 0
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            nonblank += 1
-            try:
-                obj = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
-            except UnicodeDecodeError:
-                log.rows_read += 1
-                log.problems.append(Problem(str(path), line_no, None, "not valid UTF-8"))
-                continue
-            except json.JSONDecodeError as exc:
-                log.rows_read += 1
-                log.problems.append(Problem(str(path), line_no, None, f"not valid JSON ({exc.msg})"))
-                continue
-            if not isinstance(obj, dict):
-                log.rows_read += 1
-                log.problems.append(Problem(
-                    str(path), line_no, None, f"expected a JSON object, got {type(obj).__name__}"
-                ))
-                continue
-            obj = {str(k).casefold(): v for k, v in obj.items()}
-            seen_keys.update(obj)
-            missing = [k for k in _REQUIRED if k not in obj]
-            if missing:
-                log.rows_read += 1
-                log.problems.append(Problem(str(path), line_no, missing[0], "missing key"))
-                continue
-            rows.add(line_no, obj["query"], obj["product_id"], obj.get("count", _MISSING_COUNT))
+    for row in jsonl_rows(path, rows.report):
+        nonblank += 1
+        if row.record is None or row.bad_bytes:
+            rows.skip()
+            continue
+        obj = {str(k).casefold(): v for k, v in row.record.items()}
+        seen_keys.update(obj)
+        missing = [k for k in _REQUIRED if k not in obj]
+        if missing:
+            rows.skip()
+            rows.report(Problem(str(path), row.line, missing[0], "missing key"), MALFORMED)
+            continue
+        rows.add(row.line, obj["query"], obj["product_id"], obj.get("count", _MISSING_COUNT))
     if nonblank == 0:
         raise InputError(f"{path}: empty file; expected JSON lines with query, product_id[, count]")
     if not set(_REQUIRED) <= seen_keys and seen_keys:
@@ -321,28 +296,17 @@ def _read_jsonl(path: Path, log: ClickLog) -> None:
 
 
 def _read_parquet(path: Path, log: ClickLog) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = {name.casefold(): name for name in schema.names}
+    parquet = ParquetRows(path)
+    names = {name.casefold(): name for name in parquet.names}
     _missing_columns(path, names)
-    wanted = [names[c] for c in (*_REQUIRED, "count") if c in names]
-    try:
-        table = pq.read_table(path, columns=wanted)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    if table.num_rows == 0:
+    if parquet.num_rows == 0:
         raise InputError(f"{path}: no rows")
-    queries = table.column(names["query"]).to_pylist()
-    pids = table.column(names["product_id"]).to_pylist()
-    counts = table.column(names["count"]).to_pylist() if "count" in names else None
+    wanted = {c: names[c] for c in (*_REQUIRED, "count") if c in names}
     rows = _Rows(log)
-    for i, (q, p) in enumerate(zip(queries, pids)):
-        rows.add(i + 1, q, p, counts[i] if counts is not None else _MISSING_COUNT)
+    for row in parquet.rows(list(wanted.values())):
+        values = row.record
+        count = values[wanted["count"]] if "count" in wanted else _MISSING_COUNT
+        rows.add(row.line, values[wanted["query"]], values[wanted["product_id"]], count)
     rows.finish()
 
 
