@@ -6,7 +6,8 @@ click log), the corpus file
 Every query line carries the same ``metadata``: ``attributes`` (canonical), ``category``
 (the intent category, or null), ``source_product`` and ``colour_only_in_image``.
 
-The readers raise ``InputError`` naming the file and line at the first bad line. TREC runs
+The readers raise ``InputError`` naming the file and line at the first bad line (rows come
+from ``vlsearch.tabular``; its bad-byte and malformed-line problems are raised as they come). TREC runs
 are read with ties resolved deterministically: each query's lines are sorted by score
 (descending), then by the rank written in the file (ascending), then by product id.
 """
@@ -25,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 from vlsearch.errors import InputError
 from vlsearch.io import atomic_write_text
 from vlsearch.queries.splits import seeded_int
+from vlsearch.tabular import jsonl_rows, raise_problem, text_lines
 from vlsearch.vocabulary import ProductLike
 
 if TYPE_CHECKING:  # annotations only
@@ -45,8 +47,6 @@ TREC_RUN_COLUMNS = 6  # qid Q0 docid rank score tag
 TREC_ITER_COLUMN = "Q0"  # the fixed second column of a TREC run line
 DEFAULT_RUN_TAG = "vlsearch"  # last column of the TREC run lines we write
 FIRST_RANK = 1  # TREC ranks are 1-based
-FIRST_LINE = 1  # line numbers in messages are 1-based
-UTF8_BOM = "\ufeff"
 
 
 class BeirQuery(NamedTuple):
@@ -180,29 +180,6 @@ class EvalQuery:
     metadata: dict = field(default_factory=dict)
 
 
-def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, decoded line without its line ending) for a UTF-8 file.
-
-    Decoding is done line by line so a bad byte is reported at its own line.
-    """
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=FIRST_LINE):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{path}:{number}: expected UTF-8 text, found byte 0x{raw[exc.start]:02x} "
-                    f"at column {exc.start + 1}"
-                ) from None
-            if number == FIRST_LINE:
-                text = text.removeprefix(UTF8_BOM)
-            yield number, text.rstrip("\r\n")
-
-
 def read_beir_queries(path: PathLike) -> list[EvalQuery]:
     """Read a BEIR ``queries.jsonl``: one JSON object a line with ``_id``, ``text`` and an
     optional ``metadata`` object. Blank lines are skipped; an empty file gives ``[]``.
@@ -214,18 +191,8 @@ def read_beir_queries(path: PathLike) -> list[EvalQuery]:
     """
     queries: list[EvalQuery] = []
     first_line: dict[str, int] = {}
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
+    for number, obj, _, _ in jsonl_rows(path, raise_problem):
         where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{where}: expected a JSON object, got invalid JSON ({exc.msg})"
-            ) from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         qid = obj.get("_id")
         if isinstance(qid, int) and not isinstance(qid, bool):
             qid = str(qid)
@@ -265,9 +232,7 @@ def read_qrels(path: PathLike) -> Qrels:
     qrels: Qrels = {}
     first_line: dict[tuple[str, str], int] = {}
     seen_content = False
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
+    for number, line, _, _ in text_lines(path, raise_problem):
         where = f"{path}:{number}"
         columns = [column.strip() for column in _split_columns(line)]
         if not seen_content:
@@ -309,9 +274,7 @@ def read_trec_run(path: PathLike) -> tuple[Run, dict[str, list[float]]]:
     bytes. The second column is not checked (some tools write ``0`` instead of ``Q0``).
     """
     rows: dict[str, list[tuple[float, int, str]]] = {}
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
+    for number, line, _, _ in text_lines(path, raise_problem):
         where = f"{path}:{number}"
         columns = line.split()
         if len(columns) != TREC_RUN_COLUMNS:
