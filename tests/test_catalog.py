@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vlsearch.catalog import (
-    ATTRIBUTE_KEYS,
     GENDER_WORDS,
     BrandLexicon,
     ColumnMapping,
@@ -22,6 +21,7 @@ from vlsearch.catalog import (
 )
 from vlsearch.errors import InputError
 from vlsearch.sample import BRANDS
+from vlsearch.vocabulary import PRODUCT_ATTRIBUTE_KEYS
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -137,7 +137,7 @@ def test_real_slice_with_limit(fashion_dir):
     root = os.path.realpath(fashion_dir)
     for product in loaded.products:
         assert product.category and product.category == product.attributes["article_type"]
-        assert set(product.attributes) <= set(ATTRIBUTE_KEYS)
+        assert set(product.attributes) <= set(PRODUCT_ATTRIBUTE_KEYS)
         assert "NA" not in product.attributes.values()
         for path in product.image_paths:
             assert os.path.isabs(path) and path.startswith(root + os.sep) and os.path.exists(path)
@@ -209,7 +209,7 @@ def test_sample_catalog_loads_clean(sample_catalog_dir):
     assert all(p.brand for p in loaded.products)
     assert len({p.category for p in loaded.products}) >= 10
     product = loaded.products[0]
-    assert set(product.attributes) == set(ATTRIBUTE_KEYS)
+    assert set(product.attributes) == set(PRODUCT_ATTRIBUTE_KEYS)
     assert product.id == "10001" and isinstance(product.id, str)
     assert "300 products from 300 rows" in report.summary()
     json.dumps(report.to_dict())

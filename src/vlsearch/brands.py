@@ -15,13 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlsearch.errors import InputError
+from vlsearch.vocabulary import GENDER_WORDS
 
-#: Words that name who a product is for; they are never part of a brand.
-GENDER_WORDS = frozenset({
-    "men", "mens", "men's", "mens'", "man", "women", "womens", "women's", "womens'", "woman",
-    "boy", "boys", "boy's", "boys'", "girl", "girls", "girl's", "girls'", "kid", "kids", "kid's",
-    "kids'", "unisex", "ladies", "ladies'", "lady", "gents", "infant", "infants",
-})
 #: Words that name a gender only right after "for" ("Scullers For Her").
 GENDER_AFTER_FOR = frozenset({"her", "him"})
 #: Words after which a gender word is part of a name ("Mr. Men").

@@ -26,15 +26,12 @@ from vlsearch.brands import (  # noqa: F401 - GENDER_WORDS, BrandMiner re-export
 from vlsearch.catalog_images import ImageResolver, verify_images  # noqa: F401 - verify_images re-exported
 from vlsearch.errors import InputError, Problem
 from vlsearch.tabular import MALFORMED, ParquetRows, delimited_rows, jsonl_rows
+from vlsearch.vocabulary import PRODUCT_ATTRIBUTE_KEYS
 
 # ----------------------------------------------------------------------------- records
 
-#: Normalised attribute keys a product may carry.
-ATTRIBUTE_KEYS = (
-    "gender", "colour", "usage", "season", "master_category", "sub_category", "article_type",
-    "year",
-)
-#: Column-name spellings (after snake-casing) that mean one of :data:`ATTRIBUTE_KEYS`.
+#: Column-name spellings (after snake-casing) that mean one of
+#: :data:`vlsearch.vocabulary.PRODUCT_ATTRIBUTE_KEYS`.
 ATTRIBUTE_ALIASES = {
     "color": "colour", "base_colour": "colour", "base_color": "colour",
     "sex": "gender", "subcategory": "sub_category", "mastercategory": "master_category",
@@ -54,7 +51,7 @@ class Product:
     image_paths: list[str]  # absolute paths that exist and are inside the catalog root
     brand: str | None  # from a brand column, else mined from the title
     category: str | None  # finest category field (articleType for the fashion layout)
-    attributes: dict[str, str] = field(default_factory=dict)  # keys from ATTRIBUTE_KEYS
+    attributes: dict[str, str] = field(default_factory=dict)  # keys from PRODUCT_ATTRIBUTE_KEYS
 
 
 @dataclass
@@ -269,7 +266,7 @@ def _attribute_columns(header: list[str], mapping: ColumnMapping) -> dict[str, s
     for column in header:
         key = _snake(column)
         key = ATTRIBUTE_ALIASES.get(key, key)
-        if column not in taken and key in ATTRIBUTE_KEYS and key not in found:
+        if column not in taken and key in PRODUCT_ATTRIBUTE_KEYS and key not in found:
             found[key] = column
     return found
 

@@ -1,6 +1,7 @@
-"""The catalog's value vocabulary: the canonical form attribute values are compared and
-filtered in, the spellings of the gender values, and which product genders satisfy a
-query gender.
+"""The catalog's value vocabulary, its single home: the attribute keys a product carries and
+a query expresses, the canonical form attribute values are compared and filtered in, the
+spellings of the gender values (as attribute values, query words and title words), and which
+product genders satisfy a query gender.
 
 This is catalog knowledge, shared by the relevance rule (``vlsearch.queries``), the
 inverted index and query understanding (``vlsearch.index``); it never depends on the
@@ -18,7 +19,14 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, Protocol
 
-#: Attribute keys a query can express (the mocked-query generator writes them in this order).
+#: Normalised attribute keys a product may carry (``Product.attributes``; the catalog loader
+#: maps its columns onto them).
+PRODUCT_ATTRIBUTE_KEYS = (
+    "gender", "colour", "usage", "season", "master_category", "sub_category", "article_type",
+    "year",
+)
+#: Attribute keys a query can express: two product fields (category, brand) and three
+#: attributes (the mocked-query generator writes them in this order).
 QUERY_ATTRIBUTE_KEYS = ("category", "colour", "gender", "brand", "usage")
 
 MISSING_VALUES = frozenset({"", "na", "n/a", "none", "null", "nan", "-", "unknown"})
@@ -26,15 +34,19 @@ MISSING_VALUES = frozenset({"", "na", "n/a", "none", "null", "nan", "-", "unknow
 # spelling (canonical form) -> canonical gender
 GENDER_ALIASES: dict[str, str] = {
     "men": "men", "man": "men", "mens": "men", "men's": "men", "male": "men", "males": "men",
-    "gents": "men", "boys'": "boys",
+    "gents": "men", "mens'": "men", "boys'": "boys",
     "women": "women", "woman": "women", "womens": "women", "women's": "women", "ladies": "women",
-    "lady": "women", "female": "women", "females": "women",
+    "lady": "women", "female": "women", "females": "women", "womens'": "women", "ladies'": "women",
     "boys": "boys", "boy": "boys", "boy's": "boys",
-    "girls": "girls", "girl": "girls", "girl's": "girls",
+    "girls": "girls", "girl": "girls", "girl's": "girls", "girls'": "girls",
     "kids": "kids", "kid": "kids", "kid's": "kids", "kids'": "kids", "children": "kids",
     "children's": "kids", "child": "kids", "childrens": "kids",
     "unisex": "unisex",
 }
+#: Words of a title that say who a product is for without being a gender value.
+TITLE_ONLY_GENDER_WORDS = frozenset({"infant", "infants"})
+#: Words that name who a product is for (every spelling above): never part of a brand.
+GENDER_WORDS = frozenset(GENDER_ALIASES) | TITLE_ONLY_GENDER_WORDS
 # query gender -> product genders that satisfy it
 GENDER_MATCHES: dict[str, tuple[str, ...]] = {
     "men": ("men", "unisex"),

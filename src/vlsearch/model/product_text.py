@@ -2,7 +2,7 @@
 
 ``model.product_text`` lists template parts in order, each a ``str.format`` pattern over the
 product's fields: ``brand``, ``category`` and every attribute key of
-:data:`vlsearch.catalog.ATTRIBUTE_KEYS` (``"colour {colour}"``, ``"{sub_category}"``). A part
+:data:`vlsearch.vocabulary.PRODUCT_ATTRIBUTE_KEYS` (``"colour {colour}"``, ``"{sub_category}"``). A part
 whose field the product lacks is left out; the parts are joined by
 ``model.product_text_separator`` after the title. With ``data.sort_terms`` only the title is
 term-sorted (as the papers do); the attribute text keeps the template's order, so a label
@@ -15,6 +15,7 @@ import string
 from collections.abc import Sequence
 
 from vlsearch.config import ConfigError
+from vlsearch.vocabulary import PRODUCT_ATTRIBUTE_KEYS
 
 #: Product fields a template part may name (besides every attribute key).
 PRODUCT_FIELDS = ("brand", "category")
@@ -26,9 +27,7 @@ ATTRIBUTE_TEXT = ("colour {colour}", "gender {gender}", "usage {usage}", "season
 
 def template_fields(template: Sequence[str]) -> list[list[str]]:
     """The field names of each part; an unknown field or a malformed part raises ConfigError."""
-    from vlsearch.catalog import ATTRIBUTE_KEYS
-
-    known = set(PRODUCT_FIELDS) | set(ATTRIBUTE_KEYS)
+    known = set(PRODUCT_FIELDS) | set(PRODUCT_ATTRIBUTE_KEYS)
     out = []
     for part in template:
         try:

@@ -127,7 +127,10 @@ COLOUR_PHRASES: dict[str, tuple[str, ...]] = {
     "sea green": ("sea green", "seagreen"),
 }
 
-# canonical gender -> (phrases before the category, phrases after it)
+# canonical gender -> (phrases before the category, phrases after it). The genders and their
+# spellings are vlsearch.vocabulary's (GENDER_MATCHES, GENDER_ALIASES): each phrase before the
+# category is one of the gender's spellings there, in the order shoppers favour (commonest
+# first, which the generator's draws depend on).
 GENDER_PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "men": (("men", "men's", "mens", "male", "gents", "man"), ("for men",)),
     "women": (("women", "women's", "womens", "ladies", "female", "woman"), ("for women", "for ladies")),
