@@ -184,7 +184,7 @@ STANDARD_MEASURES = ("ndcg", "trec_recall", "mrr")  # metric names computed by t
 
 def _library_measures(k: int) -> dict[str, Any]:
     """vlsearch metric name -> ir-measures measure at cut-off ``k``."""
-    import ir_measures
+    import ir_measures  # loads pytrec_eval: imported when a standard measure is computed
 
     return {"ndcg": ir_measures.nDCG @ k, "trec_recall": ir_measures.R @ k, "mrr": ir_measures.RR @ k}
 
@@ -207,7 +207,7 @@ def standard_metrics(run: Run, qrels: Qrels, ks: Sequence[int]) -> dict[str, flo
     run misses (or answers with nothing) scores 0. ``None`` when no query has a relevant
     product.
     """
-    import ir_measures
+    import ir_measures  # loads pytrec_eval: imported when a standard measure is computed
 
     ks = [int(k) for k in ks]
     for k in ks:

@@ -92,7 +92,7 @@ class ClickLog:
 
     def to_table(self):
         """pyarrow table with columns query, product_id, count (int64), qid (uint32)."""
-        import pyarrow as pa
+        import pyarrow as pa  # heavy: only writing a click log needs it
 
         return pa.table({
             "query": pa.array(self.query, type=pa.string()),
@@ -103,7 +103,7 @@ class ClickLog:
 
     def write_parquet(self, path: str | Path) -> None:
         """Write atomically as Parquet (query, product_id, count, qid)."""
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # heavy: only writing a click log needs it
 
         table = self.to_table()
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
