@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from vlsearch.config import Config, ConfigError, apply_overrides, preset
@@ -226,18 +227,14 @@ def _count(text: str) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlsearch", description=textwrap.fill(DESCRIPTION, HELP_WIDTH),
-                                     epilog=EPILOG,
-                                     formatter_class=HelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _common()
+Command = Callable[[str, str, str], argparse.ArgumentParser]  # (name, summary, description) -> subparser
+WORKDIR_HELP = "work directory written by `vlsearch prepare`"
+MODEL_HELP = "model directory written by `vlsearch train`"
+INDEX_HELP = "index directory written by `vlsearch index`"
 
-    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=summary, description=textwrap.fill(description, HELP_WIDTH),
-                              parents=[common], formatter_class=HelpFormatter)
 
-    d, demo = DEFAULTS, DemoConfig()
+def _add_prepare(command: Command) -> None:
+    d = DEFAULTS
     p = command("prepare", "read a catalog into a work directory (products, queries, image features)",
                 "Load the catalog, mine brands, write the training click log (a real one, or queries mocked "
                 "from product attributes), the BEIR evaluation splits and the cached image features. "
@@ -252,11 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"image model for the patch features (default: {d.images.backbone})")
     p.set_defaults(func=cmd_prepare)
 
+
+def _add_train(command: Command) -> None:
+    d = DEFAULTS
     p = command("train", "train the retrieval model on a work directory",
                 "Pre-train the query and product towers (MAKE + Delving objectives) on the prepared click log. "
                 "Writes checkpoints, metrics.jsonl, metrics.png and the final model into --out. "
                 "Under `torchrun --nproc-per-node N` the processes share cross-device negatives.")
-    p.add_argument("--workdir", required=True, metavar="DIR", help="work directory written by `vlsearch prepare`")
+    p.add_argument("--workdir", required=True, metavar="DIR", help=WORKDIR_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--preset", default="minilm", choices=["tiny", "minilm", "paper"],
                    help="model size: tiny (smoke tests), minilm (CPU), paper (the papers' size, for GPUs)")
@@ -271,16 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.set_defaults(func=cmd_train)
 
+
+def _add_index(command: Command) -> None:
+    d = DEFAULTS
     p = command("index", "build the search index from a trained model",
                 "Encode every product, build the vector index, the table of answers to logged queries and "
                 "the keyword index, then publish the new version atomically (a running server switches to it).")
-    p.add_argument("--workdir", required=True, metavar="DIR", help="work directory written by `vlsearch prepare`")
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory written by `vlsearch train`")
+    p.add_argument("--workdir", required=True, metavar="DIR", help=WORKDIR_HELP)
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="index directory (new versions are published into it)")
     p.add_argument("--kind", choices=["flat", "ivf", "hnsw"],
                    help=f"vector index: flat (exact), ivf or hnsw (approximate) (default: {d.index.kind})")
     p.set_defaults(func=cmd_index)
 
+
+def _add_update(command: Command) -> None:
     p = command("update", "apply new, changed and deleted products to an index (no rebuild)",
                 "Encode the new and changed products with the index's model, drop the deleted ones and publish "
                 "a new index version (a running server switches to it). Index settings default to the ones the "
@@ -291,10 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", help="the model the index was built with (default: the index's copy)")
     p.set_defaults(func=cmd_update)
 
+
+def _add_search(command: Command) -> None:
+    d = DEFAULTS
     p = command("search", "search an index from the command line",
                 "Search one query (--query) or every query of a BEIR queries.jsonl (--queries) and print the "
                 "results as JSON or as TREC run lines.")
-    p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `vlsearch index`")
+    p.add_argument("--index", required=True, metavar="DIR", help=INDEX_HELP)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--query", metavar="TEXT", help="one query, e.g. \"nike shoes\"")
     group.add_argument("--queries", metavar="FILE", help="BEIR queries.jsonl: search every query in it")
@@ -307,10 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "trec"], default="json", help="output format")
     p.set_defaults(func=cmd_search)
 
+
+def _add_serve(command: Command) -> None:
+    d = DEFAULTS
     p = command("serve", "run the HTTP service and the web page",
                 "Serve /search, /products/{id}, /health, the OpenAPI docs at /docs and a web page at /. "
                 "Settings of the [serve] config section apply.")
-    p.add_argument("--index", required=True, metavar="DIR", help="index directory written by `vlsearch index`")
+    p.add_argument("--index", required=True, metavar="DIR", help=INDEX_HELP)
     p.add_argument("--host", metavar="ADDR", help=f"bind address (default: {d.serve.host})")
     p.add_argument("--port", type=_count, metavar="N", help=f"bind port (default: {d.serve.port})")
     p.add_argument("--workers", type=_count, metavar="N",
@@ -318,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 = one per CPU core)")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_eval(command: Command) -> None:
     p = command("eval", "score an index (or a TREC run file) on a BEIR query set",
                 "Recall@K (the papers' hit rate of the clicked product), the standard trec_eval measures "
                 "(recall, nDCG with linear gain, MRR), set recall, category consistency and strict relevance, "
@@ -332,13 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="also write the full report as JSON to FILE")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_export(command: Command) -> None:
     p = command("export", "write a trained model in a format other tools load",
                 "Write the query tower (or the title encoder of the product tower) as a sentence-transformers "
                 "model directory: SentenceTransformer(OUT, trust_remote_code=True).encode(texts) gives the vectors "
                 "vlsearch computes, term sorting and keyword enhancement included (the loading side needs "
                 "vlsearch installed). "
                 "Its BERT folder opens with transformers' AutoModel, AutoConfig and AutoTokenizer.")
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory written by `vlsearch train`")
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write")
     p.add_argument("--format", default="sentence-transformers", choices=["sentence-transformers"],
                    help="export format")
@@ -347,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "vector for a title-only model, the title view before Modal Adaptation otherwise)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_demo(command: Command) -> None:
+    demo = DemoConfig()
     p = command("demo", "prepare, train, index and search end to end",
                 "Runs every stage on the real catalog in SHARED/data/fashion-products (a slice sized for about "
                 "ten minutes), or on a generated sample catalog when it is absent, then shows example searches.")
@@ -356,6 +374,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"rows of the real catalog (default: {demo.real_limit})")
     p.add_argument("--steps", type=_count, metavar="N", help=f"training steps (default: {demo.steps})")
     p.set_defaults(func=cmd_demo)
+
+
+COMMANDS = (_add_prepare, _add_train, _add_index, _add_update, _add_search, _add_serve, _add_eval, _add_export, _add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlsearch", description=textwrap.fill(DESCRIPTION, HELP_WIDTH),
+                                     epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common()
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=textwrap.fill(description, HELP_WIDTH),
+                              parents=[common], formatter_class=HelpFormatter)
+
+    for add in COMMANDS:
+        add(command)
     return parser
 
 
