@@ -53,6 +53,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from vlsearch.config import IndexConfig
+from vlsearch.index.understanding import fold, terms_of
 from vlsearch.vocabulary import product_value
 
 MINED_FIELDS = ("brand", "category", "colour", "gender", "usage")  # fields phrases are mined for
@@ -87,8 +88,6 @@ class MinedTerm:
 
 def phrases_of(terms: Sequence[str], max_terms: int) -> set[tuple[str, ...]]:
     """Every run of 1..max_terms consecutive terms, folded (``understanding.fold``)."""
-    from vlsearch.index.understanding import fold
-
     terms = fold(terms)
     return {tuple(terms[i:i + n]) for n in range(1, max_terms + 1) for i in range(len(terms) - n + 1)}
 
@@ -211,33 +210,48 @@ def mine_terms(
     """Mine constraint phrases from ``products`` (their titles) and ``clicks`` ((query,
     product id, count) rows; None or empty: catalog only). Phrases in ``known`` (the exact
     catalog values) are skipped: those stay as the catalog writes them. Sorted by phrase."""
-    from vlsearch.index.understanding import fold, terms_of
-
     config = config or IndexConfig()
-    n = config.mine_max_phrase_terms
-    folded_known: dict[tuple[str, ...], dict[str, set[str]]] = defaultdict(dict)
-    for phrase, fields_ in (known or {}).items():
-        for fname, values in fields_.items():
-            folded_known[fold(phrase)].setdefault(fname, set()).update(values)
-    known = folded_known
+    known = _fold_known(known or {})
     values = [_values(p) for p in products]
+    cat = _catalog_evidence(products, values, known, config)
+    log = _log_evidence(products, values, clicks or (), config)
+    return _decide_phrases(cat, log, known, config)
+
+
+def _fold_known(known: Mapping[tuple[str, ...], Mapping[str, set[str]]]) -> dict[tuple[str, ...], dict[str, set[str]]]:
+    folded: dict[tuple[str, ...], dict[str, set[str]]] = defaultdict(dict)
+    for phrase, fields_ in known.items():
+        for fname, values in fields_.items():
+            folded[fold(phrase)].setdefault(fname, set()).update(values)
+    return folded
+
+
+def _catalog_evidence(products: Sequence, values: list, known, config: IndexConfig):
+    """Value counts per title phrase over the products whose titles hold it (category: only
+    the phrases heading the title, see :func:`_heads`)."""
+    n = config.mine_max_phrase_terms
     title_terms = [fold(terms_of(p.title or "")) for p in products]
     title_phrases = [phrases_of(t, n) for t in title_terms]
     frequent = Counter(ph for phrases in title_phrases for ph in phrases)
 
-    def catalog_items():
+    def items():
         for terms, phrases, vals in zip(title_terms, title_phrases, values):
             category = next((v for f, v in vals if f == "category"), None)
             yield phrases, [(f, v, 1) for f, v in vals if f != "category"]
             if category is not None:
                 yield _heads(terms, phrases, category, known, n), [("category", category, 1)]
 
-    cat = _count(catalog_items(), {ph for ph, c in frequent.items() if c >= config.mine_min_support})
+    return _count(items(), {ph for ph, c in frequent.items() if c >= config.mine_min_support})
 
+
+def _log_evidence(products: Sequence, values: list, clicks: Iterable[tuple[str, str, int]], config: IndexConfig):
+    """Value counts per query phrase over the clicked products of the queries holding it,
+    weighted by click count."""
+    n = config.mine_max_phrase_terms
     row_of = {str(p.id): i for i, p in enumerate(products)}
     per_query: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
     clicks_of: Counter = Counter()
-    for query, product_id, count in clicks or ():
+    for query, product_id, count in clicks:
         row = row_of.get(str(product_id))
         if row is None or not query:
             continue
@@ -251,14 +265,18 @@ def mine_terms(
     for q, phrases in query_phrases.items():
         for ph in phrases:
             weight[ph] += clicks_of[q]
-    log = _count(((query_phrases[q], [(f, v, w) for (f, v), w in fv.items()]) for q, fv in per_query.items()),
-                 {ph for ph, w in weight.items() if w >= config.mine_min_support})
+    return _count(((query_phrases[q], [(f, v, w) for (f, v), w in fv.items()]) for q, fv in per_query.items()),
+                  {ph for ph, w in weight.items() if w >= config.mine_min_support})
 
+
+def _decide_phrases(cat, log, known, config: IndexConfig) -> list[MinedTerm]:
+    """The best field decision per phrase (hard beats soft, then the larger lift); a longer
+    phrase is kept only when hard and not implied by its parts."""
     decided: dict[tuple[str, ...], MinedTerm] = {}
     for phrase in sorted(set(cat.counts) | set(log.counts), key=lambda p: (len(p), p)):
         if phrase in known:
             continue
-        best = None  # a hard decision beats a soft one; then the larger lift
+        best = None
         for fname in MINED_FIELDS:
             term = _decide(phrase, fname, cat, log, config)
             if term is not None and (best is None or (term.hard, term.lift) > (best.hard, best.lift)):
