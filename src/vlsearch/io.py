@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vlsearch.errors import WorkdirError
+
 
 def fsync_dir(directory: str | Path) -> None:
     """Make a rename inside ``directory`` durable (no-op where directories cannot be opened)."""
@@ -105,8 +107,6 @@ def load_part(path: str | Path, what: str, loader: Callable[[Path], Any]) -> Any
     """``loader(path)``, with any failure turned into one WorkdirError naming the file: the
     one loading step every part of an index version goes through (numpy, pyarrow, FAISS,
     tantivy and JSON each raise their own exception types for a truncated or garbage file)."""
-    from vlsearch.errors import WorkdirError
-
     path = Path(path)
     try:
         return loader(path)
@@ -121,8 +121,6 @@ def load_part(path: str | Path, what: str, loader: Callable[[Path], Any]) -> Any
 
 def read_json(path: str | Path) -> Any:
     """Read JSON; a missing or corrupt file raises with the path named."""
-    from vlsearch.errors import WorkdirError
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -24,6 +24,7 @@ import tantivy
 
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.io import atomic_write_json, read_json
+from vlsearch.text import has_cjk, space_cjk, warm_cjk
 from vlsearch.vocabulary import canonical
 from vlsearch.vocabulary import product_value as vocabulary_product_value
 
@@ -93,8 +94,6 @@ def _analyzer(analysis: dict | None) -> tantivy.TextAnalyzer:
 def _prepare_text(text: str, analysis: dict | None) -> str:
     """What the analyzer sees: CJK runs cut into words when the index was built that way."""
     if analysis and analysis.get("cjk") == "jieba":
-        from vlsearch.text import space_cjk
-
         return space_cjk(text)
     return text
 
@@ -128,8 +127,6 @@ def build_lexical(products: Sequence, path: str | Path, stemmer: str = "english"
         writer.add_document(_document(row, product, analysis))
     writer.commit()
     writer.wait_merging_threads()
-    from vlsearch.text import has_cjk
-
     analysis["catalog_has_cjk"] = any(has_cjk(p.title or "") for p in products)
     atomic_write_json(path / ANALYSIS_FILE, analysis)
 
@@ -152,11 +149,9 @@ def update_lexical(path: str | Path, remove_rows: Sequence[int], add: Mapping[in
         writer.add_document(_document(int(row), product, analysis))
     writer.commit()
     writer.wait_merging_threads()
-    if analysis is not None and not analysis.get("catalog_has_cjk"):
-        from vlsearch.text import has_cjk
-
-        if any(has_cjk(p.title or "") for p in add.values()):
-            atomic_write_json(path / ANALYSIS_FILE, {**analysis, "catalog_has_cjk": True})
+    if (analysis is not None and not analysis.get("catalog_has_cjk")
+            and any(has_cjk(p.title or "") for p in add.values())):
+        atomic_write_json(path / ANALYSIS_FILE, {**analysis, "catalog_has_cjk": True})
 
 
 class LexicalIndex:
@@ -178,8 +173,6 @@ class LexicalIndex:
         path = Path(path)
         analysis = read_json(path / ANALYSIS_FILE) if (path / ANALYSIS_FILE).is_file() else None
         if analysis and analysis.get("catalog_has_cjk"):
-            from vlsearch.text import warm_cjk
-
             warm_cjk()  # jieba's dictionary loads now, not on the first Chinese query
         try:
             return cls(tantivy.Index.open(str(path)), analysis)

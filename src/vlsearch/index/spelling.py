@@ -23,6 +23,7 @@ from pathlib import Path
 
 from vlsearch.config import ServeConfig
 from vlsearch.io import atomic_write_json, read_json
+from vlsearch.text import segment
 
 SPELLING_FILE = "spelling.json"  # the vocabulary in an index version
 SPELLING_FORMAT = 1
@@ -39,8 +40,6 @@ def build_vocabulary(
     with ``min_query_count`` > 0, so is every term found in at least that many distinct
     logged ``queries`` (words shoppers use that titles lack: "mens", "festive"; a typo in a
     few logged queries stays out)."""
-    from vlsearch.text import segment
-
     counts: Counter[str] = Counter()
     for title in titles:
         counts.update(set(segment(title or "")))
@@ -108,8 +107,6 @@ class SpellCorrector:
 
     def correct(self, text: str) -> Correction:
         """Correct each unknown term of ``text``; the result keeps the term order."""
-        from vlsearch.text import segment
-
         terms = segment(text)
         out = Correction(text=text, original=text)
         fixed: list[str] = []

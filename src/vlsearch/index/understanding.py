@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vlsearch.index.lexical import product_value
+from vlsearch.text import segment
 from vlsearch.vocabulary import GENDER_ALIASES, accepted_values
 
 FIELD_PRIORITY = ("gender", "colour", "category", "brand")  # exact-phrase ties go to the first
@@ -62,8 +63,6 @@ class Constraint:
 
 def terms_of(text: str) -> list[str]:
     """Segmented, lower-cased terms with possessives folded ("men's" → "men")."""
-    from vlsearch.text import segment
-
     out = []
     for term in segment(text):
         term = term.removesuffix("'s")

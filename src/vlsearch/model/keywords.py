@@ -27,6 +27,7 @@ from pathlib import Path
 from vlsearch.config import ModelConfig
 from vlsearch.errors import WorkdirError
 from vlsearch.io import atomic_write_json, read_json
+from vlsearch.text import query_terms, segment
 
 KEYWORDS_FORMAT = 1
 
@@ -42,8 +43,6 @@ class KeywordTable:
 
     def keywords(self, query: str, per_query: int, max_query_terms: int) -> list[str]:
         """Keywords for ``query`` (empty for long queries or unknown terms)."""
-        from vlsearch.text import query_terms
-
         terms = query_terms(query)
         if not terms or len(terms) > max_query_terms or per_query <= 0:
             return []
@@ -84,8 +83,6 @@ def mine_keywords(
     per_term: int = ModelConfig.keywords_per_term,
 ) -> KeywordTable:
     """Top-PMI title terms per query term from ``(query, clicked title, count)`` rows."""
-    from vlsearch.text import query_terms, segment
-
     n_q: Counter[str] = Counter()
     n_t: Counter[str] = Counter()
     n_qt: Counter[tuple[str, str]] = Counter()

@@ -15,6 +15,7 @@ import string
 from collections.abc import Sequence
 
 from vlsearch.config import ConfigError
+from vlsearch.text import normalize_query
 from vlsearch.vocabulary import PRODUCT_ATTRIBUTE_KEYS
 
 #: Product fields a template part may name (besides every attribute key).
@@ -60,8 +61,6 @@ def attribute_text(product, template: Sequence[str], separator: str,
 def product_texts(products: Sequence, template: Sequence[str], separator: str, sort_title: bool) -> list[str]:
     """The product tower's text for each product: title (term-sorted when ``sort_title``),
     then its attribute text."""
-    from vlsearch.text import normalize_query
-
     fields = template_fields(template)  # a bad template is refused even for no products
     out = []
     for product in products:

@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from vlsearch.config import ModelConfig
 from vlsearch.errors import WorkdirError
+from vlsearch.text import minilm_dir
 
 POOLINGS = ("mean", "cls")
 
@@ -29,8 +30,6 @@ def init_dir(cfg: ModelConfig) -> Path | None:
     if cfg.init == "random":
         return None
     if cfg.init == "minilm":
-        from vlsearch.text import minilm_dir
-
         return Path(minilm_dir())
     path = Path(cfg.init)
     if not (path / "config.json").exists():
