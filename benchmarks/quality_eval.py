@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from quality_rows import COLOUR_PROBE, ENGINE_DENSE, ENGINE_LEXICAL, SINGLE_ATTRIBUTE
 
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.evaluation import evaluate, read_beir_queries, read_qrels
+from vlsearch.evaluation.exact import exact_run
 from vlsearch.index.builder import build_index_from_parts
 from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.queries.generator import export_beir, single_attribute_queries
@@ -94,14 +94,10 @@ class Evaluation:
 
     def exact(self, vectors: np.ndarray, encode_queries) -> dict[str, Any]:
         """Exact inner-product top-K of every split's queries over the product vectors."""
-        corpus = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-        k = min(max(self.ks), len(self.products))
-        runs = {}
-        for split in self.splits:
-            q = torch.from_numpy(np.asarray(encode_queries([x.text for x in split.queries]), np.float32))
-            top = (q @ corpus.T).topk(k, dim=1).indices.numpy()
-            runs[split.name] = {x.id: [self.products[j].id for j in row]
-                                for x, row in zip(split.queries, top)}
+        ids = [p.id for p in self.products]
+        runs = {split.name: exact_run([x.id for x in split.queries], encode_queries([x.text for x in split.queries]),
+                                      ids, vectors, max(self.ks))
+                for split in self.splits}
         return self.score(runs)
 
     def engine(self, vectors: np.ndarray, encoder, settings: dict[str, tuple]) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from vlsearch.config import Config
 from vlsearch.errors import VlsearchError
 from vlsearch.evaluation import CLICK_GRADE, read_beir_queries, read_qrels, recall_at_k
+from vlsearch.evaluation.exact import exact_run
 from vlsearch.io import atomic_write_text
 from vlsearch.model import Retriever
 
@@ -60,9 +60,7 @@ class Validator:
     def recall(self, retriever: Retriever) -> float:
         queries = retriever.encode_queries([q.text for q in self.queries])
         products = retriever.encode_products(self.products, self.patches, self.has_image)
-        scores = torch.from_numpy(queries) @ torch.from_numpy(products).T
-        top = scores.topk(min(self.k, len(self.products)), dim=1).indices.numpy()
-        run = {q.id: [self.products[j].id for j in row] for q, row in zip(self.queries, top)}
+        run = exact_run([q.id for q in self.queries], queries, [p.id for p in self.products], products, self.k)
         return float(recall_at_k(run, self.qrels, self.k) or 0.0)
 
 
