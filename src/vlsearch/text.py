@@ -189,6 +189,16 @@ class Encoded(NamedTuple):
     token_type_ids: np.ndarray
 
 
+def concat_encoded(parts: Sequence[Encoded], pad_id: int) -> Encoded:
+    """Encoded batches stacked row-wise, each padded to the widest: ids with ``pad_id``,
+    the attention mask and token types with 0."""
+    width = max(p.input_ids.shape[1] for p in parts)
+    return Encoded(*(
+        np.concatenate([np.pad(p[j], ((0, 0), (0, width - p[j].shape[1])), constant_values=fill) for p in parts])
+        for j, fill in enumerate((pad_id, 0, 0))
+    ))
+
+
 # Special-token spellings tried in order (BERT first, then RoBERTa/SentencePiece styles).
 _SPECIAL_NAMES = {
     "pad": ("[PAD]", "<pad>"),

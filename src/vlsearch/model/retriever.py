@@ -29,6 +29,7 @@ from vlsearch.model.architectures import RetrievalModel, modalities
 from vlsearch.model.keywords import KeywordTable, mine_from_workdir
 from vlsearch.model.product_text import product_texts, template_fields
 from vlsearch.model.towers import init_dir, text_config
+from vlsearch.text import Encoded, Tokenizer, concat_encoded
 
 MODEL_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -39,23 +40,14 @@ REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, KEYWORDS_FILE, TOKENIZER_FILE)
 
 
 def _tokenizer_for(config: Config):
-    from vlsearch.text import Tokenizer
-
     path = init_dir(config.model)
     return Tokenizer.minilm() if path is None else Tokenizer.from_dir(path)
-
-
-def _pad_concat(parts: list[np.ndarray], width: int, fill: int) -> np.ndarray:
-    out = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=fill) for p in parts]
-    return np.concatenate(out, axis=0)
 
 
 def tokenize_with_keywords(tokenizer, texts: list[str], keywords: list[list[str]], max_len: int, sort: bool):
     """Encode ``texts``; a text with keywords (Keyword Enhancement) gets them as its second
     segment, the others are single segments. Rows keep the order of ``texts``. Also used by
     the sentence-transformers export (:mod:`vlsearch.exports`), so both tokenize alike."""
-    from vlsearch.text import Encoded
-
     plain = [i for i, k in enumerate(keywords) if not k]
     enhanced = [i for i, k in enumerate(keywords) if k]
     if not enhanced:
@@ -66,12 +58,9 @@ def tokenize_with_keywords(tokenizer, texts: list[str], keywords: list[list[str]
     parts.append(tokenizer.encode(
         [texts[i] for i in enhanced], max_len, pairs=[" ".join(keywords[i]) for i in enhanced], sort_terms=sort,
     ))
-    parts = [p for p in parts if p.input_ids.shape[0]]
-    width = max(p.input_ids.shape[1] for p in parts)
+    merged = concat_encoded([p for p in parts if p.input_ids.shape[0]], tokenizer.pad_id)
     order = np.argsort(np.asarray(plain + enhanced))
-    fills = (tokenizer.pad_id, 0, 0)
-    arrays = [_pad_concat([p[j] for p in parts], width, fill)[order] for j, fill in enumerate(fills)]
-    return Encoded(*arrays)
+    return Encoded(*(a[order] for a in merged))
 
 
 class Retriever:
@@ -146,8 +135,6 @@ class Retriever:
             categories = list(meta["categories"])
         except (KeyError, TypeError, ConfigError) as exc:
             raise WorkdirError(f"{model_dir / CONFIG_FILE}: malformed model config ({exc})") from None
-        from vlsearch.text import Tokenizer
-
         try:
             tokenizer = Tokenizer.from_dir(model_dir)
         except InputError as exc:

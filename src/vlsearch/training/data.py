@@ -17,6 +17,7 @@ from vlsearch.config import Config
 from vlsearch.errors import WorkdirError
 from vlsearch.model import Retriever
 from vlsearch.objectives import UNKNOWN_CATEGORY
+from vlsearch.text import Encoded, concat_encoded
 from vlsearch.training.metrics import log
 
 
@@ -122,12 +123,7 @@ class ClickStream:
         )
 
 
-def _tokenize(encode, items: list, pad_id: int, chunk: int = 4096) -> tuple[np.ndarray, ...]:
+def _tokenize(encode, items: list, pad_id: int, chunk: int = 4096) -> Encoded:
     """Encode ``items`` (texts, or products for ``tokenize_products``) in chunks and pad every
     chunk to the widest, so rows can be gathered by index."""
-    parts = [encode(items[lo:lo + chunk]) for lo in range(0, len(items), chunk)]
-    width = max(p.input_ids.shape[1] for p in parts)
-    out = []
-    for j, fill in enumerate((pad_id, 0, 0)):
-        out.append(np.concatenate([np.pad(p[j], ((0, 0), (0, width - p[j].shape[1])), constant_values=fill) for p in parts]))
-    return tuple(out)
+    return concat_encoded([encode(items[lo:lo + chunk]) for lo in range(0, len(items), chunk)], pad_id)
