@@ -87,19 +87,7 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
             common.log(f"{row.name} seed {seed}: scoring the saved model {model_dir} again")
         record["train"] = previous["train"]
     elif trained:
-        if is_main():
-            common.log(f"{row.name} seed {seed}: start ({row.processes} process(es))")
-            if model_dir.exists():
-                shutil.rmtree(model_dir)  # a killed earlier attempt
-        barrier()
-        if row.kind == "st":
-            with common.threads(ctx.row_threads(row)):
-                record["train"] = st_baseline.train(
-                    ctx.workdir, model_dir, row.product_text, config.train.steps,
-                    config.train.batch_size, seed, log_every=config.train.log_every)
-        else:
-            result = train(ctx.workdir, config, model_dir, progress=False)
-            record["train"] = _train_record(result)
+        record["train"] = _train_row(ctx, row, seed, config, model_dir)
         if is_main():  # trained: a failed evaluation is retried from the saved model
             common.write_json(path, {**record, "spec_key": "", "status": "trained"})
     else:
@@ -107,19 +95,7 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
     if is_main():
         with common.threads(ctx.eval_threads(row)):
             evaluated = time.perf_counter()
-            with_engine = not ctx.args.smoke or row.name in DEFAULTS.smoke_engine_rows
-            if row.kind == "bm25":
-                scores = ctx.evaluation.bm25(with_engine)
-            elif row.kind == "st":
-                encoder = st_baseline.StEncoder.load(model_dir if trained else None, row.product_text)
-                vectors = encoder.encode_products(ctx.evaluation.products)
-                scores = ctx.evaluation.exact(vectors, encoder.encode_queries)
-                if with_engine:
-                    scores["engine"] = ctx.evaluation.engine(vectors, encoder, ENGINE_DENSE)
-            else:
-                retriever = (Retriever.load(model_dir) if trained
-                             else Retriever.build(config, ctx.workdir))
-                scores = ctx.evaluation.dense(retriever, with_engine)
+            scores = _score_row(ctx, row, config, model_dir if trained else None)
             record["eval_wall_s"] = round(time.perf_counter() - evaluated, 1)
 
         record.update(scores)
@@ -133,6 +109,38 @@ def run_row(ctx: Context, row: Row, seed: int) -> None:
                    f"{scores['metrics']['test'][f'recall@{k}']:.4f}")
         write_report(ctx)
     barrier()
+
+
+def _train_row(ctx: Context, row: Row, seed: int, config, model_dir: Path) -> dict[str, Any]:
+    """Train one row into ``model_dir`` (every rank); its training record."""
+    if is_main():
+        common.log(f"{row.name} seed {seed}: start ({row.processes} process(es))")
+        if model_dir.exists():
+            shutil.rmtree(model_dir)  # a killed earlier attempt
+    barrier()
+    if row.kind == "st":
+        with common.threads(ctx.row_threads(row)):
+            return st_baseline.train(
+                ctx.workdir, model_dir, row.product_text, config.train.steps,
+                config.train.batch_size, seed, log_every=config.train.log_every)
+    return _train_record(train(ctx.workdir, config, model_dir, progress=False))
+
+
+def _score_row(ctx: Context, row: Row, config, model_dir: Path | None) -> dict[str, Any]:
+    """The row's scores on the test bed: its saved model (``model_dir``) or, untrained, the
+    model its config builds; with the engine matrix unless --smoke leaves the row out."""
+    with_engine = not ctx.args.smoke or row.name in DEFAULTS.smoke_engine_rows
+    if row.kind == "bm25":
+        return ctx.evaluation.bm25(with_engine)
+    if row.kind == "st":
+        encoder = st_baseline.StEncoder.load(model_dir, row.product_text)
+        vectors = encoder.encode_products(ctx.evaluation.products)
+        scores = ctx.evaluation.exact(vectors, encoder.encode_queries)
+        if with_engine:
+            scores["engine"] = ctx.evaluation.engine(vectors, encoder, ENGINE_DENSE)
+        return scores
+    retriever = Retriever.load(model_dir) if model_dir is not None else Retriever.build(config, ctx.workdir)
+    return ctx.evaluation.dense(retriever, with_engine)
 
 
 def _train_record(result) -> dict[str, Any]:
