@@ -71,6 +71,9 @@ class ModelConfig:
     product_text: tuple[str, ...] = ()
     product_text_separator: str = ", "  # joins the title and the template's parts
     use_images: bool = True  # False: title-only product tower (ablation)
+    # images per product the image tower reads (catalog order, patches of up to N images with
+    # a learned image-position embedding and a mask over absent ones); 1 = the first image only
+    max_images: int = 1
     modal_adaptation: bool = True  # per-product softmax weights over title/image/fused vectors
     keyword_enhancement: bool = True  # enrich short queries with click-log keywords
     keywords_per_query: int = 4  # keywords appended to a query by Keyword Enhancement

@@ -3,7 +3,9 @@
 updates) have the same columns, row i = product i.
 
 Columns: ``id, title, brand, category, image_path`` (the first image, or null),
-``attributes`` (a JSON object), then the optional ``deleted`` (live-update tombstones),
+``attributes`` (a JSON object), ``image_paths`` (every image, a list) only when some
+product has more than one (so single-image tables keep their bytes), then the optional
+``deleted`` (live-update tombstones),
 ``split`` ("train" | "heldout") and ``sampling_prob`` (Q(p), the product's share of the
 training clicks) when given.
 """
@@ -35,6 +37,8 @@ def products_to_table(
         "image_path": [p.image_paths[0] if p.image_paths else None for p in products],
         "attributes": [json.dumps(p.attributes or {}, ensure_ascii=False) for p in products],
     }
+    if any(len(p.image_paths) > 1 for p in products):
+        columns["image_paths"] = [list(p.image_paths) for p in products]
     if deleted is not None:
         columns["deleted"] = [bool(d) for d in deleted]
     if splits is not None:
@@ -47,10 +51,11 @@ def products_to_table(
 def product_from_columns(columns: Mapping[str, Sequence[Any]], row: int) -> Product:
     """Product ``row`` of a table read with ``to_pydict()`` (extra columns are ignored)."""
     image = columns["image_path"][row]
+    images = columns["image_paths"][row] if "image_paths" in columns else None
     return Product(
         id=columns["id"][row],
         title=columns["title"][row],
-        image_paths=[image] if image else [],
+        image_paths=list(images) if images else ([image] if image else []),
         brand=columns["brand"][row],
         category=columns["category"][row],
         attributes=json.loads(columns["attributes"][row] or "{}"),

@@ -4,6 +4,12 @@
 ``images/{id}.jpg``: 60x80 RGB drawings of a simple shape per category, filled with the
 product's colour, so the colour can be read from the image even when the title omits it.
 The same seed gives the same bytes.
+
+With ``images_per_product`` N > 1 each product also gets ``images/{id}_2.jpg`` ..
+``images/{id}_N.jpg`` (other views: the same drawing shifted and scaled otherwise, from a
+random stream of their own, so ``styles.csv`` and the first images are those of N = 1) and
+``products.csv``, a column-mapped catalog (``id, title, image, category`` and the attribute
+columns) whose ``image`` cell lists the N paths separated by ``|``: the multi-image catalog.
 """
 
 from __future__ import annotations
@@ -154,13 +160,18 @@ def _title(rng: random.Random, brand: str, gender: str, colour: str, category: _
     return " ".join(words)
 
 
+MULTI_IMAGE_FILE = "products.csv"  # the multi-image catalog (images_per_product > 1)
+
+
 def write_sample_catalog(out_dir: str | Path, n_products: int = 300, seed: int = 0,
                          colourless_title_share: float = 0.1,
-                         genderless_title_share: float = 0.05, jpeg_quality: int = 95) -> Path:
+                         genderless_title_share: float = 0.05, jpeg_quality: int = 95,
+                         images_per_product: int = 1) -> Path:
     """Write ``styles.csv`` and ``images/{id}.jpg`` into ``out_dir``; returns ``out_dir``.
 
     About ``colourless_title_share`` of the titles leave out the colour (only the image
-    tells it) and ``genderless_title_share`` leave out the gender word.
+    tells it) and ``genderless_title_share`` leave out the gender word. With
+    ``images_per_product`` > 1 also the further views and ``products.csv`` (module docstring).
     """
     out = Path(out_dir)
     images = out / "images"
@@ -182,8 +193,25 @@ def write_sample_catalog(out_dir: str | Path, n_products: int = 300, seed: int =
         ])
         draw_product_image(category.shape, colour, rng).save(
             images / f"{pid}.jpg", format="JPEG", quality=jpeg_quality)
+        views = random.Random(f"{seed}/{pid}")  # not drawn from rng: the N = 1 bytes stay
+        for k in range(2, images_per_product + 1):
+            draw_product_image(category.shape, colour, views).save(
+                images / f"{pid}_{k}.jpg", format="JPEG", quality=jpeg_quality)
     with open(out / "styles.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(STYLES_COLUMNS)
         writer.writerows(rows)
+    if images_per_product > 1:
+        _write_multi_image_csv(out / MULTI_IMAGE_FILE, rows, images_per_product)
     return out
+
+
+def _write_multi_image_csv(path: Path, rows: list[list[str]], images_per_product: int) -> None:
+    """``products.csv``: the styles rows as a column-mapped catalog with every image path."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(("id", "title", "image", "category", *STYLES_COLUMNS[1:-1]))
+        for row in rows:
+            pid = row[0]
+            paths = [f"images/{pid}.jpg"] + [f"images/{pid}_{k}.jpg" for k in range(2, images_per_product + 1)]
+            writer.writerow((pid, row[-1], "|".join(paths), row[4], *row[1:-1]))

@@ -422,9 +422,10 @@ def _mocked_splits(products: list[Product], heldout_ids: set[str], cfg: DataConf
 def _prepare_features(out: Path, cfg: ImageConfig, progress: bool) -> dict[str, Any]:
     from vlsearch.images import extract_features  # local: vlsearch.images loads torch (heavy)
 
-    table = pq.read_table(out / "products.parquet", columns=["id", "image_path"])
+    table = pq.read_table(out / "products.parquet")
     ids = table.column("id").to_pylist()
-    paths = table.column("image_path").to_pylist()
+    several = "image_paths" in table.column_names  # products with several images (product_table)
+    paths = table.column("image_paths" if several else "image_path").to_pylist()
     cache = extract_features(ids, paths, out / "features", cfg, progress=progress, overwrite=True)
     has_image = cache.has_image(np.arange(cache.n))
     return {

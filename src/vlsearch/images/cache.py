@@ -1,6 +1,11 @@
-"""The on-disk feature cache: ``patches.f16`` (float16 memmap ``[n, P, D]``, row i = the
-i-th product id) and ``index.json`` (:class:`CacheMeta`: settings, ids, progress, problems),
-which lets a killed extraction resume where it stopped; :class:`FeatureCache` is its read side.
+"""The on-disk feature cache: ``patches.f16`` (float16 memmap ``[rows, P, D]``, row i = the
+first image of the i-th product id) and ``index.json`` (:class:`CacheMeta`: settings, ids,
+progress, problems), which lets a killed extraction resume where it stopped;
+:class:`FeatureCache` is its read side.
+
+Products with several images: their further images are appended after the n first-image
+rows, product-major, and ``index.json`` records each product's rows (``image_rows``; absent
+when no product has more than one image, so such a cache has the bytes it always had).
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ class CacheMeta:
 
     On disk a JSON object with the keys ``format, backbone, width, height, grid, dim, n,
     done, counts, problems, ids, has_image`` (``n`` = ``len(ids)``; ``problems`` as
-    ``{file, line, field, message}`` objects).
+    ``{file, line, field, message}`` objects), and ``image_rows`` when a product has several
+    images (``image_rows[i]``: product i's rows in image order, ``[i, ...]``; ``has_image`` and
+    ``done`` then count rows, not products).
     """
 
     backbone: str
@@ -51,12 +58,17 @@ class CacheMeta:
     counts: dict[str, int] = field(default_factory=lambda: {"no_image": 0, "failed": 0})
     problems: list[Problem] = field(default_factory=list)
     format: int = FORMAT_VERSION
+    image_rows: list[list[int]] | None = None  # per product its rows; None: one row each
 
     @classmethod
-    def start(cls, describe: dict[str, Any], ids: list[str]) -> CacheMeta:
-        """Nothing extracted yet, for ``Backbone.describe()`` and ``ids``."""
+    def start(cls, describe: dict[str, Any], ids: list[str],
+              image_rows: list[list[int]] | None = None) -> CacheMeta:
+        """Nothing extracted yet, for ``Backbone.describe()``, ``ids`` and (several images
+        per product) ``image_rows`` from :func:`image_rows_for`."""
+        rows = len(ids) if image_rows is None else sum(len(r) for r in image_rows)
         return cls(describe["backbone"], describe["width"], describe["height"],
-                   tuple(describe["grid"]), describe["dim"], list(ids), [False] * len(ids))
+                   tuple(describe["grid"]), describe["dim"], list(ids), [False] * rows,
+                   image_rows=image_rows)
 
     @classmethod
     def read(cls, path: Path) -> CacheMeta:
@@ -70,25 +82,35 @@ class CacheMeta:
             counts=dict(raw["counts"]), format=raw["format"],
             problems=[Problem(p["file"], p.get("line"), p.get("field"), p["message"])
                       for p in raw["problems"]],
+            image_rows=raw.get("image_rows"),
         )
 
     def write(self, path: Path) -> None:
-        atomic_write_json(path, {
+        raw = {
             "format": self.format, "backbone": self.backbone, "width": self.width,
             "height": self.height, "grid": list(self.grid), "dim": self.dim, "n": self.n,
             "done": self.done, "counts": self.counts,
             "problems": [asdict(p) for p in self.problems], "ids": self.ids,
             "has_image": self.has_image,
-        })
+        }
+        if self.image_rows is not None:
+            raw["image_rows"] = self.image_rows
+        atomic_write_json(path, raw)
 
     @property
     def n(self) -> int:
+        """Products (the first-image rows)."""
         return len(self.ids)
 
     @property
+    def rows(self) -> int:
+        """Rows of ``patches.f16``: one per image (``n`` when every product has at most one)."""
+        return len(self.has_image)
+
+    @property
     def shape(self) -> tuple[int, int, int]:
-        """``(n, P, D)`` of ``patches.f16``."""
-        return self.n, self.grid[0] * self.grid[1], self.dim
+        """``(rows, P, D)`` of ``patches.f16``."""
+        return self.rows, self.grid[0] * self.grid[1], self.dim
 
     @property
     def patch_bytes(self) -> int:
@@ -157,8 +179,13 @@ class FeatureCache:
         return self.meta.done
 
     @property
+    def rows(self) -> int:
+        """Rows of patches, one per image; the first ``n`` are the products' first images."""
+        return self.meta.rows
+
+    @property
     def complete(self) -> bool:
-        return self.done == self.n
+        return self.done == self.rows
 
     @property
     def ids(self) -> list[str]:
@@ -174,27 +201,52 @@ class FeatureCache:
         return dict(self.meta.counts)
 
     # --- rows -------------------------------------------------------------------------------
-    def _rows(self, rows: Any) -> np.ndarray | slice:
+    def _rows(self, rows: Any, limit: int | None = None) -> np.ndarray | slice:
+        """``rows`` checked against ``limit`` (default ``n``: product rows) and ``done``."""
+        limit = self.n if limit is None else limit
         if rows is None:
-            rows = slice(0, self.n)
+            rows = slice(0, limit)
         if isinstance(rows, slice):
-            span = range(*rows.indices(self.n))
+            span = range(*rows.indices(limit))
             if span and max(span) >= self.done:
                 raise WorkdirError(
-                    f"{self.directory}: row {max(span)} requested, only {self.done} of {self.n} extracted"
+                    f"{self.directory}: row {max(span)} requested, only {self.done} of {self.rows} extracted"
                 )
             return rows
         index = np.atleast_1d(np.asarray(rows, dtype=np.int64))
-        if index.size and (index.min() < -self.n or index.max() >= self.n):
+        if index.size and (index.min() < -limit or index.max() >= limit):
             raise IndexError(
-                f"feature rows out of range [0, {self.n}): {index.min()}..{index.max()}"
+                f"feature rows out of range [0, {limit}): {index.min()}..{index.max()}"
             )
-        index = np.where(index < 0, index + self.n, index)
+        index = np.where(index < 0, index + limit, index)
         if index.size and index.max() >= self.done:
             raise WorkdirError(
-                f"{self.directory}: row {int(index.max())} requested, only {self.done} of {self.n} extracted"
+                f"{self.directory}: row {int(index.max())} requested, only {self.done} of {self.rows} extracted"
             )
         return index
+
+    def image_rows(self, product: int) -> list[int]:
+        """The cache rows of product row ``product``'s images, in catalog order."""
+        if self.meta.image_rows is None:
+            return [int(product)]
+        return list(self.meta.image_rows[product])
+
+    def product_images(self, rows: Any, max_images: int) -> tuple[np.ndarray, np.ndarray]:
+        """Patches of up to ``max_images`` images of the products ``rows``: with 1, exactly
+        ``(patches(rows), has_image(rows))``; otherwise float16 ``[len(rows), N*P, D]`` (zeros
+        where a product has fewer images) and bool ``image_mask [len(rows), N]`` (False for an
+        absent slot, or an image that did not decode)."""
+        if max_images == 1:
+            return self.patches(rows), self.has_image(rows)
+        products = np.arange(self.n)[self._rows(rows)]
+        patches = np.zeros((len(products), max_images, self.num_patches, self.dim), dtype=np.float16)
+        mask = np.zeros((len(products), max_images), dtype=bool)
+        for i, product in enumerate(products):
+            own = self.image_rows(int(product))[:max_images]
+            index = self._rows(own, self.rows)
+            patches[i, :len(own)] = self._patches[index]
+            mask[i, :len(own)] = self._has_image[index]
+        return patches.reshape(len(products), max_images * self.num_patches, self.dim), mask
 
     def patches(self, rows: Any = None) -> np.ndarray:
         """float16 ``[len(rows), P, D]`` (a copy); ``rows``: ints, an int array, a slice or None (all)."""
@@ -240,19 +292,47 @@ def _validate(meta: Any, path: Path) -> None:
     n = meta["n"]
     if len(meta["grid"]) != 2 or not all(isinstance(g, int) and g > 0 for g in meta["grid"]):
         raise WorkdirError(f"{path}: field 'grid' must be [rows, cols], got {meta['grid']}")
-    if len(meta["ids"]) != n or len(meta["has_image"]) != n:
+    rows = n if meta.get("image_rows") is None else _validate_image_rows(meta["image_rows"], n, path)
+    if len(meta["ids"]) != n or len(meta["has_image"]) != rows:
         raise WorkdirError(
-            f"{path}: n = {n} but {len(meta['ids'])} ids and {len(meta['has_image'])} has_image entries"
+            f"{path}: n = {n} ({rows} image rows) but {len(meta['ids'])} ids and "
+            f"{len(meta['has_image'])} has_image entries"
         )
-    if not 0 <= meta["done"] <= n:
-        raise WorkdirError(f"{path}: done = {meta['done']} outside [0, {n}]")
+    if not 0 <= meta["done"] <= rows:
+        raise WorkdirError(f"{path}: done = {meta['done']} outside [0, {rows}]")
+
+
+def _validate_image_rows(image_rows: Any, n: int, path: Path) -> int:
+    """The row count ``image_rows`` describes; :class:`WorkdirError` unless it is the layout
+    of :func:`image_rows_for` (product i at row i, further images appended product-major)."""
+    if not isinstance(image_rows, list) or len(image_rows) != n:
+        raise WorkdirError(f"{path}: field 'image_rows' must be a list of {n} row lists")
+    counts = [len(r) if isinstance(r, list) else 0 for r in image_rows]
+    if any(c < 1 for c in counts) or image_rows != image_rows_for(counts):
+        raise WorkdirError(f"{path}: field 'image_rows' is not the cache's row layout")
+    return sum(counts)
+
+
+def image_rows_for(counts: list[int]) -> list[list[int]] | None:
+    """Each product's rows for ``counts[i]`` images (at least one row each): product i's first
+    image at row i, its others after all first images, product-major; None when no product
+    has more than one image (the single-image layout)."""
+    if all(c <= 1 for c in counts):
+        return None
+    rows, extra = [], len(counts)
+    for i, count in enumerate(counts):
+        more = max(count, 1) - 1
+        rows.append([i, *range(extra, extra + more)])
+        extra += more
+    return rows
 
 
 def resumable_meta(
-    out_dir: Path, wanted: dict[str, Any], ids: list[str], overwrite: bool
+    out_dir: Path, wanted: dict[str, Any], ids: list[str], overwrite: bool,
+    image_rows: list[list[int]] | None = None,
 ) -> CacheMeta | None:
     """The meta of the cache in ``out_dir`` when it can be resumed (or is complete) for
-    ``ids`` and the ``wanted`` backbone/width/height, else None to start fresh; a cache
+    ``ids`` (with ``image_rows``) and the ``wanted`` backbone/width/height, else None to start fresh; a cache
     made with other settings raises :class:`WorkdirError` unless ``overwrite``."""
     index_path = out_dir / INDEX_FILE
     if not index_path.exists():
@@ -270,6 +350,8 @@ def resumable_meta(
     ]
     if meta.ids != ids:
         differences.append(_ids_difference(meta.ids, ids))
+    elif meta.image_rows != image_rows:
+        differences.append("the products' image counts differ")
     if differences:
         if overwrite:
             return None

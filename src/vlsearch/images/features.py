@@ -1,5 +1,6 @@
-"""Feature extraction: the backbone run over the first image of each product into the
-feature cache (:mod:`vlsearch.images.cache`), in durable chunks, resumable byte for byte.
+"""Feature extraction: the backbone run over every image of each product into the feature
+cache (:mod:`vlsearch.images.cache`; the first images at the product rows, further ones
+appended), in durable chunks, resumable byte for byte.
 
 Images are decoded and preprocessed by a ``torch.utils.data.DataLoader`` over the cache's
 rows (``ImageConfig.decode_workers`` worker processes decode ahead of the CNN; 0 decodes in
@@ -30,6 +31,7 @@ from vlsearch.images.cache import (
     ExtractionStats,
     FeatureCache,
     create,
+    image_rows_for,
     resumable_meta,
 )
 from vlsearch.images.loading import load_image
@@ -46,10 +48,12 @@ def extract_features(
     backbone: Backbone | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> FeatureCache:
-    """Run the backbone over the first image of each product into the cache in ``out_dir``.
+    """Run the backbone over the images of each product into the cache in ``out_dir``.
 
-    ``image_paths[i]`` is product i's list of paths (the first is used), one path, or None.
-    A missing or undecodable file gives a zero row, ``has_image`` False and a
+    ``image_paths[i]`` is product i's list of paths, one path, or None. Row i holds product
+    i's first image; further images get rows after all first images, product-major, recorded
+    in the cache's ``image_rows`` (a catalog with one image per product gives the
+    single-image layout). A missing or undecodable file gives a zero row, ``has_image`` False and a
     :class:`Problem` naming it. Progress is made durable every ``config.chunk_size`` rows, so
     a killed run resumes where it stopped and produces the same bytes. A complete cache for
     the same ids, backbone and size is returned without work; a cache made with other
@@ -65,8 +69,10 @@ def extract_features(
     _check_arguments(ids, image_paths, config, backbone)
     name = backbone.name if backbone is not None else config.backbone
     wanted = {"backbone": name, "width": config.width, "height": config.height}
-    meta = resumable_meta(out_dir, wanted, ids, overwrite)
-    if meta is not None and meta.done == len(ids):
+    first, more = _split_paths(image_paths)
+    image_rows = image_rows_for([1 + len(m) for m in more])
+    meta = resumable_meta(out_dir, wanted, ids, overwrite, image_rows)
+    if meta is not None and meta.done == meta.rows:
         cache = FeatureCache.open(out_dir)
         cache.last_run = ExtractionStats(0, 0, 0.0, 0.0, cache.done, 0)
         return cache
@@ -74,9 +80,9 @@ def extract_features(
     if backbone is None:
         backbone = get_backbone(name, config)
     if meta is None or meta.grid != backbone.grid or meta.dim != backbone.dim:
-        meta = CacheMeta.start(backbone.describe(), ids)  # (same name, other output: start over)
+        meta = CacheMeta.start(backbone.describe(), ids, image_rows)  # (same name, other output: start over)
         create(out_dir, meta)
-    paths = [_first_path(p) for p in image_paths]
+    paths = first + [path for m in more for path in m]  # the cache's row order
     with _torch_threads(config.num_threads):
         stats = _run(backbone, paths, meta, out_dir, config, progress, on_chunk)
     cache = FeatureCache.open(out_dir)
@@ -116,13 +122,17 @@ def _check_arguments(ids: list[str], image_paths: list[Any], config: ImageConfig
         )
 
 
-def _first_path(paths: Any) -> str | None:
-    if paths is None:
-        return None
-    if isinstance(paths, (str, Path)):
-        return str(paths) if str(paths) else None
-    paths = list(paths)
-    return str(paths[0]) if paths and paths[0] else None
+def _split_paths(image_paths: list[Any]) -> tuple[list[str | None], list[list[str]]]:
+    """Each product's first path (None: none given) and its further non-empty paths."""
+    first: list[str | None] = []
+    more: list[list[str]] = []
+    for paths in image_paths:
+        if paths is None or isinstance(paths, (str, Path)):
+            paths = [paths] if paths is not None else []
+        paths = list(paths)
+        first.append(str(paths[0]) if paths and paths[0] else None)
+        more.append([str(p) for p in paths[1:] if p])
+    return first, more
 
 
 @contextmanager
@@ -222,11 +232,11 @@ def _run(
 ) -> ExtractionStats:
     """Extract rows ``meta.done:`` into ``out_dir``, durable at the end of every chunk."""
     stats = ExtractionStats(0, 0, 0.0, 0.0, meta.done, 0)
-    if meta.done >= meta.n:
+    if meta.done >= meta.rows:
         return stats
     store = np.memmap(out_dir / PATCHES_FILE, dtype=np.float16, mode="r+", shape=meta.shape)
     batches = _decoded_batches(backbone, paths, meta.done, config)
-    bar = tqdm(total=meta.n, initial=meta.done, unit="img", desc="image features",
+    bar = tqdm(total=meta.rows, initial=meta.done, unit="img", desc="image features",
                disable=not progress, dynamic_ncols=True, smoothing=0.1)
     began = time.perf_counter()
     try:
@@ -234,7 +244,7 @@ def _run(
             for batch in batches:
                 _store(backbone, batch, store, meta, stats)
                 bar.update(batch.hi - batch.lo)
-                if batch.hi == meta.n or batch.hi % config.chunk_size == 0:  # end of a chunk
+                if batch.hi == meta.rows or batch.hi % config.chunk_size == 0:  # end of a chunk
                     store.flush()
                     meta.done = batch.hi
                     meta.write(out_dir / INDEX_FILE)

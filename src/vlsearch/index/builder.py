@@ -504,18 +504,14 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
     except WorkdirError:
         features = None  # the retriever runs its backbone on the image files instead
     if features is not None:  # serve only images that decoded at prepare time
-        decoded = features.has_image(np.arange(len(products)))
-        for product, ok in zip(products, decoded, strict=True):
-            if not ok:
-                product.image_paths = []
+        _drop_undecoded(products, features)
 
     def encode(start: int, stop: int) -> np.ndarray:
         rows = np.arange(start, stop)
         if features is None:
             return retriever.encode_products(products[start:stop])
-        return retriever.encode_products(
-            products[start:stop], patches=features.patches(rows), has_image=features.has_image(rows)
-        )
+        patches, has_image = features.product_images(rows, retriever.config.model.max_images)
+        return retriever.encode_products(products[start:stop], patches=patches, has_image=has_image)
 
     clicks = wd.clicks()
     model_stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.glob("*")) if p.is_file()]
@@ -529,3 +525,13 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
         retriever=retriever, clicks=click_rows(clicks), synonyms=wd.phrase_tables(),
         splits=wd.product_table().column("split").to_pylist(),
     )
+
+
+def _drop_undecoded(products: list, features) -> None:
+    """Keep only the image paths whose images decoded at prepare time (the first stays first)."""
+    decoded = features.meta.has_image
+    for row, product in enumerate(products):
+        rows = features.image_rows(row)
+        if len(rows) != max(len(product.image_paths), 1):  # (not the cache's layout: first image only)
+            rows = rows[:1]
+        product.image_paths = [path for path, r in zip(product.image_paths, rows) if decoded[r]]

@@ -4,7 +4,7 @@ index without a rebuild, as a new version published like a build.
 ``update_index(index_dir, products, delete, encoder)``:
 
 1. Classify against the current version: a delta product whose id is unknown is *new*; one
-   whose title, brand, category, attributes or image path differ is *changed*; the rest are
+   whose title, brand, category, attributes or image paths differ is *changed*; the rest are
    *unchanged* and cost nothing. Delete ids that are not in the index are reported, not fatal.
 2. Encode only new and changed products (``encoder.encode_products``, images through the
    model's backbone).
@@ -178,7 +178,7 @@ def load_delta(path: str | Path, brands: Iterable[str], mapping: ColumnMapping |
 def _same(a: Product, b: Product) -> bool:
     return (a.title == b.title and a.brand == b.brand and a.category == b.category
             and (a.attributes or {}) == (b.attributes or {})
-            and (a.image_paths[:1] or [None]) == (b.image_paths[:1] or [None]))
+            and list(a.image_paths) == list(b.image_paths))  # every image, in order
 
 
 @contextmanager

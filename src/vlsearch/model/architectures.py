@@ -12,7 +12,11 @@
   product = the fused vector.
 
 ``use_images=False`` gives a title-only product tower for any architecture. Every output
-vector is L2-normalised.
+vector is L2-normalised. ``has_image`` is ``[B]`` (one image per product) or, with
+``model.max_images`` N > 1, ``[B, N]`` (which of the N image slots hold an image; patches
+``[B, N*P, D]``): the image view is then the image tower's pooling of the set, the fused view
+attends to the present images' patches, and Modal Adaptation weighs the title against them
+(the uni-encoder reads one image only).
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class RetrievalModel(nn.Module):
         super().__init__()
         if cfg.architecture not in ARCHITECTURES:
             raise ValueError(f"model.architecture: expected one of {ARCHITECTURES}, got {cfg.architecture!r}")
+        if cfg.max_images != 1 and cfg.use_images and cfg.architecture == "uni-encoder":
+            raise ValueError("model.max_images > 1 needs an image tower; the uni-encoder reads one image")
         self.cfg = cfg
         self.modalities = modalities(cfg)
         self.num_patches = num_patches
@@ -134,13 +140,14 @@ class RetrievalModel(nn.Module):
             pooled, _ = self._joint(ids, mask, patches, has_image)
             vector = F.normalize(self.proj["text"](pooled).float(), dim=-1)
             return ProductOutput(vector, torch.ones(batch, 1, device=vector.device))
+        image_mask, has_image, token_mask = self._image_masks(has_image)
         views: dict[str, Tensor] = {}
         title, title_tokens = self.text(ids, mask)
         views["title"] = title
-        image, image_tokens = self.image(patches.to(title.dtype))
+        image, image_tokens = self.image(patches.to(title.dtype), image_mask=image_mask)
         views["image"] = image
         if self.fusion is not None:
-            views["fused"] = self.fusion(title_tokens, mask, image_tokens, has_image)
+            views["fused"] = self.fusion(title_tokens, mask, image_tokens, token_mask)
         names = self.modalities
         vectors = torch.stack(
             [F.normalize(self.proj["text" if n == "title" else n](views[n]).float(), dim=-1) for n in names],
@@ -159,13 +166,23 @@ class RetrievalModel(nn.Module):
         combined = (weights.unsqueeze(-1) * vectors).sum(1)
         return ProductOutput(F.normalize(combined, dim=-1), weights)
 
+    def _image_masks(self, has_image: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        """``has_image`` [B] or [B, N] -> (the per-image mask [B, N] or None, any image [B],
+        the image-token mask the fusion reads: [B] or [B, N*P])."""
+        if has_image.dim() == 1:
+            return None, has_image, has_image
+        image_mask = has_image.bool()
+        return image_mask, image_mask.any(1), image_mask.repeat_interleave(self.num_patches, dim=1)
+
     # --- pre-training views ----------------------------------------------------------------
     def predict_patches(self, ids: Tensor, mask: Tensor, patches: Tensor, has_image: Tensor, mpm_mask: Tensor) -> Tensor:
-        """MPM: patch-space predictions [B, P, D] for images whose ``mpm_mask`` patches are masked."""
+        """MPM: patch-space predictions [B, P, D] (``[B, N*P, D]`` with several images) for
+        images whose ``mpm_mask`` patches are masked."""
         if self.cfg.architecture == "uni-encoder":
             _, outputs = self._joint(ids, mask, patches, has_image.bool(), mpm_mask)
             return self.patch_input.mpm_head(outputs)
-        _, outputs = self.image(patches, mpm_mask)
+        image_mask = has_image.bool() if has_image.dim() == 2 else None
+        _, outputs = self.image(patches, mpm_mask, image_mask=image_mask)
         return self.image.patches.mpm_head(outputs)
 
     @property

@@ -28,8 +28,9 @@ class Fusion(nn.Module):
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, title: Tensor, title_mask: Tensor, image: Tensor, has_image: Tensor) -> Tensor:
+        """``has_image``: [B] (all image tokens or none) or a per-token mask [B, T_image]."""
         x = torch.cat([title + self.modality.weight[0], image + self.modality.weight[1]], dim=1)
-        image_mask = has_image.unsqueeze(1).expand(-1, image.shape[1])
+        image_mask = has_image.unsqueeze(1).expand(-1, image.shape[1]) if has_image.dim() == 1 else has_image
         valid = torch.cat([title_mask.bool(), image_mask.bool()], dim=1)
         out = self.norm(self.encoder(x, src_key_padding_mask=~valid))
         weights = valid.unsqueeze(-1).to(out.dtype)

@@ -279,7 +279,9 @@ class Retriever:
         also the Modal Adaptation weights ``[n, len(self.modalities)]``.
 
         ``patches`` (``[n, P, D]``, e.g. from the work directory's FeatureCache) and
-        ``has_image`` default to running the backbone on each product's first image."""
+        ``has_image`` default to running the backbone on each product's first image; with
+        ``model.max_images`` N > 1 on up to N images: patches ``[n, N*P, D]`` and
+        ``has_image [n, N]`` (``FeatureCache.product_images``)."""
         products = list(products)
         n = len(products)
         batch_size = batch_size or self.config.model.encode_batch_size
@@ -289,7 +291,9 @@ class Retriever:
         if use_images and not isinstance(patches, np.ndarray):
             patches = np.asarray(patches)
         if use_images and has_image is None:
-            has_image = np.abs(np.asarray(patches)).reshape(n, -1).sum(1) > 0
+            images = max(1, self.config.model.max_images)
+            has_image = np.abs(np.asarray(patches)).reshape(n, images, -1).sum(2) > 0
+            has_image = has_image[:, 0] if images == 1 else has_image
         vectors = np.zeros((n, self.embed_dim), dtype=np.float32)
         weights = np.zeros((n, len(self.modalities)), dtype=np.float32)
         if n == 0:
@@ -316,27 +320,32 @@ class Retriever:
         return (vectors, weights) if return_weights else vectors
 
     def extract_patches(self, products: list) -> tuple[np.ndarray, np.ndarray]:
-        """Run the image backbone on each product's first image: patches ``[n, P, D]``, has_image."""
+        """Run the image backbone on each product's first image: patches ``[n, P, D]``, has_image
+        ``[n]``; with ``model.max_images`` N > 1 on its first N images: ``[n, N*P, D]``, ``[n, N]``."""
         from vlsearch.images import get_backbone, load_image
 
         if self._backbone is None:
             self._backbone = get_backbone(self.image["backbone"], self.config.images)
         backbone = self._backbone
-        patches = np.zeros((len(products), int(np.prod(self.image["grid"])), int(self.image["dim"])), np.float32)
-        has_image = np.zeros(len(products), dtype=bool)
-        rows, pixels = [], []
+        images = max(1, self.config.model.max_images)
+        num_patches = int(np.prod(self.image["grid"]))
+        patches = np.zeros((len(products), images, num_patches, int(self.image["dim"])), np.float32)
+        has_image = np.zeros((len(products), images), dtype=bool)
+        slots, pixels = [], []
         for i, product in enumerate(products):
-            if not product.image_paths:
-                continue
-            try:
-                pixels.append(backbone.preprocess(load_image(product.image_paths[0])))
-            except InputError:
-                continue
-            rows.append(i)
+            for k, path in enumerate(product.image_paths[:images]):
+                try:
+                    pixels.append(backbone.preprocess(load_image(path)))
+                except InputError:
+                    continue
+                slots.append((i, k))
         batch = self.config.images.batch_size
-        for lo in range(0, len(rows), batch):
+        for lo in range(0, len(slots), batch):
             out = backbone(torch.stack(pixels[lo:lo + batch]).to(backbone.device))
+            rows, ks = (np.array(a) for a in zip(*slots[lo:lo + batch]))
             # float16 round trip: the same values the feature cache stores
-            patches[rows[lo:lo + batch]] = out.cpu().numpy().astype(np.float16).astype(np.float32)
-            has_image[rows[lo:lo + batch]] = True
-        return patches, has_image
+            patches[rows, ks] = out.cpu().numpy().astype(np.float16).astype(np.float32)
+            has_image[rows, ks] = True
+        if images == 1:
+            return patches[:, 0], has_image[:, 0]
+        return patches.reshape(len(products), images * num_patches, -1), has_image

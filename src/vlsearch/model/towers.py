@@ -7,6 +7,13 @@ the learned position embeddings and the LayerNorm). Masked Patch Modeling replac
 projected vectors of masked patches by a learned [MASK] vector; ``mpm_head`` maps outputs
 back to the *raw* patch-vector space, the MPM targets (fixed inputs, so no loss can move
 its own targets).
+
+With ``model.max_images`` N > 1 the image tower reads the patches of up to N images of a
+product, ``[B, N*P, D]`` in catalog order: each patch keeps its grid position within its
+image (the position embeddings of one image are shared by all) and gets a learned
+image-position vector added; ``image_mask [B, N]`` masks absent images out of the attention.
+The [CLS] output then pools the product's image set. The image-position embedding exists only
+when N > 1, so single-image models keep their weights and outputs.
 """
 
 from __future__ import annotations
@@ -120,7 +127,11 @@ class PatchInput(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """[CLS] + projected patches through a small BertModel; ``forward`` gives (pooled, patch outputs)."""
+    """[CLS] + projected patches through a small BertModel; ``forward`` gives (pooled, patch outputs).
+
+    ``max_images`` > 1 (``model.max_images``): ``patches`` hold up to that many images of
+    ``num_patches`` each, ``image_mask [B, N]`` says which are present (see the module docstring).
+    """
 
     def __init__(self, patch_dim: int, num_patches: int, text: BertConfig, cfg: ModelConfig):
         super().__init__()
@@ -135,12 +146,37 @@ class ImageEncoder(nn.Module):
             hidden_dropout_prob=cfg.dropout,
             attention_probs_dropout_prob=cfg.dropout,
         )
+        if cfg.max_images < 1:
+            raise ValueError(f"model.max_images: expected >= 1, got {cfg.max_images}")
         self.patches = PatchInput(patch_dim, text.hidden_size, config.initializer_range)
         self.cls = nn.Parameter(torch.randn(text.hidden_size) * config.initializer_range)
         self.bert = BertModel(config, add_pooling_layer=False)
+        self.num_patches = num_patches
+        self.max_images = cfg.max_images
+        if cfg.max_images > 1:  # only then: single-image models keep their state dict
+            self.image_position = nn.Parameter(
+                torch.randn(cfg.max_images, text.hidden_size) * config.initializer_range
+            )
 
-    def forward(self, patches: Tensor, mpm_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, patches: Tensor, mpm_mask: Tensor | None = None,
+                image_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.patches(patches, mpm_mask)
         cls = self.cls.to(x.dtype).expand(x.shape[0], 1, -1)
-        hidden = self.bert(inputs_embeds=torch.cat([cls, x], dim=1)).last_hidden_state
+        if self.max_images == 1:
+            hidden = self.bert(inputs_embeds=torch.cat([cls, x], dim=1)).last_hidden_state
+            return hidden[:, 0], hidden[:, 1:]
+        images = x.shape[1] // self.num_patches
+        if images * self.num_patches != x.shape[1] or images > self.max_images:
+            raise ValueError(
+                f"image tower: {x.shape[1]} patches is not up to {self.max_images} images of {self.num_patches}"
+            )
+        x = x + self.image_position[:images].to(x.dtype).repeat_interleave(self.num_patches, dim=0)
+        grid = torch.arange(1, self.num_patches + 1, device=x.device).repeat(images)
+        positions = torch.cat([grid.new_zeros(1), grid]).unsqueeze(0).expand(x.shape[0], -1)
+        attention = None
+        if image_mask is not None:
+            tokens = image_mask.bool().repeat_interleave(self.num_patches, dim=1)
+            attention = torch.cat([tokens.new_ones(x.shape[0], 1), tokens], dim=1).long()
+        hidden = self.bert(inputs_embeds=torch.cat([cls, x], dim=1), attention_mask=attention,
+                           position_ids=positions).last_hidden_state
         return hidden[:, 0], hidden[:, 1:]

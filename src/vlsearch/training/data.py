@@ -30,8 +30,8 @@ class Batch:
     q_types: Tensor
     t_ids: Tensor
     t_mask: Tensor
-    patches: Tensor | None  # [B, P, D] float32 raw patch vectors
-    has_image: Tensor  # [B] bool
+    patches: Tensor | None  # [B, P, D] float32 raw patch vectors ([B, N*P, D]: model.max_images N > 1)
+    has_image: Tensor  # [B] bool ([B, N]: which of the N images are present)
     product_ids: Tensor  # [B] int64 product row
     log_q: Tensor  # [B] log sampling probability of the product
     labels: Tensor  # [B] category index, -1 unknown
@@ -102,6 +102,7 @@ class ClickStream:
             [position.get(c, UNKNOWN_CATEGORY) for c in table.column("category").to_pylist()], dtype=np.int64
         )
         self.features = workdir.features() if config.model.use_images else None
+        self.max_images = config.model.max_images
 
     def __len__(self) -> int:
         return len(self.log)
@@ -113,8 +114,8 @@ class ClickStream:
         t_ids, t_mask = _trim(*(a[rows] for a in self.titles[:2]))
         patches = None
         if self.features is not None:
-            patches = torch.from_numpy(self.features.patches(rows).astype(np.float32))
-            has_image = torch.from_numpy(self.features.has_image(rows))
+            patches, has_image = self.features.product_images(rows, self.max_images)
+            patches, has_image = torch.from_numpy(patches.astype(np.float32)), torch.from_numpy(has_image)
         else:
             has_image = torch.zeros(len(rows), dtype=torch.bool)
         return Batch(

@@ -55,7 +55,7 @@ class Validator:
         self.patches = self.has_image = None
         if config.model.use_images:
             features = workdir.features()
-            self.patches, self.has_image = features.patches(self.rows), features.has_image(self.rows)
+            self.patches, self.has_image = features.product_images(self.rows, config.model.max_images)
 
     def recall(self, retriever: Retriever) -> float:
         queries = retriever.encode_queries([q.text for q in self.queries])

@@ -126,21 +126,38 @@ class PretrainingObjective(nn.Module):
         return 0.5 * (losses[0] + losses[1])
 
     def _mpm(self, batch: Batch, generator: torch.Generator) -> Tensor:
-        """Mask ``mpm_mask_ratio`` of each image's patches; predict the raw patch vectors."""
-        rows = batch.has_image.nonzero(as_tuple=True)[0]
+        """Mask ``mpm_mask_ratio`` of each image's patches; predict the raw patch vectors.
+        With several images per product (``has_image [B, N]``) the ratio is of the present
+        images' patches, and absent ones are never masked."""
+        several = batch.has_image.dim() == 2
+        rows = (batch.has_image.any(1) if several else batch.has_image).nonzero(as_tuple=True)[0]
         if len(rows) == 0:  # no image in the batch: nothing to mask
             return batch.patches.new_zeros(())
         patches = batch.patches[rows]
         n, num_patches, _ = patches.shape
-        k = max(1, round(self.mask_ratio * num_patches))
-        order = torch.rand(n, num_patches, generator=generator).argsort(dim=1)[:, :k]
-        chosen = torch.zeros(n, num_patches, dtype=torch.bool).scatter_(1, order, True).to(patches.device)
+        if several:
+            chosen = _chosen_patches(batch.has_image[rows].cpu(), num_patches, self.mask_ratio, generator)
+            chosen = chosen.to(patches.device)
+        else:
+            k = max(1, round(self.mask_ratio * num_patches))
+            order = torch.rand(n, num_patches, generator=generator).argsort(dim=1)[:, :k]
+            chosen = torch.zeros(n, num_patches, dtype=torch.bool).scatter_(1, order, True).to(patches.device)
         predicted = self.model.predict_patches(
             batch.t_ids[rows], batch.t_mask[rows], patches, batch.has_image[rows], chosen
         )
         image, patch = chosen.nonzero(as_tuple=True)
         targets = patches.reshape(n * num_patches, -1).detach()
         return self.mpm(predicted[image, patch], targets, image * num_patches + patch)
+
+
+def _chosen_patches(image_mask: Tensor, num_patches: int, ratio: float, generator: torch.Generator) -> Tensor:
+    """[n, T] bool: ``ratio`` of the present images' patches of each row (at least one), at
+    random; ``image_mask [n, N]`` says which of the N images (T // N patches each) are present."""
+    valid = image_mask.bool().repeat_interleave(num_patches // image_mask.shape[1], dim=1)
+    k = (ratio * valid.sum(1)).round().clamp(min=1)
+    scores = torch.rand(valid.shape, generator=generator).masked_fill(~valid, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    return rank < k.unsqueeze(1)
 
 
 def make_optimizer(module: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
