@@ -223,3 +223,11 @@ def test_multi_image_catalog_end_to_end(catalog, tmp_path):
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
     first_only = model.encode_products(workdir.products(), patches, mask & [True, False, False])
     assert not np.allclose(first_only, expected, atol=1e-4)
+    assert set(engine.modal_weights([hits[0].product_id])[0]) == {"title", "image", "fused"}
+    # a live update compares every image: another second image makes the product changed
+    from vlsearch.index.update import update_index
+
+    same, other = (Product(**vars(p)) for p in indexed[:2])
+    other.image_paths = [other.image_paths[0], other.image_paths[2], other.image_paths[1]]
+    report = update_index(tmp_path / "index", [same, other], [], model)
+    assert (report.changed, report.unchanged) == (1, 1)

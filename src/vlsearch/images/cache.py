@@ -294,8 +294,9 @@ def _validate(meta: Any, path: Path) -> None:
         raise WorkdirError(f"{path}: field 'grid' must be [rows, cols], got {meta['grid']}")
     rows = n if meta.get("image_rows") is None else _validate_image_rows(meta["image_rows"], n, path)
     if len(meta["ids"]) != n or len(meta["has_image"]) != rows:
+        layout = "" if rows == n else f" ({rows} image rows)"
         raise WorkdirError(
-            f"{path}: n = {n} ({rows} image rows) but {len(meta['ids'])} ids and "
+            f"{path}: n = {n}{layout} but {len(meta['ids'])} ids and "
             f"{len(meta['has_image'])} has_image entries"
         )
     if not 0 <= meta["done"] <= rows:

@@ -212,7 +212,8 @@ class _Version:
         self.titles: list[str] = table["title"]
         self.brands: list[str | None] = table["brand"]
         self.categories: list[str | None] = table["category"]
-        self.image_paths: list[str | None] = table["image_path"]
+        self.image_paths: list[str | None] = table["image_path"]  # the first image: the thumbnail
+        self.all_image_paths: list[list[str]] | None = table.get("image_paths")  # multi-image catalogs
         self.attributes: list[str] = table["attributes"]
         self.image_dirs = _image_dirs(self.image_paths)
         # rows deleted by a live update (index.update) stay as tombstones: rows never move
@@ -409,7 +410,7 @@ class Engine:
 
     def modal_weights(self, product_ids: Sequence[str]) -> list[dict[str, float] | None]:
         """The Modal Adaptation weights (modality -> weight) of each product, computed now by the
-        index's model from the product's title and catalog image (the image CNN runs once per
+        index's model from the product's title and catalog images (the image CNN runs once per
         product: a debugging view, not the search path). None for an unknown id, or when the
         engine's encoder is not a vlsearch Retriever."""
         from vlsearch.catalog import Product
@@ -423,10 +424,10 @@ class Engine:
         products = []
         for row in known:
             info = state.product(row)
-            path = state.image_paths[row]
+            paths = state.all_image_paths[row] if state.all_image_paths else [state.image_paths[row]]
             products.append(Product(id=info["id"], title=info["title"], brand=info["brand"],
                                     category=info["category"], attributes=info["attributes"],
-                                    image_paths=[path] if path and Path(path).is_file() else []))
+                                    image_paths=[p for p in paths if p and Path(p).is_file()]))
         _vectors, weights = retriever.encode_products(products, return_weights=True)
         names = list(retriever.modalities)
         by_row = {row: {name: float(w) for name, w in zip(names, weight)} for row, weight in zip(known, weights)}
