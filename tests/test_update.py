@@ -24,21 +24,36 @@ from index_helpers import (
     synthetic_products,
     synthetic_queries,
 )
+from test_milvus import lite_server  # noqa: F401 - the fixture: a milvus-lite server several processes share
 
 from vlsearch.catalog import Product
-from vlsearch.config import IndexConfig
+from vlsearch.config import IndexConfig, preset
 from vlsearch.errors import InputError
-from vlsearch.index.builder import BUILDING, COMPLETE, current_version
+from vlsearch.index.builder import BUILDING, COMPLETE, build_index, current_version
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.update import read_delete_ids, update_from_files, update_index
 from vlsearch.serving.engine import Engine
 
 N = 400
+BACKENDS = ["faiss", "milvus"]
 
 
-def _build(tmp_path, kind: str, products=None, queries=None):
+def _sample_copy(tmp_path, tmp_path_factory, sample_catalog_dir, backend: str, milvus_uri: str):
+    """``tmp_path/index``: the shared sample index (FAISS, copied) or the same catalog and
+    model indexed on the Milvus backend at ``milvus_uri``; returns the model directory."""
+    index_dir, workdir, model = sample_index(tmp_path_factory, sample_catalog_dir)
+    if backend == "faiss":
+        shutil.copytree(index_dir, tmp_path / "index", symlinks=True)
+    else:
+        config = dataclasses.replace(preset("tiny").index, kind="flat", backend="milvus", milvus_uri=milvus_uri)
+        build_index(workdir, model, tmp_path / "index", config, progress=False)
+    return model
+
+
+def _build(tmp_path, kind: str, products=None, queries=None, backend: str = "faiss"):
     products = products or synthetic_products(N)
-    config = IndexConfig(kind=kind, nlist=8, nprobe=8, qid_top_k=40)
+    config = IndexConfig(kind=kind, nlist=8, nprobe=8, qid_top_k=40, backend=backend,
+                         milvus_uri=str(tmp_path / "milvus.db"))
     build_synthetic_index(tmp_path, products, HashEncoder(), config, queries=queries)
     return products, config
 
@@ -65,9 +80,10 @@ def _all_ids(engine: Engine, queries) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
-def test_add_change_delete_seen_by_search_and_never_back(tmp_path, kind):
-    products, _ = _build(tmp_path, kind)
+@pytest.mark.parametrize(("backend", "kind"), [("faiss", "flat"), ("faiss", "ivf"), ("milvus", "flat"),
+                                               ("milvus", "hnsw")])
+def test_add_change_delete_seen_by_search_and_never_back(tmp_path, backend, kind):
+    products, _ = _build(tmp_path, kind, backend=backend)
     engine = Engine.open(tmp_path, retriever=HashEncoder())
     queries = list(dict.fromkeys(synthetic_queries(products)))
     new, changed, gone = _delta(products)
@@ -109,12 +125,13 @@ def test_add_change_delete_seen_by_search_and_never_back(tmp_path, kind):
     assert fresh.version == engine.version and not _all_ids(fresh, titles) & set(gone)
 
 
-def test_qid_table_after_updates_equals_a_fresh_build(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qid_table_after_updates_equals_a_fresh_build(tmp_path, backend):
     """Flat (exact) index: after add + change + delete the qid table answers every logged
     query as a build of the final catalog does (refreshed where needed, copied elsewhere)."""
     products = synthetic_products(N)
     queries = list(dict.fromkeys(synthetic_queries(products)))
-    _build(tmp_path / "live", "flat", products, queries)
+    _build(tmp_path / "live", "flat", products, queries, backend)
     new, changed, gone = _delta(products)
     update_index(tmp_path / "live", new + changed, [], HashEncoder())
     report = update_index(tmp_path / "live", [], gone, HashEncoder())
@@ -124,7 +141,7 @@ def test_qid_table_after_updates_equals_a_fresh_build(tmp_path):
     final.update({p.id: p for p in changed + new})
     for pid in gone:
         del final[pid]
-    _build(tmp_path / "fresh", "flat", list(final.values()), queries)
+    _build(tmp_path / "fresh", "flat", list(final.values()), queries, backend)
 
     def answers(index_dir):
         version = current_version(index_dir)
@@ -161,8 +178,9 @@ def test_hnsw_refuses_changes_but_takes_new_products(tmp_path):
     assert engine.search("zorblax tshirts", k=3).hits[0].product_id == "9001"
 
 
-def test_update_under_a_concurrent_search_loop(tmp_path):
-    products, _ = _build(tmp_path, "ivf")
+@pytest.mark.parametrize(("backend", "kind"), [("faiss", "ivf"), ("milvus", "hnsw")])
+def test_update_under_a_concurrent_search_loop(tmp_path, backend, kind):
+    products, _ = _build(tmp_path, kind, backend=backend)
     engine = Engine.open(tmp_path, retriever=HashEncoder())
     other = Engine.open(tmp_path, retriever=HashEncoder())  # stands for another serving process
     queries = list(dict.fromkeys(synthetic_queries(products))) + [p.title for p in products[:40]]
@@ -202,9 +220,10 @@ def test_update_under_a_concurrent_search_loop(tmp_path):
     assert failures == [] and searches[0] > 0
 
 
-def test_bad_rows_and_unknown_ids_are_reported_good_rows_applied(tmp_path, tmp_path_factory, sample_catalog_dir):
-    index_dir, _, model = sample_index(tmp_path_factory, sample_catalog_dir)
-    shutil.copytree(index_dir, tmp_path / "index", symlinks=True)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_rows_and_unknown_ids_are_reported_good_rows_applied(tmp_path, tmp_path_factory, sample_catalog_dir,
+                                                                 backend):
+    model = _sample_copy(tmp_path, tmp_path_factory, sample_catalog_dir, backend, str(tmp_path / "milvus.db"))
     engine = Engine.open(tmp_path / "index")
     pid = engine._state.ids[0]
     base = engine.product(pid)
@@ -243,9 +262,11 @@ def test_bad_rows_and_unknown_ids_are_reported_good_rows_applied(tmp_path, tmp_p
 
 
 @pytest.mark.slow
-def test_kill_during_update_then_rerun_finishes_it(tmp_path, tmp_path_factory, sample_catalog_dir):
-    index_dir, _, model = sample_index(tmp_path_factory, sample_catalog_dir)
-    shutil.copytree(index_dir, tmp_path / "index", symlinks=True)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_during_update_then_rerun_finishes_it(tmp_path, tmp_path_factory, sample_catalog_dir, backend, request):
+    # milvus-lite's file opens in one process: the test and `vlsearch update` share a local server
+    uri = request.getfixturevalue("lite_server")[0] if backend == "milvus" else ""
+    model = _sample_copy(tmp_path, tmp_path_factory, sample_catalog_dir, backend, uri)
     engine = Engine.open(tmp_path / "index")
     before = engine.version
     rows = list(range(120))
@@ -282,6 +303,13 @@ def test_kill_during_update_then_rerun_finishes_it(tmp_path, tmp_path_factory, s
     assert done.returncode == 0, done.stderr[-2000:]
     assert "120 changed, -10 deleted" in done.stdout
     assert not half.exists()  # the killed update's half-written version was removed
+    if backend == "milvus":  # and so was its collection; the alias names the new version's
+        from vlsearch.index.milvus import alias_name, collection_name, connect
+
+        client = connect(IndexConfig(backend="milvus", milvus_uri=uri))
+        assert collection_name("vlsearch", half.name) not in client.list_collections()
+        assert client.describe_alias(alias_name("vlsearch"))["collection_name"] == \
+            collection_name("vlsearch", current_version(tmp_path / "index").name)
     engine.reload_if_changed()
     assert engine.version != before
     assert all(engine.product(engine._state.ids[r])["title"].endswith(" v2") for r in rows)
@@ -290,8 +318,9 @@ def test_kill_during_update_then_rerun_finishes_it(tmp_path, tmp_path_factory, s
     assert rerun.returncode == 0 and "unchanged (nothing to apply)" in rerun.stdout
 
 
-def test_qid_entries_past_the_research_limit_are_invalidated(tmp_path):
-    products, config = _build(tmp_path, "ivf")
+@pytest.mark.parametrize(("backend", "kind"), [("faiss", "ivf"), ("milvus", "flat")])
+def test_qid_entries_past_the_research_limit_are_invalidated(tmp_path, backend, kind):
+    products, config = _build(tmp_path, kind, backend=backend)
     before = QidTable.load(current_version(tmp_path) / "qid")
     new, changed, gone = _delta(products)
     limited = dataclasses.replace(config, update_qid_research_limit=1)

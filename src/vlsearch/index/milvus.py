@@ -275,15 +275,19 @@ class MilvusStore(_Remote, VectorStore):
     @classmethod
     def build(cls, vectors: np.ndarray, attributes: Mapping[str, Sequence[str | None]], config: IndexConfig,
               version: str, product_ids: Sequence[str] | None = None,
-              texts: Sequence[str] | None = None) -> MilvusStore:
-        """Create and fill ``<prefix>_<version>`` (not yet published)."""
+              texts: Sequence[str] | None = None, rows: Sequence[int] | None = None,
+              n: int | None = None) -> MilvusStore:
+        """Create and fill ``<prefix>_<version>`` (not yet published). Vector i is row
+        ``rows[i]`` (default: i) of a product table of ``n`` rows (default: the vectors'
+        count); a live update leaves out its tombstone rows."""
         x = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if x.ndim != 2 or len(x) == 0:
             raise InputError(f"product vectors: expected a non-empty [n, d] array, got {x.shape}")
+        rows = np.arange(len(x)) if rows is None else np.asarray(rows, np.int64)
         client = connect(config)
         name = collection_name(config.milvus_prefix, version)
         lexical = config.milvus_lexical and texts is not None
-        store = cls(name, config, x.shape[1], len(x), lexical)
+        store = cls(name, config, x.shape[1], len(x) if n is None else n, lexical)
         if store._build_call("has_collection", client.has_collection, name):
             store._build_call("drop_collection", client.drop_collection, name)
         store._build_call("create_collection", client.create_collection, name,
@@ -292,7 +296,7 @@ class MilvusStore(_Remote, VectorStore):
         for start in range(0, len(x), INSERT_BATCH):
             stop = min(len(x), start + INSERT_BATCH)
             store._build_call("insert", client.insert, name, _rows_of(
-                x[start:stop], range(start, stop), {f: c[start:stop] for f, c in attributes.items()},
+                x[start:stop], rows[start:stop], {f: c[start:stop] for f, c in attributes.items()},
                 product_ids[start:stop] if product_ids is not None else None,
                 texts[start:stop] if lexical else None))
         store._build_call("flush", client.flush, name)

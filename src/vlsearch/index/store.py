@@ -377,7 +377,8 @@ def open_store(version_dir: str | Path, manifest: Mapping, policy: FilterPolicy 
     if config.backend == "milvus":
         from vlsearch.index.milvus import MilvusStore
 
-        return MilvusStore.open(manifest["milvus"]["collection"], config, int(manifest["products"]), policy)
+        rows = int(manifest.get("rows", manifest["products"]))  # tombstones of live updates included
+        return MilvusStore.open(manifest["milvus"]["collection"], config, rows, policy)
     if config.backend != "faiss":
         raise WorkdirError(f"{version_dir}: manifest backend {config.backend!r}: expected one of {BACKENDS}")
     return FaissStore.open(version_dir, config, policy)

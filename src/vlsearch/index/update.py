@@ -13,7 +13,9 @@ index without a rebuild, as a new version published like a build.
    row, a new one gets the next row, a deleted one becomes a tombstone (``deleted`` column of
    ``products.parquet``, zero vector, absent from the ANN and tantivy indexes).
    ``vectors.npy`` is copied with the rows replaced; the FAISS index gets ``remove`` and
-   ``upsert`` by row id (IVF keeps its centroids); tantivy deletes and re-adds the rows' documents in
+   ``upsert`` by row id (IVF keeps its centroids); the Milvus backend gets a new collection
+   for the new version filled with its live rows (row numbers kept; the qid-table collection
+   too), published by the alias switch before the ``current`` swap; tantivy deletes and re-adds the rows' documents in
    one commit; the lexicon's catalog layer is rebuilt from the live products (the synonym and
    mined layers are kept until the next build, which mines the click log again); the model is hard-linked.
 4. qid table: each entry touched by the update (it lists a changed or deleted product, or a
@@ -57,6 +59,7 @@ from vlsearch.index.builder import (
     COMPLETE,
     CURRENT,
     QUERY_VECTORS,
+    VERSIONS,
     _new_version_dir,
     answer_vectors,
     current_version,
@@ -65,6 +68,8 @@ from vlsearch.index.builder import (
     save_query_vectors,
 )
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, product_value, update_lexical
+from vlsearch.index.masks import ConstraintMasks
+from vlsearch.index.milvus import MilvusStore
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.spelling import SPELLING_FILE, build_vocabulary, save_vocabulary
 from vlsearch.index.store import (
@@ -73,6 +78,10 @@ from vlsearch.index.store import (
     VectorStore,
     open_store,
     product_attributes,
+    product_texts,
+    publish_store,
+    sweep_stores,
+    write_backend_qid_table,
 )
 from vlsearch.index.understanding import Lexicon, build_lexicon, constraint_signature, understand
 from vlsearch.io import (
@@ -234,17 +243,23 @@ def update_index(
     with _update_lock(index_dir):
         base = current_version(index_dir)
         link_before = os.readlink(index_dir / CURRENT) if (index_dir / CURRENT).is_symlink() else None
-        report = _apply(index_dir, base, list(products), list(delete), encoder, config,
-                        [str(p) for p in problems], progress, started)
+        report, new_store = _apply(index_dir, base, list(products), list(delete), encoder, config,
+                                   [str(p) for p in problems], progress, started)
         if report.version:
             link_now = os.readlink(index_dir / CURRENT) if (index_dir / CURRENT).is_symlink() else None
             if link_now != link_before:
+                if new_store is not None:
+                    new_store.drop()
                 shutil.rmtree(Path(report.version), ignore_errors=True)
                 raise WorkdirError(f"{index_dir}: another version was published during the update; "
                                    "nothing applied, run the update again")
+            if new_store is not None:
+                publish_store(new_store)  # Milvus: the alias first, as a build does
             publish(index_dir, report.version)
             report.version = Path(report.version).name
             prune_versions(index_dir, (config or IndexConfig()).keep_versions)
+            if new_store is not None:  # collections of pruned versions and of killed updates
+                sweep_stores(index_dir, new_store.config, {p.name for p in (index_dir / VERSIONS).iterdir()})
         report.seconds["total"] = time.perf_counter() - started
         return report
 
@@ -304,13 +319,10 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
     lap("classify")
     if not (added or changed or del_rows):
         report.seconds = seconds
-        return report
+        return report, None
 
     store = open_store(base, manifest)
-    if not isinstance(store, FaissStore):
-        raise InputError(f"{base}: live updates run on the FAISS backend only so far "
-                         f"(this index uses {store.backend}); rebuild with `vlsearch index`")
-    if store.kind == "hnsw" and (changed or del_rows):
+    if isinstance(store, FaissStore) and store.kind == "hnsw" and (changed or del_rows):
         raise InputError(f"{base}: an HNSW index cannot replace or remove products (FAISS HNSW has no "
                          "remove_ids); rebuild with `vlsearch index`, or build kind ivf or flat")
     if encoder is None:
@@ -322,6 +334,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
     lap("load")
 
     version = _new_version_dir(index_dir)
+    new_store = None
     try:
         # 2. encode only what is new or changed
         upsert_rows = np.asarray(sorted(changed) + list(range(n_old, n_old + len(added))), np.int64)
@@ -330,30 +343,25 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("encode")
 
         # 3. vectors, ANN, tantivy, products, lexicon, model
-        # through the VectorStore seam, then saved into the new version
         n_new = n_old + len(added)
-        store.delete(np.asarray(del_rows, np.int64))
-        store.upsert(upsert_rows, vecs, product_attributes(upsert_products))
-        dtype = np.load(base / VECTORS_FILE, mmap_mode="r").dtype
-        out = np.lib.format.open_memmap(version / VECTORS_FILE, mode="w+", dtype=dtype, shape=(n_new, store.dim))
-        for lo in range(0, n_new, COPY_CHUNK_ROWS):
-            hi = min(n_new, lo + COPY_CHUNK_ROWS)
-            out[lo:hi] = store.vectors_of(np.arange(lo, hi))
-        out[np.asarray(del_rows, np.int64)] = 0
-        out.flush()
-        del out
-        store.save(version)
-        store.vectors = np.load(version / VECTORS_FILE, mmap_mode="r")  # the saved copy, not RAM
-        lap("ann")
-
-        shutil.copytree(base / "lexical", version / "lexical")
-        update_lexical(version / "lexical", del_rows, dict(zip(upsert_rows.tolist(), upsert_products)))
         all_products = [product_from_columns(table, r) for r in range(n_old)] + added
         for row, p in changed.items():
             all_products[row] = p
         deleted = dead + [False] * len(added)
         for row in del_rows:
             deleted[row] = True
+        _write_vectors(base, version, n_new, upsert_rows, vecs, del_rows)
+        if isinstance(store, FaissStore):  # in place, by row id, then saved into the new version
+            store.delete(np.asarray(del_rows, np.int64))
+            store.upsert(upsert_rows, vecs, product_attributes(upsert_products))
+            store.save(version)
+            store.vectors = np.load(version / VECTORS_FILE, mmap_mode="r")  # the saved copy, not RAM
+        else:  # a new collection for the new version, filled from its vectors (nothing re-encoded)
+            store = new_store = _new_collection(store, version, all_products, deleted)
+        lap("ann")
+
+        shutil.copytree(base / "lexical", version / "lexical")
+        update_lexical(version / "lexical", del_rows, dict(zip(upsert_rows.tolist(), upsert_products)))
         # the work directory's train/heldout split (for `vlsearch eval`) carries over; added rows have none
         splits = table["split"] + [None] * len(added) if "split" in table else None
         atomic_write(version / "products.parquet",
@@ -368,13 +376,16 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
 
         # 4. qid table
         refreshed, patched, dropped = _update_qid_table(
-            base, version, store, lexicon, encoder, set(del_rows), upsert_rows, vecs, upsert_products,
+            base, version, store, _masks_of(store, all_products, deleted), lexicon, encoder, set(del_rows), upsert_rows, vecs, upsert_products,
             {r: product_from_columns(table, r) for r in changed}, config.export_batch_size,
             config.update_qid_research_limit)
+        if new_store is not None and manifest.get("milvus", {}).get("qid_collection"):
+            write_backend_qid_table(new_store, QidTable.load(version / "qid"),
+                                    np.load(version / QUERY_VECTORS), new_store.config, version.name)
         lap("qid_table")
 
         # 5. drift and the manifest
-        drift = _drift(store.ann, store.vectors, manifest, config, len(upsert_rows) + len(del_rows), vecs,
+        drift = _drift(getattr(store, "ann", None), np.load(version / VECTORS_FILE, mmap_mode="r"), manifest, config, len(upsert_rows) + len(del_rows), vecs,
                        deleted)
         report.live_products, report.rows = len(live), n_new
         report.qid_entries, report.qid_refreshed, report.drift = report.qid_entries, refreshed, drift
@@ -387,7 +398,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         }]
         atomic_write_json(version / "manifest.json", {
             **manifest, "products": len(live), "rows": n_new, "ann": {**manifest.get("ann", {}),
-                                                                       "n": store.ann.ntotal},
+                                                                       "n": store.count()},
+            **store.manifest_entry(),
             "updates": history, "drift": drift, "built_products": drift["built_products"],
             "changed_since_build": drift["changed_rows_since_build"],
             "ivf_build_residual": drift.get("build_residual"),
@@ -400,11 +412,52 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         fsync_dir(version)
         lap("metadata")
     except BaseException:
+        if new_store is not None:
+            new_store.drop()
         shutil.rmtree(version, ignore_errors=True)
         raise
     report.version = str(version)
     report.seconds = seconds
-    return report
+    return report, new_store
+
+
+def _write_vectors(base: Path, version: Path, n_new: int, upsert_rows: np.ndarray, vecs: np.ndarray,
+                   del_rows: list[int]) -> None:
+    """The new version's ``vectors.npy``: the old rows, ``upsert_rows`` replaced by ``vecs``,
+    deleted rows zeroed (copied in chunks: memory stays bounded)."""
+    old = np.load(base / VECTORS_FILE, mmap_mode="r")
+    out = np.lib.format.open_memmap(version / VECTORS_FILE, mode="w+", dtype=old.dtype,
+                                    shape=(n_new, old.shape[1]))
+    for lo in range(0, len(old), COPY_CHUNK_ROWS):
+        hi = min(len(old), lo + COPY_CHUNK_ROWS)
+        out[lo:hi] = old[lo:hi]
+    if len(upsert_rows):
+        out[upsert_rows] = vecs
+    out[np.asarray(del_rows, np.int64)] = 0
+    out.flush()
+    del out
+
+
+def _new_collection(store: MilvusStore, version: Path, products: list[Product], deleted: list[bool]) -> MilvusStore:
+    """The Milvus backend's next version: a collection of the live rows (row numbers kept)
+    filled from the version's ``vectors.npy`` and product table; the old collection serves
+    until the alias switch."""
+    vectors = np.load(version / VECTORS_FILE, mmap_mode="r")
+    rows = np.flatnonzero(~np.asarray(deleted, bool))
+    live = [products[r] for r in rows.tolist()]
+    return MilvusStore.build(np.asarray(vectors[rows], np.float32), product_attributes(live), store.config,
+                             version.name, product_ids=[str(p.id) for p in live],
+                             texts=product_texts(live) if store.has_lexical else None, rows=rows,
+                             n=len(products))
+
+
+def _masks_of(store: VectorStore, products: list[Product], deleted: list[bool]):
+    """The qid update's mask source over the new version's live rows: the FAISS store's own
+    bitmaps, or (Milvus: no query per constraint set) bitmaps from the product table."""
+    if isinstance(store, FaissStore):
+        return _StoreMasks(store)
+    blank = Product(id="", title="", image_paths=[], brand=None, category=None, attributes={})
+    return ConstraintMasks.from_products([blank if d else p for p, d in zip(products, deleted)])
 
 
 class _StoreMasks:
@@ -412,6 +465,9 @@ class _StoreMasks:
 
     def __init__(self, store: VectorStore):
         self.store = store
+
+    def mask(self, constraints) -> np.ndarray:
+        return self.store.mask(constraints)
 
     def mask_canonical(self, items) -> np.ndarray:
         return self.store.mask({field: list(values) for field, values in items})
@@ -425,7 +481,7 @@ def _encode(encoder, products: list[Product], batch_size: int, progress: bool, d
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
-def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, encoder, deleted_rows: set[int],
+def _update_qid_table(base: Path, version: Path, store: VectorStore, store_masks, lexicon, encoder, deleted_rows: set[int],
                       upsert_rows: np.ndarray, vecs: np.ndarray, upsert_products: list[Product],
                       old_products: dict[int, Product], batch_size: int,
                       research_limit: int = 0) -> tuple[int, int, int]:
@@ -460,7 +516,7 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
     masks: dict[int, np.ndarray] = {}
     for i, sig in enumerate(new_sigs.tolist()):
         if sig and sig not in masks:
-            masks[sig] = store.mask({x.field: list(x.values) for x in constraints[i]})
+            masks[sig] = store_masks.mask({x.field: list(x.values) for x in constraints[i]})
     full = rows[:, -1] >= 0
     last = np.where(full, scores[:, -1], -np.inf)
     col_of = {int(r): j for j, r in enumerate(upsert_rows.tolist())}
@@ -508,7 +564,7 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
         keep[todo[research_limit:]] = False
         todo = todo[:research_limit]
     lexical = LexicalIndex.open(version / "lexical") if old.has_lexical else None
-    answer = answer_vectors(store, _StoreMasks(store), lexicon, top_k, lexical)
+    answer = answer_vectors(store, store_masks, lexicon, top_k, lexical)
     lex_rows = np.array(old.lexical_rows) if lexical is not None else None
     lex_scores = np.array(old.lexical_scores) if lexical is not None else None
     for lo in range(0, len(todo), batch_size):
@@ -548,7 +604,7 @@ def _update_qid_table(base: Path, version: Path, store: VectorStore, lexicon, en
     return len(todo), patched, int(n - keep.sum())
 
 
-def _drift(ann: AnnIndex, vectors, manifest: dict, config: IndexConfig, touched: int,
+def _drift(ann: AnnIndex | None, vectors, manifest: dict, config: IndexConfig, touched: int,
            vecs: np.ndarray, deleted: list[bool]) -> dict:
     """How far the index has moved from its full build (module docstring, step 5)."""
     built = int(manifest.get("built_products") or manifest.get("products") or 1)
@@ -557,7 +613,7 @@ def _drift(ann: AnnIndex, vectors, manifest: dict, config: IndexConfig, touched:
     build_residual = manifest.get("ivf_build_residual")
     ratio = None
     total, count = float(manifest.get("updated_residual_sum", 0.0)), int(manifest.get("updated_residual_count", 0))
-    if ann.kind == "ivf":
+    if ann is not None and ann.kind == "ivf":
         if build_residual is None:  # first update: measure the build's vectors (a sample)
             live = np.flatnonzero(~np.asarray(deleted[:len(vectors)], bool))
             rng = np.random.default_rng(0)
