@@ -11,7 +11,9 @@ change must be visible: a changed product's new title through ``/products`` and 
 new title, a deleted product gone from ``/products`` and from the results of its own title
 on every channel. Throughput: the update's products per second, beside the export rate of
 the same products (the encoder as `vlsearch index` runs it: cached image features; and from
-the image files, as the update does). Results: ``benchmarks/results/live_update.json``.
+the image files; and the update's own encoding path, which takes unchanged images' features
+from the work directory's cache). ``--backend milvus`` rebuilds the copy on a milvus-lite
+server first. Results: ``benchmarks/results/live_update.json`` (``--results-name``).
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def fresh_copy(index_dir: Path, out: Path) -> Path:
     return out
 
 
-def build_from_export(vectors_path: Path, workdir: Path, model: Path, out: Path, qid_queries: int, seed: int) -> Path:
+def build_from_export(vectors_path: Path, workdir: Path, model: Path, out: Path, qid_queries: int, seed: int,
+                      config=None, queries: list[str] | None = None) -> Path:
     """An index of the work directory's products from already exported vectors (no encoding),
-    its qid table over ``qid_queries`` distinct logged queries (0: all); returns ``out``."""
+    its qid table over ``qid_queries`` distinct logged queries (0: all); returns ``out``.
+    ``config``: the IndexConfig (default: the defaults, FAISS)."""
     from vlsearch.config import IndexConfig
     from vlsearch.index.builder import build_index_from_parts
     from vlsearch.model import Retriever
@@ -62,13 +66,49 @@ def build_from_export(vectors_path: Path, workdir: Path, model: Path, out: Path,
     vectors = np.load(vectors_path, mmap_mode="r")
     if len(vectors) != len(products):
         raise SystemExit(f"{vectors_path}: {len(vectors)} vectors for {len(products)} products")
-    queries = list(dict.fromkeys(wd.clicks().column("query").to_pylist()))
+    queries = queries or list(dict.fromkeys(wd.clicks().column("query").to_pylist()))
     if qid_queries and len(queries) > qid_queries:
         queries = random.Random(seed).sample(queries, qid_queries)
     retriever = Retriever.load(model)
     build_index_from_parts(out, products, lambda a, b: np.asarray(vectors[a:b]), retriever.encode_queries,
-                           queries, [query_id(q) for q in queries], config=IndexConfig(), model_dir=model,
-                           seed=seed, progress=False, retriever=retriever)
+                           queries, [query_id(q) for q in queries], config=config or IndexConfig(),
+                           model_dir=model, seed=seed, progress=False, retriever=retriever,
+                           workdir=str(workdir.resolve()))
+    return out
+
+
+def milvus_copy(index_dir: Path, workdir: Path, work: Path, seed: int, results: dict) -> Path:
+    """``work/index-milvus``: ``index_dir``'s current version rebuilt on the Milvus backend
+    (a milvus-lite gRPC server on a local port, kept running in this process) from its
+    exported vectors, with the same qid-table queries."""
+    import dataclasses
+    import socket
+
+    from milvus_lite.adapter.grpc.server import start_server_in_thread
+
+    from vlsearch.config import IndexConfig
+    from vlsearch.index.builder import current_version
+    from vlsearch.index.qid_table import QidTable
+    from vlsearch.io import read_json
+
+    version = current_version(index_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    shutil.rmtree(work / "milvus-data", ignore_errors=True)
+    results["_server"] = start_server_in_thread(str(work / "milvus-data"), port=port)[:2]  # kept referenced
+    manifest = read_json(version / "manifest.json")
+    config = dataclasses.replace(IndexConfig(**{k: v for k, v in manifest["config"].items()
+                                                if k in IndexConfig.__dataclass_fields__}),
+                                 backend="milvus", milvus_uri=f"http://127.0.0.1:{port}", milvus_prefix="live")
+    queries = list(QidTable.load(version / "qid").queries)
+    out = work / "index-milvus"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    build_from_export(version / "vectors.npy", workdir, version / "model", out, 0, seed, config,
+                      queries=queries)
+    results["milvus_index_built_s"] = round(time.perf_counter() - t, 1)
+    results["milvus"] = {"uri": "milvus-lite gRPC server on a local port", "kind": config.kind}
     return out
 
 
@@ -140,8 +180,18 @@ def export_rates(workdir: Path, index_version: Path, rows: list[int], batch: int
     for lo in range(0, len(order), batch):
         retriever.encode_products(items[lo:lo + batch])
     images = time.perf_counter() - t
+    from vlsearch.index.image_reuse import CachedImages, encode_products
+
+    reuse = CachedImages.open(workdir)
+    t = time.perf_counter()
+    for lo in range(0, len(order), batch):
+        encode_products(retriever, items[lo:lo + batch], reuse)
+    update_path = time.perf_counter() - t
     return {"products": len(order), "cached_features_s": round(cached, 2),
             "cached_features_per_s": round(len(order) / cached, 1),
+            "update_encoder_s": round(update_path, 2), "update_encoder_per_s": round(len(order) / update_path, 1),
+            "update_encoder_note": "the update's encoding path (index.image_reuse: cache lookup by product "
+                                   "and image file) on the same products, measured here beside the export",
             "from_images_s": round(images, 2), "from_images_per_s": round(len(order) / images, 1)}
 
 
@@ -160,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-vectors", help="build --index first from these exported vectors (no encoding)")
     p.add_argument("--model", help="with --from-vectors: the model the vectors were exported with")
     p.add_argument("--qid-queries", type=int, default=0, help="with --from-vectors: logged queries in the qid table")
+    p.add_argument("--backend", choices=["faiss", "milvus"], default="faiss",
+                   help="milvus: the copy is rebuilt on a milvus-lite server (started here: the update "
+                        "runs in its own process) from --index's vectors (no encoding)")
+    p.add_argument("--results-name", default="live_update.json", help="file name under the results folder")
     args = p.parse_args(argv)
 
     import torch
@@ -185,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"benchmark": "live_update", "command": " ".join(["python", *sys.argv]),
                                "smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "machine": common.machine_info(), "changed": args.changed,
-                               "deleted": args.deleted}
+                               "deleted": args.deleted, "backend": args.backend}
     if args.from_vectors:
         t = time.perf_counter()
         build_from_export(Path(args.from_vectors), Path(args.workdir), Path(args.model), Path(args.index),
@@ -193,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         results["index_built_from_vectors"] = {"vectors": args.from_vectors, "model": args.model,
                                                "qid_queries": args.qid_queries,
                                                "seconds": round(time.perf_counter() - t, 1)}
-    live = fresh_copy(Path(args.index), work / "index")
+    if args.backend == "milvus":
+        live = milvus_copy(Path(args.index), Path(args.workdir), work, args.seed, results)
+    else:
+        live = fresh_copy(Path(args.index), work / "index")
     engine = Engine.open(live)
     base = engine.version
     changes, deleted, changed_rows = write_delta(engine, work / "delta", args.changed, args.deleted, args.seed)
@@ -226,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     loop.join()
     if done.returncode != 0:
         results["error"] = done.stderr[-3000:]
-        common.write_json(out_dir / "live_update.json", results)
+        results.pop("_server", None)
+        common.write_json(out_dir / args.results_name, results)
         print(done.stderr, file=sys.stderr)
         return 1
     engine.reload_if_changed()
@@ -262,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                            "process_wall_s adds the `vlsearch update` process start (imports, model load)",
                    "in_process_seconds": seconds, "qid_refreshed": entry.get("qid_refreshed"),
                    "qid_patched": entry.get("qid_patched"), "qid_dropped": entry.get("qid_dropped"),
+                   "images_reused": entry.get("images_reused"),
                    "encode_products_per_s": round(n_products / encode_s, 1) if encode_s else None,
                    "overhead_beyond_encoding_s": round(total_s - (encode_s or 0), 2)},
         "export_same_products": rates,
@@ -276,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                     "deleted_still_returned": len(set(still_there)), "examples": (wrong_title + not_found + still_there)[:10]},
         "load_average": common.load_average(), "elapsed_s": round(time.time() - started, 1),
     })
-    common.write_json(out_dir / "live_update.json", results)
+    results.pop("_server", None)
+    common.write_json(out_dir / args.results_name, results)
     common.log(json.dumps({k: results[k] for k in ("update", "update_vs_export", "visible")}, indent=1))
     ok = not stats["errors"] and not wrong_title and not still_there
     return 0 if ok else 1

@@ -335,3 +335,27 @@ def test_qid_entries_past_the_research_limit_are_invalidated(tmp_path, backend, 
     for qid in np.asarray(after.qids).tolist():
         rows, _, _ = after.lookup(qid)
         assert not {ids[r] for r in rows} & set(gone)
+
+
+def test_unchanged_images_reuse_the_feature_cache(tmp_path, tmp_path_factory, sample_catalog_dir):
+    """Retitled products keep their image: its features come from the work directory's cache
+    (no backbone run) and the vectors equal an encoding from the image files; a product given
+    another product's image goes through the backbone."""
+    from vlsearch.model import Retriever
+
+    model = _sample_copy(tmp_path, tmp_path_factory, sample_catalog_dir, "faiss", "")
+    engine = Engine.open(tmp_path / "index")
+    state = engine._state
+    rows = [r for r in range(len(state.ids)) if state.image_paths[r]][:4]
+    delta = []
+    for r in rows:
+        p = engine.product(state.ids[r])
+        delta.append(Product(id=p["id"], title=p["title"] + " Reissue", image_paths=[state.image_paths[r]],
+                             brand=p["brand"], category=p["category"], attributes=p["attributes"]))
+    delta[-1].image_paths = [state.image_paths[rows[0]]]  # another product's image: not its cache row
+    retriever = Retriever.load(model)
+    report = update_index(tmp_path / "index", delta, [], retriever)
+    assert report.changed == 4 and report.images_reused == 3
+    vectors = np.load(current_version(tmp_path / "index") / "vectors.npy")
+    from_files = retriever.encode_products(delta)
+    np.testing.assert_allclose(vectors[rows].astype(np.float32), from_files, atol=2e-3)

@@ -137,7 +137,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     # default: the index's own settings; --config / --set override them
     config = _config(args).index if (args.config or args.set) else None
     report = update_from_files(args.index, args.catalog, args.delete, args.model, config,
-                               progress=_progress(args))
+                               progress=_progress(args), workdir=args.workdir)
     print(report.format())
 
 
@@ -294,6 +294,8 @@ def _add_update(command: Command) -> None:
     p.add_argument("--catalog", metavar="PATH", help="new and changed products (any catalog format `prepare` reads)")
     p.add_argument("--delete", metavar="FILE", help="file of product ids to delete, one per line")
     p.add_argument("--model", metavar="DIR", help="the model the index was built with (default: the index's copy)")
+    p.add_argument("--workdir", metavar="DIR", help="work directory whose image feature cache unchanged images "
+                   "reuse (default: the one the index was built from)")
     p.set_defaults(func=cmd_update)
 
 

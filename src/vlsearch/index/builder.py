@@ -334,12 +334,15 @@ def build_index_from_parts(
     clicks: Sequence[tuple[str, str, int]] | None = None,
     synonyms: dict | None = None,
     splits: Sequence[str] | None = None,
+    workdir: str | None = None,
 ) -> IndexReport | ShardReport:
     """Build every part from in-memory inputs, then publish (the testable core of build_index).
 
     With ``retriever`` (and ``model_dir``), the query tower is exported to
     ``model/query.onnx`` when it passes the parity check (``IndexConfig.onnx_*``).
-    ``splits`` (one per product) is stored with the product metadata for ``vlsearch eval``.
+    ``splits`` (one per product) is stored with the product metadata for ``vlsearch eval``;
+    ``workdir`` (the work directory the products came from) is recorded in the manifest: live
+    updates reuse its image feature cache for images that did not change.
 
     With ``sharding`` over several ranks, every rank exports its shard; rank 0 builds the rest
     and publishes, the others return a :class:`ShardReport`.
@@ -434,6 +437,7 @@ def build_index_from_parts(
             "qid_top_k": top_k,
             "has_model": model_dir is not None,
             "onnx_query_encoder": onnx,
+            "workdir": workdir,
         })
         lap("metadata")
         normalize_modes(version)  # tantivy writes some files 0600; a copied model may be 0600
@@ -523,7 +527,7 @@ def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: boo
         config=config, model_dir=model_dir, export_key=json.loads(json.dumps(key, default=str)),
         seed=wd.config.data.seed, progress=progress and sharding.rank == 0, sharding=sharding,
         retriever=retriever, clicks=click_rows(clicks), synonyms=wd.phrase_tables(),
-        splits=wd.product_table().column("split").to_pylist(),
+        splits=wd.product_table().column("split").to_pylist(), workdir=str(Path(workdir).resolve()),
     )
 
 

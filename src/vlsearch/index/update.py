@@ -67,6 +67,7 @@ from vlsearch.index.builder import (
     publish,
     save_query_vectors,
 )
+from vlsearch.index.image_reuse import CachedImages, encode_products
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, product_value, update_lexical
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.milvus import MilvusStore
@@ -116,6 +117,7 @@ class UpdateReport:
     qid_refreshed: int = 0  # entries answered again by a search
     qid_patched: int = 0  # entries brought up to date in place (exact, no search)
     qid_dropped: int = 0  # entries invalidated (past IndexConfig.update_qid_research_limit)
+    images_reused: int = 0  # encoded products whose image features came from the feature cache
     drift: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -127,7 +129,8 @@ class UpdateReport:
             (f"index version    {self.version} (published as current, from {self.base_version})"
              if self.version else f"index version    {self.base_version} unchanged (nothing to apply)"),
             (f"products         +{self.added} new, {self.changed} changed, -{self.deleted} deleted, "
-             f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows"),
+             f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows; "
+             f"{self.images_reused} images from the feature cache"),
             (f"qid table        {self.qid_entries} entries: {self.qid_refreshed} answered again, "
              f"{self.qid_patched} patched in place, {self.qid_dropped} invalidated"),
         ]
@@ -233,18 +236,21 @@ def update_index(
     config: IndexConfig | None = None,
     problems: Sequence[Problem | str] = (),
     progress: bool = False,
+    workdir: str | Path | None = None,
 ) -> UpdateReport:
     """Upsert ``products`` and delete the ids in ``delete``; publish the result as a new
     version (module docstring). ``encoder`` has ``encode_products(products)`` and
     ``encode_queries(texts)`` (a Retriever; default: the model in the index version).
-    ``problems`` (e.g. the delta file's skipped rows) are carried into the report."""
+    ``problems`` (e.g. the delta file's skipped rows) are carried into the report.
+    ``workdir``: the work directory whose image feature cache serves unchanged images
+    (``index.image_reuse``; default: the one the index was built from, when it is there)."""
     index_dir = Path(index_dir)
     started = time.perf_counter()
     with _update_lock(index_dir):
         base = current_version(index_dir)
         link_before = os.readlink(index_dir / CURRENT) if (index_dir / CURRENT).is_symlink() else None
         report, new_store = _apply(index_dir, base, list(products), list(delete), encoder, config,
-                                   [str(p) for p in problems], progress, started)
+                                   [str(p) for p in problems], progress, workdir)
         if report.version:
             link_now = os.readlink(index_dir / CURRENT) if (index_dir / CURRENT).is_symlink() else None
             if link_now != link_before:
@@ -265,7 +271,8 @@ def update_index(
 
 
 def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str], encoder,
-           config: IndexConfig | None, problems: list[str], progress: bool, started: float) -> UpdateReport:
+           config: IndexConfig | None, problems: list[str], progress: bool,
+           workdir: str | Path | None) -> tuple[UpdateReport, MilvusStore | None]:
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -339,7 +346,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         # 2. encode only what is new or changed
         upsert_rows = np.asarray(sorted(changed) + list(range(n_old, n_old + len(added))), np.int64)
         upsert_products = [changed[r] for r in sorted(changed)] + added
-        vecs = _encode(encoder, upsert_products, config.export_batch_size, progress, store.dim)
+        vecs, report.images_reused = _encode(encoder, upsert_products, config.export_batch_size, progress,
+                                             store.dim, CachedImages.open(workdir or manifest.get("workdir")))
         lap("encode")
 
         # 3. vectors, ANN, tantivy, products, lexicon, model
@@ -394,7 +402,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "base": base.name,
             "added": len(added), "changed": len(changed), "deleted": len(del_rows),
             "qid_refreshed": refreshed, "qid_patched": patched, "qid_dropped": dropped,
-            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "images_reused": report.images_reused, "seconds": {k: round(v, 3) for k, v in seconds.items()},
         }]
         atomic_write_json(version / "manifest.json", {
             **manifest, "products": len(live), "rows": n_new, "ann": {**manifest.get("ann", {}),
@@ -473,12 +481,16 @@ class _StoreMasks:
         return self.store.mask({field: list(values) for field, values in items})
 
 
-def _encode(encoder, products: list[Product], batch_size: int, progress: bool, dim: int) -> np.ndarray:
-    parts = []
+def _encode(encoder, products: list[Product], batch_size: int, progress: bool, dim: int,
+            cached: CachedImages | None) -> tuple[np.ndarray, int]:
+    """Vectors of ``products`` (unchanged images from ``cached``); (vectors, images reused)."""
+    parts, reused = [], 0
     for lo in tqdm(range(0, len(products), batch_size), desc="encode updates", unit="batch",
                    disable=not progress):
-        parts.append(np.asarray(encoder.encode_products(products[lo:lo + batch_size]), np.float32))
-    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        vectors, hits = encode_products(encoder, products[lo:lo + batch_size], cached)
+        parts.append(vectors)
+        reused += hits
+    return (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)), reused
 
 
 def _update_qid_table(base: Path, version: Path, store: VectorStore, store_masks, lexicon, encoder, deleted_rows: set[int],
@@ -657,6 +669,7 @@ def update_from_files(
     config: IndexConfig | None = None,
     mapping: ColumnMapping | None = None,
     progress: bool = True,
+    workdir: str | Path | None = None,
 ) -> UpdateReport:
     """``vlsearch update``: the delta catalog file and the delete list, read and reported by
     file and line, then :func:`update_index`. ``model_dir`` must hold the model the index was
@@ -685,4 +698,4 @@ def update_from_files(
         deletes, bad = read_delete_ids(delete_file)
         problems += bad
     encoder = Retriever.load(model_dir or base / "model")
-    return update_index(index_dir, products, deletes, encoder, config, problems, progress)
+    return update_index(index_dir, products, deletes, encoder, config, problems, progress, workdir)
