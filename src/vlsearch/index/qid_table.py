@@ -86,7 +86,8 @@ class QidTable:
         lexical = (np.concatenate(lex_rows), np.concatenate(lex_scores)) if lex_rows else (None, None)
         return cls(np.asarray(order, dtype=np.uint32), rows, scores, texts, sigs, *lexical)
 
-    def _position(self, qid: int) -> int | None:
+    def position(self, qid: int) -> int | None:
+        """The entry index of ``qid`` (row of the version's query vectors), or None."""
         if len(self.qids) == 0:
             return None
         pos = int(np.searchsorted(self.qids, np.uint32(qid)))
@@ -102,7 +103,7 @@ class QidTable:
 
     def lookup(self, qid: int) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(rows, scores, constraint signature) stored for ``qid`` (padding removed), or None."""
-        pos = self._position(qid)
+        pos = self.position(qid)
         if pos is None:
             return None
         return (*self._unpadded(self.rows[pos], self.scores[pos]), int(self.signatures[pos]))
@@ -110,7 +111,7 @@ class QidTable:
     def lookup_lexical(self, qid: int) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The lexical channel's (rows, scores, signature) for ``qid``, or None (not logged,
         or a table built without lexical lists)."""
-        pos = self._position(qid) if self.has_lexical else None
+        pos = self.position(qid) if self.has_lexical else None
         if pos is None:
             return None
         return (*self._unpadded(self.lexical_rows[pos], self.lexical_scores[pos]), int(self.signatures[pos]))

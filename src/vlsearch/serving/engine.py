@@ -14,7 +14,9 @@
    under the query's own auto constraints. A hit answers from it when the request's
    constraints are those (the default), or, for an unconstrained entry, post-filtered when
    at least the fusion depth (below) survives or the list holds every allowed product. Otherwise (and on a
-   miss) the query is encoded and searched in the ANN index. A selective filter
+   miss) the query is encoded and searched in the ANN index; a logged query is not encoded
+   again: its embedding stored with the qid table (``query_vectors.npy``) is searched, here
+   and in the short-list fill (step 6). A selective filter
    (< ``filter_selective_fraction`` of the catalog) runs inside the ANN scan via an ID
    selector with ``nprobe``/``efSearch`` widened by 1/selectivity; a broad one over-fetches
    ``depth / share * overfetch_factor`` (sized from the filter's share of the catalog) and
@@ -64,9 +66,10 @@ import pyarrow.parquet as pq
 
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.errors import InputError, WorkdirError
-from vlsearch.index.builder import current_version
+from vlsearch.index.builder import QUERY_VECTORS, current_version
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
 from vlsearch.index.masks import ConstraintMasks
+from vlsearch.index.qid_table import QidTable
 from vlsearch.index.store import FilterPolicy, open_lexical, open_qid_table, open_store
 from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
 from vlsearch.io import load_part, read_json
@@ -189,6 +192,16 @@ def _inside(path: str, dirs: frozenset[str]) -> bool:
     return True
 
 
+def _query_vectors(path: Path, qid, dim: int) -> np.ndarray | None:
+    """The qid table's query vectors (row i = entry i), memory-mapped; None when the version
+    has none that match its table (an older build, or the qid table in Milvus)."""
+    file = path / QUERY_VECTORS
+    if not isinstance(qid, QidTable) or not file.is_file():
+        return None
+    vectors = load_part(file, "query vectors", lambda p: np.load(p, mmap_mode="r"))
+    return np.asarray(vectors) if vectors.shape == (len(qid), dim) else None
+
+
 class _Version:
     """Everything loaded from one index version."""
 
@@ -205,6 +218,7 @@ class _Version:
         # logged queries' BM25 lists were computed with tantivy: usable when it serves the channel
         self.stored_lexical = isinstance(self.lexical, LexicalIndex) and \
             bool(getattr(self.qid, "has_lexical", False))
+        self.query_vectors = _query_vectors(path, self.qid, self.store.dim)
         self.lexicon = load_part(path / "lexicon.json", "lexicon",
                                  lambda p: Lexicon.from_json(read_json(p)))
         table = load_part(path / "products.parquet", "product table", _load_products)
@@ -287,6 +301,13 @@ class _Version:
 
     def query_id(self, text: str) -> int:
         return self._analysed(text)[2]
+
+    def query_vector(self, qid: int) -> np.ndarray | None:
+        """A logged query's embedding as the build encoded it (``query_vectors.npy``), or None."""
+        if self.query_vectors is None:
+            return None
+        pos = self.qid.position(qid)
+        return None if pos is None else np.asarray(self.query_vectors[pos], np.float32)
 
     def product(self, row: int) -> dict:
         return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
@@ -499,6 +520,8 @@ class Engine:
         timings["constraints_ms"] = (time.perf_counter() - started) * 1000
 
         qid = state.query_id(text)
+        # a logged query is never encoded at request time: its embedding is in the version
+        vector = state.query_vector(qid) if self.config.qid_table else None
         signature = constraint_signature(active)
         qid_hit, path = False, ""
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -510,7 +533,7 @@ class Engine:
                 qid_hit, path = True, "qid"
                 lists["embedding"] = stored
             else:
-                path, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed, active)
+                path, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed, active, vector)
             timings["embedding_ms"] = (time.perf_counter() - t) * 1000
         if "lexical" in channels:
             t = time.perf_counter()
@@ -528,7 +551,7 @@ class Engine:
             t = time.perf_counter()
             exact = {int(r) for _, rows in lists.values() for r in np.asarray(rows).tolist()
                      if r >= 0 and mask[r] and state.live[r]}
-            fill_relaxed = self._fill(state, text, offset, k, active, exact, hits, channels, boosts)
+            fill_relaxed = self._fill(state, text, offset, k, active, exact, hits, channels, boosts, vector)
             timings["fill_ms"] = (time.perf_counter() - t) * 1000
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
@@ -539,7 +562,7 @@ class Engine:
                             unknown_terms=correction.unknown if correction else [])
 
     def _fill(self, state: _Version, text: str, offset: int, k: int, active: list[Constraint],
-              exact: set[int], hits: list[Hit], channels, boosts) -> list[Constraint]:
+              exact: set[int], hits: list[Hit], channels, boosts, vector=None) -> list[Constraint]:
         """Short-list fill (module docstring, step 6): appends the relaxed hits of ranks
         offset .. offset + k to ``hits`` (in place); returns the constraints they may break.
         The relaxed ranking continues the exact one: first the nearest products with the
@@ -562,7 +585,7 @@ class Engine:
             depth = max(self.config.fusion_depth, offset + k) + len(seen)
             lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             if "embedding" in channels:
-                _, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed, kept)
+                _, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed, kept, vector)
             if "lexical" in channels:
                 lists["lexical"] = state.lexical.search(text, depth, {c.field: list(c.values) for c in kept} or None)
             for hit in self._merge(state, lists, mask, 0, depth, boosts):
@@ -626,8 +649,9 @@ class Engine:
             return scores[:k], rows[:k]
         return None
 
-    def _embedding(self, state: _Version, text: str, k: int, mask, allowed, active):
-        vec = np.asarray(state.encoder.encode_queries([text]), dtype=np.float32)[0]
+    def _embedding(self, state: _Version, text: str, k: int, mask, allowed, active, vector=None):
+        """The ANN channel under ``active``; ``vector``: the query's stored embedding (else encoded)."""
+        vec = vector if vector is not None else np.asarray(state.encoder.encode_queries([text]), np.float32)[0]
         constraints = {c.field: list(c.values) for c in active} or None
         return state.store.constrained_search(vec, k, constraints, mask, allowed)
 
