@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlsearch.config import IndexConfig
     from vlsearch.evaluation import read_beir_queries
     from vlsearch.index.builder import current_version
+    from vlsearch.index.qid_table import QidTable
     from vlsearch.io import read_json
     from vlsearch.serving.engine import Engine
 
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     base = engine.version
     changes, deleted, changed_rows = write_delta(engine, work / "delta", args.changed, args.deleted, args.seed)
     tests = [q.text for q in read_beir_queries(Path(args.workdir) / "eval" / "test" / "queries.jsonl")][:500]
-    logged = list(engine._state.qid.queries[:500])
+    logged = list(QidTable.load(current_version(Path(args.index)) / "qid").queries[:500])  # Milvus: same queries
     old_titles = [engine.product(pid)["title"] for pid in list(changes)[:200] + deleted]
     queries = tests + logged + old_titles
     rng = random.Random(args.seed)
