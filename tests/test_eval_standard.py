@@ -35,7 +35,8 @@ def test_split(built):
 
 @pytest.fixture(scope="module")
 def real_run(built, test_split):
-    from vlsearch.serving.engine import Engine, search_queries_file
+    from vlsearch.serving.batch import search_queries_file
+    from vlsearch.serving.engine import Engine
 
     return search_queries_file(Engine.open(built[0]), test_split / "queries.jsonl", k=max(KS))
 

@@ -21,7 +21,8 @@ from index_helpers import (
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.lexical import FILTER_FIELDS, normalize_value, product_value
-from vlsearch.serving.engine import Engine, search_queries_file
+from vlsearch.serving.batch import search_queries_file
+from vlsearch.serving.engine import Engine
 
 
 @pytest.fixture(scope="module")

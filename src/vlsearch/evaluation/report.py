@@ -50,7 +50,8 @@ def evaluate_index(
     ``evaluate`` with the index's own products and held-out split, so that every metric and
     subset is filled. ``config`` is the ServeConfig of the engine."""
     # heavy (the model, FAISS) and a higher layer: imported only when an index is evaluated
-    from vlsearch.serving.engine import Engine, search_queries_file
+    from vlsearch.serving.batch import search_queries_file
+    from vlsearch.serving.engine import Engine
 
     with stage(f"opening index {index_dir} (loading the model)", progress):
         engine = Engine.open(index_dir, config)

@@ -24,19 +24,25 @@ import stat
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
+import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from swagger_ui_bundle import swagger_ui_path
 
-from vlsearch.config import ServeConfig
+from vlsearch.config import ServeConfig, to_dict, update
 from vlsearch.errors import InputError, VlsearchError, WorkdirError
 from vlsearch.filters import FILTER_EXAMPLE, parse_filter
+from vlsearch.index.builder import current_version
 from vlsearch.index.lexical import FILTER_FIELDS
+from vlsearch.index.store import single_process_store
 from vlsearch.serving.engine import CHANNELS, Engine
 from vlsearch.serving.guard import RequestGuard
 from vlsearch.serving.schema import (
@@ -47,6 +53,7 @@ from vlsearch.serving.schema import (
     contract,
     error_responses,
 )
+from vlsearch.serving.server import uvicorn_options
 from vlsearch.validation import (
     BLANKS,
     TextLimits,
@@ -134,7 +141,7 @@ def run_search(request: Request, q: str, k: int | None, filters: dict, channels,
         hit["attributes"] = engine.product(hit["product_id"])["attributes"]
         if weights is not None:
             hit["modal_weights"] = weights[i]
-    out["facets"] = facet_counts(out["hits"], engine.filter_fields())
+    out["facets"] = facet_counts(out["hits"], FILTER_FIELDS)
     return out
 
 
@@ -310,16 +317,12 @@ def _allowed_methods(request: Request, given: str | None) -> str:
 
 
 def _swagger_assets() -> Path:
-    from swagger_ui_bundle import swagger_ui_path
-
     return Path(swagger_ui_path)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document with the engine's bounds declared (``schema.contract``), built once."""
     if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
         document = get_openapi(title=app.title, version=app.version, description=app.description,
                                routes=app.routes)
         app.openapi_schema = contract(document, app.state.config, FILTER_FIELDS, CHANNELS)
@@ -356,8 +359,6 @@ ENV_CONFIG = "VLSEARCH_SERVE_CONFIG"  # the ServeConfig as JSON, likewise
 
 def _worker_threads(config: ServeConfig) -> None:
     if config.torch_threads > 0:
-        import torch
-
         torch.set_num_threads(config.torch_threads)
 
 
@@ -366,8 +367,6 @@ def app_from_env() -> FastAPI:
     directory and ServeConfig come from the parent through ``ENV_INDEX`` / ``ENV_CONFIG``.
     Every worker opens the same index version itself (vectors, qid table memory-mapped, so
     the page cache holds one copy) and hot-reloads on its own."""
-    from vlsearch.config import update
-
     config = update(ServeConfig(), json.loads(os.environ.get(ENV_CONFIG, "{}")), source=ENV_CONFIG)
     _worker_threads(config)
     return create_app(index_dir=os.environ[ENV_INDEX], config=config)
@@ -388,13 +387,6 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     """Open the index (WorkdirError if missing/half-written) and run the app with uvicorn:
     in this process for one worker, else ``worker_count`` processes sharing the socket;
     timeouts and limits from ``config`` (``serving.server``)."""
-    import uvicorn
-
-    from vlsearch.config import to_dict
-    from vlsearch.index.builder import current_version
-    from vlsearch.index.store import single_process_store
-    from vlsearch.serving.server import uvicorn_options
-
     config = config or ServeConfig()
     workers = worker_count(config)
     if workers > 1 and (reason := single_process_store(current_version(index_dir))):

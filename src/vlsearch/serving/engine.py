@@ -50,275 +50,35 @@ and ``delete(ids)`` apply a live update (``index.update``) and serve it before r
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from vlsearch.catalog import Product
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.errors import InputError, WorkdirError
-from vlsearch.index.builder import QUERY_VECTORS, current_version
-from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, check_filter
-from vlsearch.index.masks import ConstraintMasks
-from vlsearch.index.qid_table import QidTable
-from vlsearch.index.store import FilterPolicy, open_lexical, open_qid_table, open_store
-from vlsearch.index.understanding import Constraint, Lexicon, constraint_signature, understand
-from vlsearch.io import load_part, read_json
-from vlsearch.queries.beir import read_beir_queries, write_trec_run
-from vlsearch.text import normalize_text
+from vlsearch.index.builder import current_version
+from vlsearch.index.lexical import FILTER_FIELDS, check_filter
+from vlsearch.index.store import FilterPolicy
+from vlsearch.index.understanding import Constraint, constraint_signature
+from vlsearch.index.update import update_index
+from vlsearch.serving.results import CHANNELS, Hit, SearchResult
+from vlsearch.serving.version import IndexVersion, inside_dirs
 from vlsearch.validation import TextLimits, check_filters, check_query, parse_int
 
 log = logging.getLogger(__name__)
-CHANNELS = ("embedding", "lexical")
-
-
-@dataclass
-class Hit:
-    product_id: str
-    score: float  # fused score (see the module docstring)
-    channels: tuple[str, ...]  # the channels that returned this product
-    title: str
-    brand: str | None
-    category: str | None
-    row: int = -1  # product-table row in the index version
-    channel_scores: dict[str, float] = field(default_factory=dict)  # raw score per channel
-    relaxed: bool = False  # a fill hit: breaks a constraint of SearchResult.fill_relaxed
-
-    def to_dict(self) -> dict:
-        return {"product_id": self.product_id, "score": self.score, "channels": list(self.channels),
-                "title": self.title, "brand": self.brand, "category": self.category,
-                "channel_scores": self.channel_scores, "relaxed": self.relaxed}
-
-
-@dataclass
-class SearchResult:
-    query: str
-    hits: list[Hit]
-    constraints: list[Constraint]  # active constraints (auto and filter)
-    qid: int
-    qid_hit: bool  # the embedding channel was answered from the qid table
-    timings: dict[str, float]  # milliseconds per stage
-    channels: tuple[str, ...] = CHANNELS
-    version: str = ""
-    allowed: int | None = None  # products satisfying the constraints (None: no constraint)
-    embedding_path: str = ""  # qid | ann | ann+postfilter | ann+selector | exact ("" if off)
-    relaxed: list[Constraint] = field(default_factory=list)  # auto constraints dropped: no match
-    offset: int = 0  # rank (0-based) of the first hit in the fused ranking
-    preferences: list[Constraint] = field(default_factory=list)  # soft preferences (boosts)
-    fill_relaxed: list[Constraint] = field(default_factory=list)  # constraints the relaxed hits break
-    corrected_from: str | None = None  # the query as typed, when spelling correction changed it
-    unknown_terms: list[str] = field(default_factory=list)  # terms the catalog vocabulary lacks
-
-    def to_dict(self) -> dict:
-        return {"query": self.query, "hits": [h.to_dict() for h in self.hits],
-                "constraints": [c.to_dict() for c in self.constraints], "qid": self.qid,
-                "qid_hit": self.qid_hit, "timings": self.timings, "channels": list(self.channels),
-                "version": self.version, "allowed": self.allowed, "embedding_path": self.embedding_path,
-                "relaxed": [c.to_dict() for c in self.relaxed], "offset": self.offset,
-                "preferences": [c.to_dict() for c in self.preferences],
-                "fill_relaxed": [c.to_dict() for c in self.fill_relaxed],
-                "corrected_from": self.corrected_from, "unknown_terms": list(self.unknown_terms)}
-
-
-class _Lru:
-    """A small thread-safe LRU map (bounded by ``size`` entries; 0 disables it)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key, value) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
-def _same_model(a: Path, b: Path) -> bool:
-    """Two versions share their model when its weights are one file (hard-linked)."""
-    from vlsearch.model.retriever import WEIGHTS_FILE
-
-    try:
-        x, y = (a / "model" / WEIGHTS_FILE).stat(), (b / "model" / WEIGHTS_FILE).stat()
-    except OSError:
-        return False
-    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
-
-
-PRODUCT_COLUMNS = ("id", "title", "brand", "category", "image_path", "attributes")
-
-
-def _load_products(path: Path) -> dict[str, list]:
-    table = pq.read_table(path).to_pydict()
-    missing = [c for c in PRODUCT_COLUMNS if c not in table]
-    if missing:
-        raise ValueError(f"columns {missing} missing")
-    return table
-
-
-def _image_dirs(paths: Sequence[str | None]) -> frozenset[str]:
-    """The (resolved) directories holding the version's catalog images: request-time reads
-    are confined to them, whatever is put in place of an image after indexing."""
-    return frozenset(os.path.realpath(os.path.dirname(p)) for p in paths if p)
-
-
-def _inside(path: str, dirs: frozenset[str]) -> bool:
-    """``path`` lies in one of ``dirs`` or below (checked ancestor by ancestor)."""
-    parent = os.path.dirname(path)
-    while parent not in dirs:
-        up = os.path.dirname(parent)
-        if up == parent:
-            return False
-        parent = up
-    return True
-
-
-def _query_vectors(path: Path, qid, dim: int) -> np.ndarray | None:
-    """The qid table's query vectors (row i = entry i), memory-mapped; None when the version
-    has none that match its table (an older build, or the qid table in Milvus)."""
-    file = path / QUERY_VECTORS
-    if not isinstance(qid, QidTable) or not file.is_file():
-        return None
-    vectors = load_part(file, "query vectors", lambda p: np.load(p, mmap_mode="r"))
-    return np.asarray(vectors) if vectors.shape == (len(qid), dim) else None
-
-
-class _Version:
-    """Everything loaded from one index version."""
-
-    def __init__(self, path: Path, config: ServeConfig, retriever=None, previous: _Version | None = None):
-        self.path = path
-        self.name = path.name
-        manifest = read_json(path / "manifest.json")
-        policy = FilterPolicy(config.filter_selective_fraction, config.overfetch_factor,
-                              config.filter_widen_search)
-        self.store = load_part(path, "vector store", lambda p: open_store(p, manifest, policy))
-        self.qid = load_part(path / "qid", "qid table", lambda _: open_qid_table(path, manifest))
-        self.lexical = load_part(path / "lexical", "tantivy index",
-                                 lambda _: open_lexical(path, manifest, self.store))
-        # logged queries' BM25 lists were computed with tantivy: usable when it serves the channel
-        self.stored_lexical = isinstance(self.lexical, LexicalIndex) and \
-            bool(getattr(self.qid, "has_lexical", False))
-        self.query_vectors = _query_vectors(path, self.qid, self.store.dim)
-        self.lexicon = load_part(path / "lexicon.json", "lexicon",
-                                 lambda p: Lexicon.from_json(read_json(p)))
-        table = load_part(path / "products.parquet", "product table", _load_products)
-        self.ids: list[str] = table["id"]
-        self.titles: list[str] = table["title"]
-        self.brands: list[str | None] = table["brand"]
-        self.categories: list[str | None] = table["category"]
-        self.image_paths: list[str | None] = table["image_path"]  # the first image: the thumbnail
-        self.all_image_paths: list[list[str]] | None = table.get("image_paths")  # multi-image catalogs
-        self.attributes: list[str] = table["attributes"]
-        self.image_dirs = _image_dirs(self.image_paths)
-        # rows deleted by a live update (index.update) stay as tombstones: rows never move
-        self.live = ~np.asarray(table.get("deleted") or [False] * len(self.ids), dtype=bool)
-        self.live.setflags(write=False)
-        self.row_of = {pid: i for i, pid in enumerate(self.ids) if self.live[i]}
-        self.n = len(self.row_of)  # live products
-        live = self.live.tolist()
-        self.masks = ConstraintMasks.from_columns(  # a tombstone matches no constraint
-            [b if ok else None for b, ok in zip(self.brands, live)],
-            [c if ok else None for c, ok in zip(self.categories, live)],
-            [a if ok else "{}" for a, ok in zip(self.attributes, live)])
-        if not (self.n == self.store.count() == self.lexical.n):
-            raise WorkdirError(f"{path}: index parts disagree on the number of products")
-        if retriever is None and previous is not None and _same_model(previous.path, path):
-            # a live update links the same model files in: keep the loaded encoders
-            self.retriever, self.encoder = previous.retriever, previous.encoder
-        elif retriever is None:
-            from vlsearch.model import Retriever
-
-            if not (path / "model").is_dir():
-                raise WorkdirError(f"{path}: index version has no model/ to encode queries with")
-            retriever = load_part(path / "model", "model", Retriever.load)
-            from vlsearch.model.onnx_query import load_query_encoder
-
-            self.encoder = load_query_encoder(retriever, path / "model", config.query_encoder,
-                                              config.onnx_threads)
-            self.retriever = retriever
-        else:
-            self.retriever = self.encoder = retriever  # the caller's encoder (tests, benchmarks) as given
-        self.speller = None
-        if config.spelling:  # a version without spelling.json (an older build): from its live titles
-            from vlsearch.index.spelling import SPELLING_FILE, SpellCorrector, build_vocabulary
-
-            self.speller = (SpellCorrector.load(path / SPELLING_FILE, config) if (path / SPELLING_FILE).exists()
-                            else SpellCorrector(build_vocabulary([t for t, ok in zip(self.titles, live) if ok],
-                                                                 self.lexicon.phrases), config))
-        self._masks: _Lru = _Lru(config.filter_cache_size)
-        self._understood: _Lru = _Lru(config.understanding_cache_size)
-        self._synonyms = config.synonyms
-
-    def mask(self, constraints: Sequence[Constraint]) -> np.ndarray:
-        """Rows satisfying every constraint, from the precomputed bitmaps (LRU of the last sets)."""
-        key = tuple(sorted((c.field, c.values) for c in constraints))
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = self.masks.mask_canonical(key)
-            mask.setflags(write=False)
-            self._masks.put(key, mask)
-        return mask
-
-    def _analysed(self, text: str) -> tuple[tuple[Constraint, ...], tuple[Constraint, ...], int]:
-        """(auto constraints, soft preferences, qid) of ``text``, cached per normalised text (LRU)."""
-        from vlsearch.text import query_id
-
-        key = " ".join(normalize_text(text).split())
-        found = self._understood.get(key)
-        if found is None:
-            got = understand(text, self.lexicon, synonyms=self._synonyms)
-            found = (tuple(got.constraints), tuple(got.preferences), int(query_id(text)))
-            self._understood.put(key, found)
-        return found
-
-    def understand(self, text: str) -> list[Constraint]:
-        """Query understanding's constraints for ``text``, cached per normalised text."""
-        return list(self._analysed(text)[0])
-
-    def preferences(self, text: str) -> list[Constraint]:
-        """Query understanding's soft preferences for ``text`` (cached with the constraints)."""
-        return list(self._analysed(text)[1])
-
-    def query_id(self, text: str) -> int:
-        return self._analysed(text)[2]
-
-    def query_vector(self, qid: int) -> np.ndarray | None:
-        """A logged query's embedding as the build encoded it (``query_vectors.npy``), or None."""
-        if self.query_vectors is None:
-            return None
-        pos = self.qid.position(qid)
-        return None if pos is None else np.asarray(self.query_vectors[pos], np.float32)
-
-    def product(self, row: int) -> dict:
-        return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
-                "category": self.categories[row], "attributes": json.loads(self.attributes[row] or "{}"),
-                "has_image": bool(self.image_paths[row])}
 
 
 class Engine:
     """Thread-safe searcher over ``index_dir/current``; see the module docstring."""
 
-    def __init__(self, index_dir: Path, state: _Version, config: ServeConfig, retriever=None):
+    def __init__(self, index_dir: Path, state: IndexVersion, config: ServeConfig, retriever=None):
         self.index_dir = index_dir
         self.config = config
         self._state = state
@@ -334,7 +94,7 @@ class Engine:
         """Load the published version; ``retriever`` overrides the model copied into it."""
         index_dir = Path(index_dir)
         config = config or ServeConfig()
-        state = _Version(current_version(index_dir), config, retriever)
+        state = IndexVersion(current_version(index_dir), config, retriever)
         return cls(index_dir, state, config, retriever)
 
     # --- versions ---------------------------------------------------------------------------
@@ -373,7 +133,7 @@ class Engine:
                 return False
             target = self._read_link()
             try:
-                state = _Version(current_version(self.index_dir / target), self.config, self._retriever,
+                state = IndexVersion(current_version(self.index_dir / target), self.config, self._retriever,
                                  previous=self._state)
             except Exception as exc:  # noqa: BLE001 - any failure keeps the loaded version serving
                 log.warning("index reload from %s failed, keeping %s: %s", self.index_dir, self.version, exc)
@@ -394,8 +154,6 @@ class Engine:
         return self._update((), [str(i) for i in product_ids], config)
 
     def _update(self, products, delete, config):
-        from vlsearch.index.update import update_index
-
         report = update_index(self.index_dir, products, delete, self._state.retriever, config)
         self.reload_if_changed()
         return report
@@ -420,22 +178,17 @@ class Engine:
         if not path:
             return None
         real = os.path.realpath(path)
-        if not _inside(real, state.image_dirs):
+        if not inside_dirs(real, state.image_dirs):
             log.warning("product %s: image %s resolves to %s, outside the catalog; refused",
                         product_id, path, real)
             return None
         return Path(real) if os.path.isfile(real) else None
-
-    def filter_fields(self) -> tuple[str, ...]:
-        return FILTER_FIELDS
 
     def modal_weights(self, product_ids: Sequence[str]) -> list[dict[str, float] | None]:
         """The Modal Adaptation weights (modality -> weight) of each product, computed now by the
         index's model from the product's title and catalog images (the image CNN runs once per
         product: a debugging view, not the search path). None for an unknown id, or when the
         engine's encoder is not a vlsearch Retriever."""
-        from vlsearch.catalog import Product
-
         state = self._state
         retriever = state.retriever
         rows = [state.row_of.get(str(pid)) for pid in product_ids]
@@ -561,7 +314,7 @@ class Engine:
                             corrected_from=correction.original if correction and correction.changed else None,
                             unknown_terms=correction.unknown if correction else [])
 
-    def _fill(self, state: _Version, text: str, offset: int, k: int, active: list[Constraint],
+    def _fill(self, state: IndexVersion, text: str, offset: int, k: int, active: list[Constraint],
               exact: set[int], hits: list[Hit], channels, boosts, vector=None) -> list[Constraint]:
         """Short-list fill (module docstring, step 6): appends the relaxed hits of ranks
         offset .. offset + k to ``hits`` (in place); returns the constraints they may break.
@@ -606,7 +359,7 @@ class Engine:
         hits.extend(page)
         return dropped if page else []
 
-    def _relax(self, state: _Version, active: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
+    def _relax(self, state: IndexVersion, active: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
         """Null-result recovery (see ``ServeConfig.relax_below``): the constraints kept and
         the auto ones dropped, in the order they were dropped."""
         need, order = self.config.relax_below, self.config.relax_order
@@ -627,7 +380,7 @@ class Engine:
         return active, relaxed
 
     @staticmethod
-    def _stored(state: _Version, found, k: int, mask, allowed, signature: int):
+    def _stored(state: IndexVersion, found, k: int, mask, allowed, signature: int):
         """A channel's list stored offline, usable for this request: (scores, rows) or None.
 
         Usable when stored under the request's constraints, or stored unconstrained and
@@ -649,13 +402,13 @@ class Engine:
             return scores[:k], rows[:k]
         return None
 
-    def _embedding(self, state: _Version, text: str, k: int, mask, allowed, active, vector=None):
+    def _embedding(self, state: IndexVersion, text: str, k: int, mask, allowed, active, vector=None):
         """The ANN channel under ``active``; ``vector``: the query's stored embedding (else encoded)."""
         vec = vector if vector is not None else np.asarray(state.encoder.encode_queries([text]), np.float32)[0]
         constraints = {c.field: list(c.values) for c in active} or None
         return state.store.constrained_search(vec, k, constraints, mask, allowed)
 
-    def _merge(self, state: _Version, lists, mask, offset: int, k: int,
+    def _merge(self, state: IndexVersion, lists, mask, offset: int, k: int,
                boosts: Sequence[np.ndarray] = ()) -> list[Hit]:
         """Fuse the channel lists into one ranking (ties: earliest rank, then channel, then
         row), soft preferences boosting the rows of their ``boosts`` masks, and cut hits
@@ -697,44 +450,3 @@ class Engine:
                             title=state.titles[r], brand=state.brands[r], category=state.categories[r],
                             row=r, channel_scores=found))
         return hits
-
-
-def search_queries_file(
-    engine: Engine,
-    queries_jsonl: str | Path,
-    k: int = 100,
-    filters: Mapping[str, Sequence[str]] | None = None,
-    channels: Sequence[str] | None = None,
-    out: str | Path | IO[str] | None = None,
-    fmt: str = "trec",
-    tag: str = "vlsearch",
-) -> dict[str, list[str]]:
-    """Search every query of a BEIR ``queries.jsonl``; returns the Run (query id → product ids).
-
-    With ``out``, also writes TREC run lines (``fmt="trec"``) or one JSON result per line
-    (``fmt="json"``).
-    """
-    run: dict[str, list[str]] = {}
-    scores: dict[str, list[float]] = {}
-    results = []
-    for query in read_beir_queries(queries_jsonl):
-        try:
-            result = engine.search(query.text, k=k, filters=filters, channels=channels)
-        except InputError as exc:
-            raise InputError(f"{queries_jsonl}: query {query.id!r}: {exc}") from None
-        run[query.id] = [h.product_id for h in result.hits]
-        scores[query.id] = [h.score for h in result.hits]
-        if fmt == "json":
-            results.append({"_id": query.id, **result.to_dict()})
-    if out is not None:
-        if fmt == "trec":
-            write_trec_run(out, run, scores, tag)
-        elif fmt == "json":
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
-            if isinstance(out, (str, os.PathLike)):
-                Path(out).write_text(text, encoding="utf-8")
-            else:
-                out.write(text)
-        else:
-            raise InputError(f"format {fmt!r}: expected trec or json")
-    return run
