@@ -31,7 +31,8 @@ from vlsearch.config import IndexConfig, preset
 from vlsearch.errors import InputError
 from vlsearch.index.builder import BUILDING, COMPLETE, build_index, current_version
 from vlsearch.index.qid_table import QidTable
-from vlsearch.index.update import read_delete_ids, update_from_files, update_index
+from vlsearch.index.update import update_index
+from vlsearch.index.update_delta import read_delete_ids, update_from_files
 from vlsearch.serving.engine import Engine
 
 N = 400

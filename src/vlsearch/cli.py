@@ -132,7 +132,7 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 
 def cmd_update(args: argparse.Namespace) -> None:
-    from vlsearch.index.update import update_from_files
+    from vlsearch.index.update_delta import update_from_files
 
     # default: the index's own settings; --config / --set override them
     config = _config(args).index if (args.config or args.set) else None
@@ -142,7 +142,7 @@ def cmd_update(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from vlsearch.serving.engine import search_queries_file
+    from vlsearch.serving.batch import search_queries_file
 
     config = _config(args)
     filters = parse_filters(args.filter, "--filter")

@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from vlsearch.catalog import BrandLexicon, ColumnMapping, Product, load_catalog
+from vlsearch.catalog import Product
 from vlsearch.config import IndexConfig
 from vlsearch.errors import InputError, Problem, WorkdirError
 from vlsearch.index.ann import AnnIndex
@@ -61,22 +61,18 @@ from vlsearch.index.builder import (
     QUERY_VECTORS,
     VERSIONS,
     _new_version_dir,
-    answer_vectors,
     current_version,
     prune_versions,
     publish,
-    save_query_vectors,
 )
 from vlsearch.index.image_reuse import CachedImages, encode_products
-from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, product_value, update_lexical
-from vlsearch.index.masks import ConstraintMasks
+from vlsearch.index.lexical import update_lexical
 from vlsearch.index.milvus import MilvusStore
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.spelling import SPELLING_FILE, build_vocabulary, save_vocabulary
 from vlsearch.index.store import (
     VECTORS_FILE,
     FaissStore,
-    VectorStore,
     open_store,
     product_attributes,
     product_texts,
@@ -84,7 +80,8 @@ from vlsearch.index.store import (
     sweep_stores,
     write_backend_qid_table,
 )
-from vlsearch.index.understanding import Lexicon, build_lexicon, constraint_signature, understand
+from vlsearch.index.understanding import Lexicon, build_lexicon
+from vlsearch.index.update_qid import qid_masks, update_qid_table
 from vlsearch.io import (
     atomic_write,
     atomic_write_json,
@@ -93,11 +90,11 @@ from vlsearch.io import (
     normalize_modes,
     read_json,
 )
+from vlsearch.model import Retriever
 from vlsearch.product_table import product_from_columns, products_to_table
 
 LOCK_FILE = ".update.lock"
 COPY_CHUNK_ROWS = 65536  # rows copied per step from the old vectors (bounds memory)
-SCORE_CHUNK_QUERIES = 8192  # qid entries scored against the delta at once
 
 
 @dataclass
@@ -147,43 +144,6 @@ class UpdateReport:
         return "\n".join(lines)
 
 
-# --- reading the delta ----------------------------------------------------------------------
-
-
-def read_delete_ids(path: str | Path) -> tuple[list[str], list[Problem]]:
-    """Product ids to delete, one per line (blank lines and ``#`` comments skipped)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: delete list not found") from None
-    ids, problems, seen = [], [], {}
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        if "\ufffd" in text or any(c.isspace() for c in text):
-            problems.append(Problem(str(path), number, "id", f"{text!r} is not one product id; skipped"))
-        elif text in seen:
-            problems.append(Problem(str(path), number, "id", f"id {text!r} repeated (line {seen[text]})"))
-        else:
-            seen[text] = number
-            ids.append(text)
-    return ids, problems
-
-
-def load_delta(path: str | Path, brands: Iterable[str], mapping: ColumnMapping | None = None):
-    """The changed and new products of ``path`` (any catalog format ``load_catalog`` reads);
-    a title starting with a brand the index knows gets that brand when the file gives none
-    or one the index does not know (a delta is too small to mine brands from)."""
-    loaded = load_catalog(path, mapping=mapping)
-    known = BrandLexicon.from_names(b for b in brands if b)
-    for product in loaded.products:
-        if product.brand is None or product.brand not in known:
-            product.brand = known.brand_of(product.title) or product.brand
-    return loaded
-
-
 # --- the index as it is ---------------------------------------------------------------------
 
 
@@ -215,14 +175,6 @@ def _link_files(src: Path, dst: Path) -> None:
                 os.link(Path(root) / name, target / name)
             except OSError:
                 shutil.copy2(Path(root) / name, target / name)
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-    atomic_write(path, write)
 
 
 # --- the update -----------------------------------------------------------------------------
@@ -333,8 +285,6 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         raise InputError(f"{base}: an HNSW index cannot replace or remove products (FAISS HNSW has no "
                          "remove_ids); rebuild with `vlsearch index`, or build kind ivf or flat")
     if encoder is None:
-        from vlsearch.model import Retriever
-
         if not (base / "model").is_dir():
             raise WorkdirError(f"{base}: index version has no model/ to encode products with")
         encoder = Retriever.load(base / "model")
@@ -383,8 +333,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("lexical")
 
         # 4. qid table
-        refreshed, patched, dropped = _update_qid_table(
-            base, version, store, _masks_of(store, all_products, deleted), lexicon, encoder, set(del_rows), upsert_rows, vecs, upsert_products,
+        refreshed, patched, dropped = update_qid_table(
+            base, version, store, qid_masks(store, all_products, deleted), lexicon, encoder, set(del_rows), upsert_rows, vecs, upsert_products,
             {r: product_from_columns(table, r) for r in changed}, config.export_batch_size,
             config.update_qid_research_limit)
         if new_store is not None and manifest.get("milvus", {}).get("qid_collection"):
@@ -459,28 +409,6 @@ def _new_collection(store: MilvusStore, version: Path, products: list[Product], 
                              n=len(products))
 
 
-def _masks_of(store: VectorStore, products: list[Product], deleted: list[bool]):
-    """The qid update's mask source over the new version's live rows: the FAISS store's own
-    bitmaps, or (Milvus: no query per constraint set) bitmaps from the product table."""
-    if isinstance(store, FaissStore):
-        return _StoreMasks(store)
-    blank = Product(id="", title="", image_paths=[], brand=None, category=None, attributes={})
-    return ConstraintMasks.from_products([blank if d else p for p, d in zip(products, deleted)])
-
-
-class _StoreMasks:
-    """The qid builder's mask source (``mask_canonical``) over the store's live rows."""
-
-    def __init__(self, store: VectorStore):
-        self.store = store
-
-    def mask(self, constraints) -> np.ndarray:
-        return self.store.mask(constraints)
-
-    def mask_canonical(self, items) -> np.ndarray:
-        return self.store.mask({field: list(values) for field, values in items})
-
-
 def _encode(encoder, products: list[Product], batch_size: int, progress: bool, dim: int,
             cached: CachedImages | None) -> tuple[np.ndarray, int]:
     """Vectors of ``products`` (unchanged images from ``cached``); (vectors, images reused)."""
@@ -491,129 +419,6 @@ def _encode(encoder, products: list[Product], batch_size: int, progress: bool, d
         parts.append(vectors)
         reused += hits
     return (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)), reused
-
-
-def _update_qid_table(base: Path, version: Path, store: VectorStore, store_masks, lexicon, encoder, deleted_rows: set[int],
-                      upsert_rows: np.ndarray, vecs: np.ndarray, upsert_products: list[Product],
-                      old_products: dict[int, Product], batch_size: int,
-                      research_limit: int = 0) -> tuple[int, int, int]:
-    """Bring every entry up to date (module docstring, step 4). An entry is *patched* in
-    place when that is exact: new scores of its changed members that stay above its last
-    stored score, new or changed products that now beat that score and satisfy its
-    constraints, deleted or no-longer-allowed members of a list that held every allowed
-    product. It is *answered again* (a search from its stored query vector) when a deleted
-    member, a member now below the last score, or a member that no longer satisfies the
-    constraints leaves a hole in a full list, or when the new lexicon gives its query other
-    constraints. Stored BM25 lists (``QidTable.has_lexical``) are searched again (tantivy,
-    the new index) when they list a changed or deleted product or share a term with a new or
-    changed one; an entry answered again gets both lists. Past ``research_limit`` entries to
-    answer again (0: none), the rest are invalidated (dropped: their queries are answered
-    live until the next build). Returns (answered again, patched, dropped)."""
-    old = QidTable.load(base / "qid")
-    rows, scores = np.array(old.rows), np.array(old.scores)
-    signatures = np.array(old.signatures)
-    n, top_k = len(old), old.top_k
-    qv_path = base / QUERY_VECTORS
-    qv = np.load(qv_path, mmap_mode="r") if qv_path.exists() else None
-    if qv is None or len(qv) != n:  # a version from before query vectors were kept
-        qv = np.asarray(encoder.encode_queries(old.queries), np.float32) if n else np.zeros((0, store.dim))
-    if n == 0:
-        old.save(version / "qid")
-        save_query_vectors(version, [np.asarray(qv, np.float32)], store.dim)
-        return 0, 0, 0
-
-    constraints = [understand(q, lexicon).constraints for q in old.queries]
-    new_sigs = np.asarray([constraint_signature(c) for c in constraints], np.uint64)
-    research = new_sigs != signatures
-    masks: dict[int, np.ndarray] = {}
-    for i, sig in enumerate(new_sigs.tolist()):
-        if sig and sig not in masks:
-            masks[sig] = store_masks.mask({x.field: list(x.values) for x in constraints[i]})
-    full = rows[:, -1] >= 0
-    last = np.where(full, scores[:, -1], -np.inf)
-    col_of = {int(r): j for j, r in enumerate(upsert_rows.tolist())}
-    touched = np.fromiter(set(col_of) | deleted_rows, np.int64)
-    patched = 0
-    for lo in range(0, n, SCORE_CHUNK_QUERIES):
-        hi = min(n, lo + SCORE_CHUNK_QUERIES)
-        new_scores = np.asarray(qv[lo:hi], np.float32) @ vecs.T if len(vecs) else np.zeros((hi - lo, 0), np.float32)
-        allowed = np.ones((hi - lo, len(upsert_rows)), bool)
-        for sig, mask in masks.items():
-            members = np.flatnonzero(new_sigs[lo:hi] == sig)
-            if len(members):
-                allowed[members] = mask[upsert_rows][None, :]
-        beats = (new_scores > last[lo:hi, None]) & allowed
-        holds = np.isin(rows[lo:hi], touched).any(axis=1) if len(touched) else np.zeros(hi - lo, bool)
-        for i in np.flatnonzero((holds | beats.any(axis=1)) & ~research[lo:hi]):
-            e = lo + i
-            keep = rows[e] >= 0
-            r_list, s_list = rows[e][keep].tolist(), scores[e][keep].tolist()
-            out: dict[int, float] = {}
-            hole = False
-            for r, sc in zip(r_list, s_list):
-                j = col_of.get(r)
-                if r in deleted_rows or (j is not None and not allowed[i, j]):
-                    hole = hole or bool(full[e])
-                elif j is not None:
-                    if full[e] and new_scores[i, j] < last[e]:
-                        hole = True
-                    out[r] = float(new_scores[i, j])
-                else:
-                    out[r] = sc
-            if hole:
-                research[e] = True
-                continue
-            for j in np.flatnonzero(beats[i]):
-                out.setdefault(int(upsert_rows[j]), float(new_scores[i, j]))
-            best = sorted(out.items(), key=lambda item: (-item[1], item[0]))[:top_k]
-            rows[e], scores[e] = -1, -np.inf
-            rows[e, :len(best)] = [r for r, _ in best]
-            scores[e, :len(best)] = [sc for _, sc in best]
-            patched += 1
-    todo = np.flatnonzero(research)
-    keep = np.ones(n, bool)
-    if research_limit and len(todo) > research_limit:  # the rest are invalidated: dropped
-        keep[todo[research_limit:]] = False
-        todo = todo[:research_limit]
-    lexical = LexicalIndex.open(version / "lexical") if old.has_lexical else None
-    answer = answer_vectors(store, store_masks, lexicon, top_k, lexical)
-    lex_rows = np.array(old.lexical_rows) if lexical is not None else None
-    lex_scores = np.array(old.lexical_scores) if lexical is not None else None
-    for lo in range(0, len(todo), batch_size):
-        pick = todo[lo:lo + batch_size]
-        got = answer([old.queries[i] for i in pick], np.asarray(qv[pick], np.float32))
-        scores[pick], rows[pick], signatures[pick] = got[0], got[1], np.asarray(got[2], np.uint64)
-        if lexical is not None:
-            lex_scores[pick], lex_rows[pick] = got[3], got[4]
-    if lexical is not None:
-        # terms through which a new or changed product can enter a BM25 list it is not in:
-        # all of a new product's; a changed one's new terms (all of them when it lost some,
-        # since a shorter document scores higher on the rest)
-        def terms_of(p) -> set[str]:
-            attrs = " ".join(v for v in (product_value(p, f) for f in FILTER_FIELDS) if v)
-            return set(lexical.terms(f"{p.title} {attrs}"))
-
-        delta_terms: set[str] = set()
-        for row, p in zip(upsert_rows.tolist(), upsert_products):
-            new_terms = terms_of(p)
-            was = old_products.get(row)
-            old_terms = terms_of(was) if was is not None else set()
-            delta_terms |= new_terms if (was is None or old_terms - new_terms) else new_terms - old_terms
-        stale = np.isin(lex_rows, touched).any(axis=1) if len(touched) else np.zeros(n, bool)
-        for e in np.flatnonzero(~research & keep):
-            query = old.queries[e]
-            if not (stale[e] or delta_terms.intersection(lexical.terms(query))):
-                continue
-            filters = {c.field: list(c.values) for c in constraints[e]} or None
-            s_, r_ = lexical.search(query, top_k, filters)
-            lex_scores[e], lex_rows[e] = -np.inf, -1
-            lex_scores[e, :len(r_)], lex_rows[e, :len(r_)] = s_, r_
-    queries = [q for q, k in zip(old.queries, keep.tolist()) if k]
-    QidTable(np.asarray(old.qids)[keep], rows[keep].astype(np.int32), scores[keep], queries, signatures[keep],
-             None if lex_rows is None else lex_rows[keep].astype(np.int32),
-             None if lex_scores is None else lex_scores[keep]).save(version / "qid")
-    _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32)[keep])
-    return len(todo), patched, int(n - keep.sum())
 
 
 def _drift(ann: AnnIndex | None, vectors, manifest: dict, config: IndexConfig, touched: int,
@@ -649,53 +454,3 @@ def _drift(ann: AnnIndex | None, vectors, manifest: dict, config: IndexConfig, t
             "reason": "; ".join(reasons)}
 
 
-def _weights_digest(model_dir: Path) -> str:
-    import hashlib
-
-    from vlsearch.model.retriever import WEIGHTS_FILE
-
-    digest = hashlib.sha256()
-    with open(model_dir / WEIGHTS_FILE, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def update_from_files(
-    index_dir: str | Path,
-    catalog: str | Path | None = None,
-    delete_file: str | Path | None = None,
-    model_dir: str | Path | None = None,
-    config: IndexConfig | None = None,
-    mapping: ColumnMapping | None = None,
-    progress: bool = True,
-    workdir: str | Path | None = None,
-) -> UpdateReport:
-    """``vlsearch update``: the delta catalog file and the delete list, read and reported by
-    file and line, then :func:`update_index`. ``model_dir`` must hold the model the index was
-    built with (vectors of another model cannot be mixed in); default: the index's copy."""
-    from vlsearch.model import Retriever
-
-    if catalog is None and delete_file is None:
-        raise InputError("update: give a delta catalog (--catalog), a delete list (--delete), or both")
-    base = current_version(index_dir)
-    if model_dir is not None:
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise WorkdirError(f"{model_dir}: model directory not found")
-        if (base / "model").is_dir() and _weights_digest(model_dir) != _weights_digest(base / "model"):
-            raise InputError(f"{model_dir}: not the model index version {base.name} was built with; "
-                             "its vectors cannot be mixed with the index's: rebuild with `vlsearch index`")
-    problems: list[Problem | str] = []
-    products: list[Product] = []
-    if catalog is not None:
-        brands = pq.read_table(base / "products.parquet", columns=["brand"]).column("brand").to_pylist()
-        loaded = load_delta(catalog, set(brands), mapping)
-        products = loaded.products
-        problems += loaded.report.problems
-    deletes: list[str] = []
-    if delete_file is not None:
-        deletes, bad = read_delete_ids(delete_file)
-        problems += bad
-    encoder = Retriever.load(model_dir or base / "model")
-    return update_index(index_dir, products, deletes, encoder, config, problems, progress, workdir)
