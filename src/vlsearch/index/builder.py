@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlsearch import distributed
 from vlsearch.config import IndexConfig
 from vlsearch.errors import WorkdirError
 from vlsearch.index.ann import AnnReport
@@ -61,8 +62,11 @@ from vlsearch.io import (
     normalize_modes,
     read_json,
 )
+from vlsearch.model import Retriever
+from vlsearch.model.onnx_query import export_query_onnx, onnx_available
 from vlsearch.product_table import products_to_table
 from vlsearch.progress import stage
+from vlsearch.workdir import Workdir
 
 FORMAT_VERSION = 1
 COMPLETE = "COMPLETE"
@@ -291,8 +295,6 @@ def answer_vectors(store, constraint_masks: ConstraintMasks, lexicon, top_k: int
 
 def _export_onnx(retriever, model_dir: Path, queries: Sequence[str], config: IndexConfig) -> dict | None:
     """Export the query tower next to the copied model; None when switched off or no onnxruntime."""
-    from vlsearch.model.onnx_query import export_query_onnx, onnx_available
-
     if not config.onnx_query_encoder or not onnx_available():
         return None
     report = export_query_onnx(retriever, model_dir, list(queries)[:config.onnx_parity_queries],
@@ -353,97 +355,40 @@ def build_index_from_parts(
     config = config or IndexConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
-
-    staging = out / "export"
+    watch = _Stopwatch()
     sharding = sharding or Sharding()
-    if sharding.world > 1:
-        vectors = export_sharded(
-            encode_products, len(products), staging, sharding.rank, sharding.world, sharding.barrier,
-            config.export_batch_size, config.export_dtype, key=export_key, progress=progress,
-        )
-        if sharding.rank != 0:
-            rows = shard_rows(len(products), config.export_batch_size, sharding.rank, sharding.world)
-            return ShardReport(sharding.rank, sharding.world, rows, str(staging))
-    else:
-        vectors = export_vectors(
-            encode_products, len(products), staging, config.export_batch_size, config.export_dtype,
-            key=export_key, progress=progress,
-        )
-    lap("export")
+    vectors = _export(out / "export", products, encode_products, config, export_key, progress, sharding)
+    if isinstance(vectors, ShardReport):
+        return vectors
+    watch.lap("export")
     version = _new_version_dir(out)
     store = None
     try:
-        x = np.asarray(vectors, dtype=np.float32)
-        distinct = list(dict.fromkeys(queries))
-        rng = np.random.default_rng(seed)
-        take = min(config.recall_sample_queries, len(distinct))
-        sample = [distinct[i] for i in sorted(rng.choice(len(distinct), take, replace=False))] if take else []
-        recall_q = encode_queries(sample) if sample else None
-        with stage(f"building the {config.kind} vector index over {len(x)} products", progress):
-            store, ann_report = build_store(x, products, config, version, recall_q, seed)
-        lap("ann")
-
-        with stage("building the keyword index", progress):
-            build_lexical(products, version / "lexical", config.lexical_stemmer)
-        lexicon = build_lexicon(products, synonyms)
-        mined = mine_terms(products, clicks, config, known=lexicon.phrases)
-        lexicon.add_mined(mined)
-        atomic_write_json(version / "lexicon.json", lexicon.to_json())
-        atomic_write_json(version / "evidence.json", {"terms": [t.to_dict() for t in mined]})
-        save_vocabulary(version / SPELLING_FILE, build_vocabulary(
-            (p.title for p in products), lexicon.phrases, queries, config.spell_min_query_count))
-        lap("lexical")
-
-        top_k = min(config.qid_top_k, len(products))
-        query_vectors: list[np.ndarray] = []
-        answer = _constrained_answers(store, ConstraintMasks.from_products(products), lexicon,
-                                      encode_queries, top_k, LexicalIndex.open(version / "lexical"),
-                                      record=query_vectors)
-        table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size,
-                               progress=progress)
-        table.save(version / "qid")
-        save_query_vectors(version, query_vectors, store.dim)
-        if query_vectors:
-            write_backend_qid_table(store, table, np.concatenate(query_vectors), config, version.name)
-        lap("qid_table")
-
-        atomic_write(version / "products.parquet", lambda tmp: pq.write_table(products_to_table(products, splits=splits), tmp))
-        if model_dir is not None:
-            shutil.copytree(model_dir, version / "model",  # query.onnx: exported below, per version
-                            ignore=shutil.ignore_patterns("checkpoints", "query.onnx"))
-        onnx = _export_onnx(retriever, version / "model", sample, config) \
-            if retriever is not None and model_dir is not None else None
-        lap("onnx")
+        sample = _recall_sample(queries, config, seed)
+        with stage(f"building the {config.kind} vector index over {len(vectors)} products", progress):
+            store, ann_report = build_store(np.asarray(vectors, dtype=np.float32), products, config, version,
+                                            encode_queries(sample) if sample else None, seed)
+        watch.lap("ann")
+        lexicon, mined = _build_language(products, queries, clicks, synonyms, config, version, progress)
+        watch.lap("lexical")
+        table, top_k = _build_qid_table(store, products, lexicon, encode_queries, queries, qids, config, version,
+                                 progress)
+        watch.lap("qid_table")
+        atomic_write(version / "products.parquet",
+                     lambda tmp: pq.write_table(products_to_table(products, splits=splits), tmp))
+        onnx = _copy_model(model_dir, version, retriever, sample, config)
+        watch.lap("onnx")
         del vectors
-        os.replace(staging / "vectors.npy", version / "vectors.npy")
-        shutil.rmtree(staging, ignore_errors=True)
+        os.replace(out / "export" / "vectors.npy", version / "vectors.npy")
+        shutil.rmtree(out / "export", ignore_errors=True)
         atomic_write_json(version / "manifest.json", {
-            "format_version": FORMAT_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": asdict(config),
-            "products": len(products),
-            "dim": store.dim,
-            "ann": ann_report.to_dict(),
-            **store.manifest_entry(),
-            "qid_queries": len(table),
-            "qid_top_k": top_k,
-            "has_model": model_dir is not None,
-            "onnx_query_encoder": onnx,
-            "workdir": workdir,
+            "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": asdict(config), "products": len(products), "dim": store.dim, "ann": ann_report.to_dict(),
+            **store.manifest_entry(), "qid_queries": len(table), "qid_top_k": top_k,
+            "has_model": model_dir is not None, "onnx_query_encoder": onnx, "workdir": workdir,
         })
-        lap("metadata")
-        normalize_modes(version)  # tantivy writes some files 0600; a copied model may be 0600
-        atomic_write_text(version / COMPLETE, "complete\n")
-        (version / BUILDING).unlink(missing_ok=True)
-        fsync_dir(version)
+        watch.lap("metadata")
+        _complete(version)
     except BaseException:
         if store is not None:
             store.drop()
@@ -457,8 +402,93 @@ def build_index_from_parts(
         version=version.name, path=str(version), products=len(products), dim=store.dim, ann=ann_report,
         qid_queries=len(table), qid_top_k=top_k, lexicon_phrases=len(lexicon.phrases),
         mined_phrases=dict(sorted(Counter(t.kind for t in mined).items())),
-        seconds=seconds, removed_versions=removed,
+        seconds=watch.seconds, removed_versions=removed,
     )
+
+
+class _Stopwatch:
+    """Seconds per build stage: ``lap(name)`` charges the time since the last lap to ``name``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._clock
+        self._clock = now
+
+
+def _export(staging: Path, products: Sequence, encode_products, config: IndexConfig, export_key,
+            progress: bool, sharding: Sharding):
+    """The product vectors (staged and resumable in ``staging``); on a rank other than 0 of a
+    sharded build, that rank's :class:`ShardReport` instead."""
+    if sharding.world <= 1:
+        return export_vectors(encode_products, len(products), staging, config.export_batch_size,
+                              config.export_dtype, key=export_key, progress=progress)
+    vectors = export_sharded(encode_products, len(products), staging, sharding.rank, sharding.world,
+                             sharding.barrier, config.export_batch_size, config.export_dtype, key=export_key,
+                             progress=progress)
+    if sharding.rank != 0:
+        rows = shard_rows(len(products), config.export_batch_size, sharding.rank, sharding.world)
+        return ShardReport(sharding.rank, sharding.world, rows, str(staging))
+    return vectors
+
+
+def _recall_sample(queries: Sequence[str], config: IndexConfig, seed: int) -> list[str]:
+    """Distinct logged queries (seeded sample) the ANN recall and the ONNX parity are checked on."""
+    distinct = list(dict.fromkeys(queries))
+    take = min(config.recall_sample_queries, len(distinct))
+    if not take:
+        return []
+    rng = np.random.default_rng(seed)
+    return [distinct[i] for i in sorted(rng.choice(len(distinct), take, replace=False))]
+
+
+def _build_language(products, queries, clicks, synonyms, config: IndexConfig, version: Path, progress: bool):
+    """tantivy index, lexicon (catalog, synonym and mined layers), evidence and the spelling
+    vocabulary of ``version``; returns (lexicon, mined terms)."""
+    with stage("building the keyword index", progress):
+        build_lexical(products, version / "lexical", config.lexical_stemmer)
+    lexicon = build_lexicon(products, synonyms)
+    mined = mine_terms(products, clicks, config, known=lexicon.phrases)
+    lexicon.add_mined(mined)
+    atomic_write_json(version / "lexicon.json", lexicon.to_json())
+    atomic_write_json(version / "evidence.json", {"terms": [t.to_dict() for t in mined]})
+    save_vocabulary(version / SPELLING_FILE, build_vocabulary(
+        (p.title for p in products), lexicon.phrases, queries, config.spell_min_query_count))
+    return lexicon, mined
+
+
+def _build_qid_table(store, products, lexicon, encode_queries, queries, qids, config: IndexConfig,
+                     version: Path, progress: bool) -> tuple[QidTable, int]:
+    """Every logged query answered under its own constraints (both channels), saved with its
+    query vectors (and as a collection on the Milvus backend); returns (table, its K)."""
+    top_k = min(config.qid_top_k, len(products))
+    query_vectors: list[np.ndarray] = []
+    answer = _constrained_answers(store, ConstraintMasks.from_products(products), lexicon, encode_queries,
+                                  top_k, LexicalIndex.open(version / "lexical"), record=query_vectors)
+    table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size, progress=progress)
+    table.save(version / "qid")
+    save_query_vectors(version, query_vectors, store.dim)
+    if query_vectors:
+        write_backend_qid_table(store, table, np.concatenate(query_vectors), config, version.name)
+    return table, top_k
+
+
+def _copy_model(model_dir, version: Path, retriever, sample: list[str], config: IndexConfig) -> dict | None:
+    """The model copied into ``version/model`` (query.onnx exported per version); the ONNX report."""
+    if model_dir is None:
+        return None
+    shutil.copytree(model_dir, version / "model", ignore=shutil.ignore_patterns("checkpoints", "query.onnx"))
+    return _export_onnx(retriever, version / "model", sample, config) if retriever is not None else None
+
+
+def _complete(version: Path) -> None:
+    normalize_modes(version)  # tantivy writes some files 0600; a copied model may be 0600
+    atomic_write_text(version / COMPLETE, "complete\n")
+    (version / BUILDING).unlink(missing_ok=True)
+    fsync_dir(version)
 
 
 def click_rows(clicks: pa.Table) -> list[tuple[str, str, int]]:
@@ -478,8 +508,6 @@ def build_index(
     copy the model and product metadata in, and publish the version as ``out_dir/current``.
 
     Launched by ``torchrun`` the export is sharded over the ranks (module docstring)."""
-    from vlsearch import distributed
-
     config = config or IndexConfig()
     started_here = not distributed.is_active()
     info = distributed.init_distributed(device=config.export_device)
@@ -493,9 +521,6 @@ def build_index(
 
 def _build_index(workdir, model_dir, out_dir, config: IndexConfig, progress: bool, device,
                  sharding: Sharding) -> IndexReport | ShardReport:
-    from vlsearch.model import Retriever
-    from vlsearch.workdir import Workdir
-
     wd = Workdir.open(workdir)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():

@@ -17,8 +17,10 @@ results are ``(scores [nq, k], rows [nq, k])`` padded with ``-1`` rows.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +29,10 @@ import pyarrow.parquet as pq
 from vlsearch.config import IndexConfig
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.ann import AnnIndex, AnnReport, FilterPolicy, build_ann, constrained_search
-from vlsearch.index.lexical import FILTER_FIELDS, product_value
+from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, product_value
 from vlsearch.index.masks import ConstraintMasks
-from vlsearch.io import atomic_write, load_part
+from vlsearch.index.qid_table import QidTable
+from vlsearch.io import atomic_write, load_part, read_json
 
 BACKENDS = ("faiss", "milvus")
 ANN_FILE, VECTORS_FILE, ATTRIBUTES_FILE = "ann.faiss", "vectors.npy", "attributes.parquet"
@@ -58,9 +61,6 @@ def product_texts(products: Sequence) -> list[str]:
 
 def attributes_from_products_table(path: Path) -> dict[str, list[str | None]]:
     """Attribute columns recomputed from a version's ``products.parquet``."""
-    import json
-    from types import SimpleNamespace
-
     try:
         table = pq.read_table(path, columns=["brand", "category", "attributes"]).to_pydict()
     except (OSError, pa.ArrowException) as exc:
@@ -341,11 +341,11 @@ def open_qid_table(version_dir: str | Path, manifest: Mapping):
     """The version's qid table: the Milvus collection when the build wrote one, else the
     memory-mapped files in ``qid/``. Both answer ``lookup(qid)``, ``top_k`` and ``len``."""
     if manifest.get("milvus", {}).get("qid_collection"):
-        from vlsearch.index.milvus import MilvusQidTable
+        from vlsearch.index.milvus import (
+            MilvusQidTable,  # import cycle: milvus.py builds on this module
+        )
 
         return MilvusQidTable.open(manifest["milvus"]["qid_collection"], _index_config(manifest))
-    from vlsearch.index.qid_table import QidTable
-
     return QidTable.load(Path(version_dir) / "qid")
 
 
@@ -354,16 +354,13 @@ def open_lexical(version_dir: str | Path, manifest: Mapping, store: VectorStore)
     Both answer ``search(text, k, filters) -> (scores, rows)`` and ``n``."""
     if manifest.get("milvus", {}).get("lexical"):
         return store.lexical()
-    from vlsearch.index.lexical import LexicalIndex
-
     return LexicalIndex.open(Path(version_dir) / "lexical")
 
 
 def single_process_store(version_dir: str | Path) -> str | None:
     """Why only one process may open this version's store (milvus-lite locks its data file),
     or None when several serving processes can share it."""
-    from vlsearch.index.milvus import is_server_uri
-    from vlsearch.io import read_json
+    from vlsearch.index.milvus import is_server_uri  # import cycle: milvus.py builds on this module
 
     uri = (read_json(Path(version_dir) / "manifest.json").get("milvus") or {}).get("uri", "")
     if uri and not is_server_uri(uri):
@@ -375,7 +372,9 @@ def open_store(version_dir: str | Path, manifest: Mapping, policy: FilterPolicy 
     """The store of a published version, by the backend its manifest names."""
     config = _index_config(manifest)
     if config.backend == "milvus":
-        from vlsearch.index.milvus import MilvusStore
+        from vlsearch.index.milvus import (
+            MilvusStore,  # import cycle: milvus.py builds on this module
+        )
 
         rows = int(manifest.get("rows", manifest["products"]))  # tombstones of live updates included
         return MilvusStore.open(manifest["milvus"]["collection"], config, rows, policy)
@@ -391,7 +390,9 @@ def build_store(vectors: np.ndarray, products: Sequence, config: IndexConfig,
     measure its recall@100 against exact search."""
     attributes = product_attributes(products)
     if config.backend == "milvus":
-        from vlsearch.index.milvus import MilvusStore
+        from vlsearch.index.milvus import (
+            MilvusStore,  # import cycle: milvus.py builds on this module
+        )
 
         return MilvusStore.build_measured(
             vectors, attributes, config, Path(version_dir).name, recall_queries, seed,
@@ -413,7 +414,9 @@ def write_backend_qid_table(store: VectorStore, table, query_vectors: np.ndarray
     """On the Milvus backend (``milvus_qid_table``), store the qid table as a collection too."""
     if store.backend != "milvus" or not config.milvus_qid_table:
         return
-    from vlsearch.index.milvus import MilvusQidTable
+    from vlsearch.index.milvus import (
+        MilvusQidTable,  # import cycle: milvus.py builds on this module
+    )
 
     store.qid_collection = MilvusQidTable.write(table, query_vectors, config, version).collection
 
@@ -422,6 +425,8 @@ def sweep_stores(out_dir: Path, config: IndexConfig, versions_on_disk: set[str])
     """Drop the backend's versions whose directory is gone (pruned, or a killed build's)."""
     if config.backend != "milvus":
         return []
-    from vlsearch.index.milvus import sweep_collections
+    from vlsearch.index.milvus import (
+        sweep_collections,  # import cycle: milvus.py builds on this module
+    )
 
     return sweep_collections(config, versions_on_disk)
