@@ -27,8 +27,8 @@ from vlsearch.catalog import Product
 from vlsearch.config import IndexConfig
 from vlsearch.errors import InputError
 from vlsearch.index.lexical import FILTER_FIELDS
-from vlsearch.index.milvus import (
-    MilvusStore,
+from vlsearch.index.milvus import MilvusStore
+from vlsearch.index.milvus_client import (
     alias_name,
     collection_name,
     connect,

@@ -305,7 +305,7 @@ def test_kill_during_update_then_rerun_finishes_it(tmp_path, tmp_path_factory, s
     assert "120 changed, -10 deleted" in done.stdout
     assert not half.exists()  # the killed update's half-written version was removed
     if backend == "milvus":  # and so was its collection; the alias names the new version's
-        from vlsearch.index.milvus import alias_name, collection_name, connect
+        from vlsearch.index.milvus_client import alias_name, collection_name, connect
 
         client = connect(IndexConfig(backend="milvus", milvus_uri=uri))
         assert collection_name("vlsearch", half.name) not in client.list_collections()

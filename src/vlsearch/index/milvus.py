@@ -13,15 +13,12 @@ Versions: the builder fills the new collection, then switches the alias ``<prefi
 to it; readers keep the old collection until then. Collections whose version directory is
 gone (pruned, or a killed build's) are dropped by the next build (``sweep_collections``).
 The qid table is a second collection ``<prefix>_<version>_qid`` keyed by qid
-(``MilvusQidTable``). The token comes from the environment variable the config names and
-is never written anywhere. Connection failures raise ``StoreUnavailable`` naming the URI.
+(``index.milvus_qid``); connecting, expressions and names are ``index.milvus_client``'s.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,12 +28,22 @@ import numpy as np
 from vlsearch.config import IndexConfig
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.ann import AnnReport, default_nlist
-from vlsearch.index.lexical import FILTER_FIELDS, check_filter
+from vlsearch.index.lexical import FILTER_FIELDS
+from vlsearch.index.milvus_client import (
+    RemoteCollection,
+    alias_name,
+    call_milvus,
+    collection_name,
+    connect,
+    filter_expression,
+    is_server_uri,
+    resolved_uri,
+    version_of,
+)
 from vlsearch.index.store import (
     DEFAULT_POLICY,
     Constraints,
     FilterPolicy,
-    StoreUnavailable,
     VectorStore,
     exact_top_k,
 )
@@ -52,158 +59,16 @@ MAX_TOPK = 16384  # Milvus' largest search limit
 SEARCH_BATCH = 16  # query vectors per search call (batch searches: recall figures, benchmarks)
 HNSW_EF_CONSTRUCTION = 200  # HNSW build breadth
 KINDS = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
-CURRENT_SUFFIX = "_current"
-QID_SUFFIX = "_qid"
-
-
-# --- connecting -------------------------------------------------------------------------------
-
-
-def is_server_uri(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "tcp://", "unix:"))
-
-
-def resolved_uri(uri: str) -> str:
-    """A server URI as given; a file path (milvus-lite) made absolute."""
-    return uri if is_server_uri(uri) else str(Path(uri).expanduser().resolve())
-
-
-_clients: dict[tuple[str, str], object] = {}
-_clients_lock = threading.Lock()
-
-
-def connect(config: IndexConfig):
-    """A MilvusClient for ``config.milvus_uri`` (one per URI and token in this process);
-    ``StoreUnavailable`` with a one-line message naming the URI when it cannot be reached
-    or refuses the token."""
-    from pymilvus import MilvusClient
-
-    uri = resolved_uri(config.milvus_uri)
-    token = os.environ.get(config.milvus_token_env, "")
-    key = (uri, token)
-    with _clients_lock:
-        if key in _clients:
-            return _clients[key]
-        if not is_server_uri(uri):
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            client = MilvusClient(uri=uri, token=token, timeout=config.milvus_timeout_s)
-            client.list_collections(timeout=config.milvus_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the server is reported as one
-            raise StoreUnavailable(f"Milvus at {uri}: cannot connect ({_one_line(exc)})") from None
-        _clients[key] = client
-        return client
-
-
-def forget(config: IndexConfig) -> None:
-    """Drop the cached client of ``config`` (after a failure: the next call reconnects)."""
-    key = (resolved_uri(config.milvus_uri), os.environ.get(config.milvus_token_env, ""))
-    with _clients_lock:
-        client = _clients.pop(key, None)
-    if client is not None:
-        try:
-            client.close()
-        except Exception:  # noqa: BLE001, S110 - closing a broken channel may fail too; nothing to keep
-            pass
-
-
-def _one_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(text).split())[:300]
-
-
-def _call(uri: str, what: str, fn, *args, **kwargs):
-    """Run one Milvus call; a failure becomes ``StoreUnavailable`` naming the URI."""
-    try:
-        return fn(*args, **kwargs)
-    except (InputError, WorkdirError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - pymilvus raises many types for one outage
-        raise StoreUnavailable(f"Milvus at {uri}: {what} failed ({_one_line(exc)})") from None
 
 
 # --- filter expressions ---------------------------------------------------------------------
 
 
-def quote(value: str) -> str:
-    """A Milvus string literal matching ``value`` exactly: double-quoted, backslash and
-    quote escaped. Control characters are refused (filter values never hold them)."""
-    if not isinstance(value, str):
-        raise InputError(f"filter value {value!r}: expected text")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise InputError(f"filter value {value!r}: control characters are not allowed")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def filter_expression(constraints: Constraints | None) -> str:
-    """``field in ["a", "b"] and other in ["c"]`` for ``{field: values}`` (validated by
-    ``check_filter``: known fields only, values normalised); "" for no constraint."""
-    if not constraints:
-        return ""
-    clauses = [f"{field} in [{', '.join(quote(v) for v in values)}]"
-               for field, values in sorted(check_filter(constraints).items())]
-    return " and ".join(clauses)
-
-
-# --- naming ---------------------------------------------------------------------------------
-
-
-def collection_name(prefix: str, version: str) -> str:
-    name = f"{prefix}_{version}".replace("-", "_")
-    if not name.replace("_", "").isalnum() or not name[0].isalpha():
-        raise InputError(f"[index] milvus_prefix {prefix!r}: collection names take letters, digits and _")
-    return name
-
-
-def version_of(prefix: str, collection: str) -> str | None:
-    """The version directory name a collection was built for (inverse of collection_name)."""
-    head = f"{prefix}_"
-    if not collection.startswith(head) or collection.endswith((QID_SUFFIX, CURRENT_SUFFIX)):
-        return None
-    rest = collection[len(head):]
-    return rest.replace("_", "-", 1) if rest.startswith("v") and "_" in rest else None
-
-
-def alias_name(prefix: str) -> str:
-    return f"{prefix}{CURRENT_SUFFIX}"
-
-
 # --- the store ------------------------------------------------------------------------------
 
 
-class _Remote:
-    """A collection reached through the cached client: a failed call forgets the client and
-    marks the collection for reloading, so the first call after an outage reconnects and
-    loads it again (a restarted server starts with collections released)."""
-
-    collection: str
-    config: IndexConfig
-    uri: str
-    _stale: bool = False
-
-    @property
-    def client(self):
-        return connect(self.config)
-
-    def _call(self, what: str, fn, *args, **kwargs):
-        kwargs.setdefault("timeout", self.config.milvus_timeout_s)
-        try:
-            if self._stale:
-                _call(self.uri, f"load_collection on {self.collection}", self.client.load_collection,
-                      self.collection, timeout=self.config.milvus_build_timeout_s)
-                self._stale = False
-            return _call(self.uri, f"{what} on {self.collection}", fn, *args, **kwargs)
-        except StoreUnavailable:
-            forget(self.config)
-            self._stale = True
-            raise
-
-    def _build_call(self, what: str, fn, *args, **kwargs):
-        return self._call(what, fn, *args, timeout=self.config.milvus_build_timeout_s, **kwargs)
-
-
 def _schema(client, dim: int, lexical: bool):
-    from pymilvus import DataType, Function, FunctionType
+    from pymilvus import DataType, Function, FunctionType  # optional and heavy: Milvus backend only
 
     schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field(ROW, DataType.INT64, is_primary=True)
@@ -255,7 +120,7 @@ def _rows_of(vectors: np.ndarray, rows: Sequence[int], attributes: Mapping[str, 
     return out
 
 
-class MilvusStore(_Remote, VectorStore):
+class MilvusStore(RemoteCollection, VectorStore):
     """One version's collection; see the module docstring."""
 
     backend = "milvus"
@@ -330,12 +195,12 @@ class MilvusStore(_Remote, VectorStore):
         client = connect(config)
         uri = resolved_uri(config.milvus_uri)
         timeout = config.milvus_timeout_s
-        if not _call(uri, "has_collection", client.has_collection, collection, timeout=timeout):
+        if not call_milvus(uri, "has_collection", client.has_collection, collection, timeout=timeout):
             raise WorkdirError(f"Milvus at {uri}: collection {collection!r} not found; rebuild the index")
-        info = _call(uri, "describe_collection", client.describe_collection, collection, timeout=timeout)
+        info = call_milvus(uri, "describe_collection", client.describe_collection, collection, timeout=timeout)
         fields = {f["name"]: f for f in info["fields"]}
         dim = int(fields[VECTOR]["params"]["dim"])
-        _call(uri, "load_collection", client.load_collection, collection, timeout=config.milvus_build_timeout_s)
+        call_milvus(uri, "load_collection", client.load_collection, collection, timeout=config.milvus_build_timeout_s)
         return cls(collection, config, dim, n, SPARSE in fields, policy)
 
     # --- versions ---------------------------------------------------------------------------
@@ -540,108 +405,6 @@ def recall_at_k(store: VectorStore, vectors: np.ndarray, queries: np.ndarray, k:
                           for t, f in zip(truth, found)]))
 
 
-# --- the qid table --------------------------------------------------------------------------
-
-
-class MilvusQidTable(_Remote):
-    """The qid table as a collection keyed by qid: the logged query's vector (Milvus wants a
-    vector field in every collection; it is the query's embedding), its top-K rows and
-    scores (arrays) and the constraint signature the answer was computed under."""
-
-    def __init__(self, collection: str, config: IndexConfig, top_k: int):
-        self.collection, self.config = collection, config
-        self.uri = resolved_uri(config.milvus_uri)
-        self._top_k = top_k
-
-    @property
-    def top_k(self) -> int:
-        return self._top_k
-
-
-    @classmethod
-    def write(cls, table, query_vectors: np.ndarray, config: IndexConfig, version: str) -> MilvusQidTable:
-        """Store ``table`` (a QidTable; row i's query vector is ``query_vectors[i]``)."""
-        from pymilvus import DataType
-
-        client = connect(config)
-        name = collection_name(config.milvus_prefix, version) + QID_SUFFIX
-        top_k = max(1, table.top_k)
-        out = cls(name, config, top_k)
-        dim = int(query_vectors.shape[1])
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("qid", DataType.INT64, is_primary=True)
-        schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("rows", DataType.ARRAY, element_type=DataType.INT64, max_capacity=top_k)
-        schema.add_field("scores", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=top_k)
-        schema.add_field("signature", DataType.INT64)
-        params = client.prepare_index_params()
-        params.add_index(VECTOR, index_type="FLAT", metric_type="IP")
-        if out._build_call("has_collection", client.has_collection, name):
-            out._build_call("drop_collection", client.drop_collection, name)
-        out._build_call("create_collection", client.create_collection, name, schema=schema, index_params=params)
-        qids = np.asarray(table.qids, np.int64)
-        signatures = np.asarray(table.signatures, np.uint64).view(np.int64)
-        for start in range(0, len(qids), INSERT_BATCH):
-            batch = []
-            for i in range(start, min(len(qids), start + INSERT_BATCH)):
-                rows = np.asarray(table.rows[i])
-                keep = rows >= 0
-                batch.append({"qid": int(qids[i]), VECTOR: query_vectors[i].tolist(),
-                              "rows": rows[keep].astype(int).tolist(),
-                              "scores": np.asarray(table.scores[i])[keep].astype(float).tolist(),
-                              "signature": int(signatures[i])})
-            out._build_call("insert", client.insert, name, batch)
-        out._build_call("flush", client.flush, name)
-        out._build_call("load_collection", client.load_collection, name)
-        return out
-
-    @classmethod
-    def open(cls, collection: str, config: IndexConfig) -> MilvusQidTable:
-        client = connect(config)
-        uri = resolved_uri(config.milvus_uri)
-        if not _call(uri, "has_collection", client.has_collection, collection, timeout=config.milvus_timeout_s):
-            raise WorkdirError(f"Milvus at {uri}: qid collection {collection!r} not found; rebuild the index")
-        _call(uri, "load_collection", client.load_collection, collection, timeout=config.milvus_build_timeout_s)
-        info = _call(uri, "describe_collection", client.describe_collection, collection,
-                     timeout=config.milvus_timeout_s)
-        rows_field = next(f for f in info["fields"] if f["name"] == "rows")
-        return cls(collection, config, int(rows_field["params"]["max_capacity"]))
-
-    def __len__(self) -> int:
-        found = self._call("count", self.client.query, self.collection, filter="qid >= 0",
-                           output_fields=["count(*)"])
-        return int(found[0]["count(*)"])
-
-    def lookup(self, qid: int) -> tuple[np.ndarray, np.ndarray, int] | None:
-        found = self._call("get", self.client.get, self.collection, ids=[int(qid)],
-                           output_fields=["rows", "scores", "signature"])
-        if not found:
-            return None
-        entity = found[0]
-        signature = int(np.asarray([entity["signature"]], np.int64).view(np.uint64)[0])
-        return (np.asarray(entity["rows"], np.int64), np.asarray(entity["scores"], np.float32), signature)
-
-
 # --- housekeeping ---------------------------------------------------------------------------
 
 
-def sweep_collections(config: IndexConfig, versions_on_disk: set[str]) -> list[str]:
-    """Drop ``<prefix>_<version>`` collections (and their qid tables) whose version directory
-    is gone, never the one the alias names; returns the dropped names."""
-    client = connect(config)
-    uri = resolved_uri(config.milvus_uri)
-    timeout = config.milvus_build_timeout_s
-    prefix = config.milvus_prefix
-    alias = alias_name(prefix)
-    aliases = _call(uri, "list_aliases", client.list_aliases, timeout=timeout).get("aliases", [])
-    current = _call(uri, "describe_alias", client.describe_alias, alias,
-                    timeout=timeout)["collection_name"] if alias in aliases else None
-    dropped = []
-    for name in _call(uri, "list_collections", client.list_collections, timeout=timeout):
-        base = name.removesuffix(QID_SUFFIX)
-        version = version_of(prefix, base)
-        if version is None or version in versions_on_disk or base == current:
-            continue
-        _call(uri, "drop_collection", client.drop_collection, name, timeout=timeout)
-        dropped.append(name)
-    return dropped

@@ -341,9 +341,8 @@ def open_qid_table(version_dir: str | Path, manifest: Mapping):
     """The version's qid table: the Milvus collection when the build wrote one, else the
     memory-mapped files in ``qid/``. Both answer ``lookup(qid)``, ``top_k`` and ``len``."""
     if manifest.get("milvus", {}).get("qid_collection"):
-        from vlsearch.index.milvus import (
-            MilvusQidTable,  # import cycle: milvus.py builds on this module
-        )
+        # import cycle: the milvus modules build on this one
+        from vlsearch.index.milvus_qid import MilvusQidTable
 
         return MilvusQidTable.open(manifest["milvus"]["qid_collection"], _index_config(manifest))
     return QidTable.load(Path(version_dir) / "qid")
@@ -360,7 +359,8 @@ def open_lexical(version_dir: str | Path, manifest: Mapping, store: VectorStore)
 def single_process_store(version_dir: str | Path) -> str | None:
     """Why only one process may open this version's store (milvus-lite locks its data file),
     or None when several serving processes can share it."""
-    from vlsearch.index.milvus import is_server_uri  # import cycle: milvus.py builds on this module
+    # import cycle: the milvus modules build on this one
+    from vlsearch.index.milvus_client import is_server_uri
 
     uri = (read_json(Path(version_dir) / "manifest.json").get("milvus") or {}).get("uri", "")
     if uri and not is_server_uri(uri):
@@ -372,9 +372,8 @@ def open_store(version_dir: str | Path, manifest: Mapping, policy: FilterPolicy 
     """The store of a published version, by the backend its manifest names."""
     config = _index_config(manifest)
     if config.backend == "milvus":
-        from vlsearch.index.milvus import (
-            MilvusStore,  # import cycle: milvus.py builds on this module
-        )
+        # import cycle: the milvus modules build on this one
+        from vlsearch.index.milvus import MilvusStore
 
         rows = int(manifest.get("rows", manifest["products"]))  # tombstones of live updates included
         return MilvusStore.open(manifest["milvus"]["collection"], config, rows, policy)
@@ -390,9 +389,8 @@ def build_store(vectors: np.ndarray, products: Sequence, config: IndexConfig,
     measure its recall@100 against exact search."""
     attributes = product_attributes(products)
     if config.backend == "milvus":
-        from vlsearch.index.milvus import (
-            MilvusStore,  # import cycle: milvus.py builds on this module
-        )
+        # import cycle: the milvus modules build on this one
+        from vlsearch.index.milvus import MilvusStore
 
         return MilvusStore.build_measured(
             vectors, attributes, config, Path(version_dir).name, recall_queries, seed,
@@ -414,9 +412,8 @@ def write_backend_qid_table(store: VectorStore, table, query_vectors: np.ndarray
     """On the Milvus backend (``milvus_qid_table``), store the qid table as a collection too."""
     if store.backend != "milvus" or not config.milvus_qid_table:
         return
-    from vlsearch.index.milvus import (
-        MilvusQidTable,  # import cycle: milvus.py builds on this module
-    )
+    # import cycle: the milvus modules build on this one
+    from vlsearch.index.milvus_qid import MilvusQidTable
 
     store.qid_collection = MilvusQidTable.write(table, query_vectors, config, version).collection
 
@@ -425,8 +422,7 @@ def sweep_stores(out_dir: Path, config: IndexConfig, versions_on_disk: set[str])
     """Drop the backend's versions whose directory is gone (pruned, or a killed build's)."""
     if config.backend != "milvus":
         return []
-    from vlsearch.index.milvus import (
-        sweep_collections,  # import cycle: milvus.py builds on this module
-    )
+    # import cycle: the milvus modules build on this one
+    from vlsearch.index.milvus_client import sweep_collections
 
     return sweep_collections(config, versions_on_disk)
