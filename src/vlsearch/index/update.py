@@ -240,40 +240,12 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
     table = pq.read_table(base / "products.parquet").to_pydict()
     n_old = len(table["id"])
     dead = list(table.get("deleted") or [False] * n_old)
-    row_of = {pid: i for i, pid in enumerate(table["id"]) if not dead[i]}
-    tombstoned = {pid for i, pid in enumerate(table["id"]) if dead[i]}
 
     # 1. classify
     report = UpdateReport(base_version=base.name, version="", problems=problems)
-    delete_set = set(delete)
-    changed: dict[int, Product] = {}
-    added: list[Product] = []
-    seen: set[str] = set()
-    for p in delta:
-        if p.id in seen:
-            report.problems.append(f"product {p.id!r}: given twice in the update; the first is applied")
-            continue
-        seen.add(p.id)
-        if p.id in delete_set:
-            report.problems.append(f"product {p.id!r}: both updated and deleted; deleted")
-            continue
-        row = row_of.get(p.id)
-        if row is None:
-            added.append(p)
-        elif _same(p, product_from_columns(table, row)):
-            report.unchanged += 1
-        else:
-            changed[row] = p
-    del_rows = []
-    for pid in dict.fromkeys(delete):
-        row = row_of.get(pid)
-        if row is not None:
-            del_rows.append(row)
-        else:
-            report.problems.append(f"delete {pid!r}: " + ("already deleted" if pid in tombstoned
-                                                           else "no such product in the index; ignored"))
+    changed, added, del_rows = _classify(table, dead, delta, delete, report)
     report.added, report.changed, report.deleted = len(added), len(changed), len(del_rows)
-    report.live_products, report.rows = len(row_of), n_old
+    report.live_products, report.rows = n_old - sum(dead), n_old
     report.qid_entries = len(QidTable.load(base / "qid"))
     lap("classify")
     if not (added or changed or del_rows):
@@ -334,8 +306,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
 
         # 4. qid table
         refreshed, patched, dropped = update_qid_table(
-            base, version, store, qid_masks(store, all_products, deleted), lexicon, encoder, set(del_rows), upsert_rows, vecs, upsert_products,
-            {r: product_from_columns(table, r) for r in changed}, config.export_batch_size,
+            base, version, store, qid_masks(store, all_products, deleted), lexicon, encoder, set(del_rows),
+            upsert_rows, vecs, upsert_products, {r: product_from_columns(table, r) for r in changed}, config.export_batch_size,
             config.update_qid_research_limit)
         if new_store is not None and manifest.get("milvus", {}).get("qid_collection"):
             write_backend_qid_table(new_store, QidTable.load(version / "qid"),
@@ -343,8 +315,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("qid_table")
 
         # 5. drift and the manifest
-        drift = _drift(getattr(store, "ann", None), np.load(version / VECTORS_FILE, mmap_mode="r"), manifest, config, len(upsert_rows) + len(del_rows), vecs,
-                       deleted)
+        drift = _drift(getattr(store, "ann", None), np.load(version / VECTORS_FILE, mmap_mode="r"), manifest,
+                       config, len(upsert_rows) + len(del_rows), vecs, deleted)
         report.live_products, report.rows = len(live), n_new
         report.qid_entries, report.qid_refreshed, report.drift = report.qid_entries, refreshed, drift
         report.qid_patched, report.qid_dropped = patched, dropped
@@ -377,6 +349,42 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
     report.version = str(version)
     report.seconds = seconds
     return report, new_store
+
+
+def _classify(table: dict, dead: list[bool], delta: list[Product], delete: list[str],
+              report: UpdateReport) -> tuple[dict[int, Product], list[Product], list[int]]:
+    """(changed products by row, new products, rows to delete) of the delta against the
+    version's product table; repeats, conflicts and unknown delete ids go to the report."""
+    row_of = {pid: i for i, pid in enumerate(table["id"]) if not dead[i]}
+    tombstoned = {pid for i, pid in enumerate(table["id"]) if dead[i]}
+    delete_set = set(delete)
+    changed: dict[int, Product] = {}
+    added: list[Product] = []
+    seen: set[str] = set()
+    for p in delta:
+        if p.id in seen:
+            report.problems.append(f"product {p.id!r}: given twice in the update; the first is applied")
+            continue
+        seen.add(p.id)
+        if p.id in delete_set:
+            report.problems.append(f"product {p.id!r}: both updated and deleted; deleted")
+            continue
+        row = row_of.get(p.id)
+        if row is None:
+            added.append(p)
+        elif _same(p, product_from_columns(table, row)):
+            report.unchanged += 1
+        else:
+            changed[row] = p
+    del_rows = []
+    for pid in dict.fromkeys(delete):
+        row = row_of.get(pid)
+        if row is not None:
+            del_rows.append(row)
+        else:
+            report.problems.append(f"delete {pid!r}: " + ("already deleted" if pid in tombstoned
+                                                           else "no such product in the index; ignored"))
+    return changed, added, del_rows
 
 
 def _write_vectors(base: Path, version: Path, n_new: int, upsert_rows: np.ndarray, vecs: np.ndarray,
