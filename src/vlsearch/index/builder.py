@@ -339,19 +339,13 @@ def build_index_from_parts(
     workdir: str | None = None,
 ) -> IndexReport | ShardReport:
     """Build every part from in-memory inputs, then publish (the testable core of build_index).
-
-    With ``retriever`` (and ``model_dir``), the query tower is exported to
-    ``model/query.onnx`` when it passes the parity check (``IndexConfig.onnx_*``).
-    ``splits`` (one per product) is stored with the product metadata for ``vlsearch eval``;
-    ``workdir`` (the work directory the products came from) is recorded in the manifest: live
-    updates reuse its image feature cache for images that did not change.
-
-    With ``sharding`` over several ranks, every rank exports its shard; rank 0 builds the rest
-    and publishes, the others return a :class:`ShardReport`.
-
-    ``clicks`` ((query, product id, count) rows) feed the mined query-understanding layer
-    with the catalog titles; ``synonyms`` ({field: {value: phrasings}}) is the optional
-    hand-table layer (used only with ``ServeConfig.synonyms``)."""
+    ``retriever`` (with ``model_dir``): the query tower exported to ``model/query.onnx`` when it
+    passes the parity check. ``splits`` (one per product): stored for ``vlsearch eval``;
+    ``workdir``: recorded in the manifest (live updates reuse its image feature cache). With
+    ``sharding`` over several ranks each exports its shard; rank 0 builds and publishes, the
+    others return a :class:`ShardReport`. ``clicks`` ((query, product id, count)) feed the mined
+    query-understanding layer; ``synonyms`` ({field: {value: phrasings}}) the optional hand
+    table (used only with ``ServeConfig.synonyms``)."""
     config = config or IndexConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -381,12 +375,8 @@ def build_index_from_parts(
         del vectors
         os.replace(out / "export" / "vectors.npy", version / "vectors.npy")
         shutil.rmtree(out / "export", ignore_errors=True)
-        atomic_write_json(version / "manifest.json", {
-            "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": asdict(config), "products": len(products), "dim": store.dim, "ann": ann_report.to_dict(),
-            **store.manifest_entry(), "qid_queries": len(table), "qid_top_k": top_k,
-            "has_model": model_dir is not None, "onnx_query_encoder": onnx, "workdir": workdir,
-        })
+        _write_manifest(version, config, store, ann_report, len(products), len(table), top_k,
+                        has_model=model_dir is not None, onnx_query_encoder=onnx, workdir=workdir)
         watch.lap("metadata")
         _complete(version)
     except BaseException:
@@ -394,16 +384,32 @@ def build_index_from_parts(
             store.drop()
         shutil.rmtree(version, ignore_errors=True)
         raise
-    publish_store(store)
-    publish(out, version)
-    removed = prune_versions(out, config.keep_versions)
-    sweep_stores(out, config, {p.name for p in (out / VERSIONS).iterdir()})
+    removed = _publish_version(out, version, store, config)
     return IndexReport(
         version=version.name, path=str(version), products=len(products), dim=store.dim, ann=ann_report,
         qid_queries=len(table), qid_top_k=top_k, lexicon_phrases=len(lexicon.phrases),
         mined_phrases=dict(sorted(Counter(t.kind for t in mined).items())),
         seconds=watch.seconds, removed_versions=removed,
     )
+
+
+def _write_manifest(version: Path, config: IndexConfig, store, ann_report: AnnReport, products: int,
+                    qid_queries: int, qid_top_k: int, **extra) -> None:
+    atomic_write_json(version / "manifest.json", {
+        "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": asdict(config), "products": products, "dim": store.dim, "ann": ann_report.to_dict(),
+        **store.manifest_entry(), "qid_queries": qid_queries, "qid_top_k": qid_top_k, **extra,
+    })
+
+
+def _publish_version(out: Path, version: Path, store, config: IndexConfig) -> list[str]:
+    """The store's pointer (Milvus: the alias), then ``current``; old and abandoned versions
+    (and their collections) removed; returns the removed version names."""
+    publish_store(store)
+    publish(out, version)
+    removed = prune_versions(out, config.keep_versions)
+    sweep_stores(out, config, {p.name for p in (out / VERSIONS).iterdir()})
+    return removed
 
 
 class _Stopwatch:
