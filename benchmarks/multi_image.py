@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -69,6 +70,21 @@ def _scores(workdir: Workdir, model_dir: Path, max_images: int) -> dict[str, dic
     return out
 
 
+def summary(rows: dict) -> dict[str, dict[str, list[float]]]:
+    """Per row, ``"split metric"`` -> [mean, std over the seeds] (rounded to 3 places)."""
+    out = {}
+    for name, row in rows.items():
+        values: dict[str, list[float]] = {}
+        for run in row["runs"]:
+            for split in SPLITS:
+                for metric, value in run[split].items():
+                    if metric != "queries":
+                        values.setdefault(f"{split} {metric}", []).append(value)
+        out[name] = {key: [round(float(np.mean(v)), 3), round(float(np.std(v)), 3)]
+                     for key, v in values.items()}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--products", type=int, default=600)
@@ -97,12 +113,14 @@ def main() -> None:
         for seed in range(13, 13 + args.seeds):
             began = time.perf_counter()
             model_dir = args.work / f"model-{max_images}-{seed}"
+            shutil.rmtree(model_dir, ignore_errors=True)  # this benchmark's own: a fresh run
             train(args.work / "w", _config(args, max_images, seed), model_dir, progress=False)
             runs.append({"seed": seed, "seconds": round(time.perf_counter() - began, 1),
                          **_scores(workdir, model_dir, max_images)})
             print(name, json.dumps(runs[-1]), flush=True)
         result["rows"][name] = {"max_images": max_images, "runs": runs}
     result["load_average_end"] = os.getloadavg()
+    result["summary"] = summary(result["rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vlsearch.catalog import Product, load_catalog
-from vlsearch.config import preset
+from vlsearch.config import preset, update
 from vlsearch.images import FeatureCache, extract_features
 from vlsearch.model import Retriever
 from vlsearch.sample import MULTI_IMAGE_FILE, write_sample_catalog
@@ -183,17 +183,11 @@ def test_multi_image_catalog_end_to_end(catalog, tmp_path):
     from vlsearch.training import train
     from vlsearch.workdir import Workdir, prepare
 
-    config = preset("tiny")
-    config.images.backbone = "random-cnn"
-    config.model.max_images = 3
-    config.train.steps = 4
-    config.train.batch_size = 8
-    config.train.memory_bank_batches = 2
-    config.train.eval_every = 0
-    config.train.eval_at_start = False
-    config.train.eval_k = 10
-    config.train.checkpoint_every = 0
-    config.train.num_threads = 1
+    config = update(preset("tiny"), {
+        "images": {"backbone": "random-cnn"}, "model": {"max_images": 3},
+        "train": {"steps": 4, "batch_size": 8, "memory_bank_batches": 2, "eval_every": 0,
+                  "eval_at_start": False, "checkpoint_every": 0, "num_threads": 1},
+    })
     prepare(catalog / MULTI_IMAGE_FILE, tmp_path / "work", config, progress=False, log=lambda _: None)
     workdir = Workdir.open(tmp_path / "work")
     assert all(len(p.image_paths) == 3 for p in workdir.products())  # products.parquet keeps all
