@@ -27,10 +27,12 @@
    the BM25 list the qid table stores for it (same rules as the embedding channel's list).
 4. Merge: weighted reciprocal-rank fusion, score = sum over channels of
    w_c / (rrf_k + rank_c), w_lexical = ``lexical_weight``, w_embedding = 1 - lexical_weight;
-   duplicates merge into one hit listing every channel that found it. Every channel fetches
-   ``depth = max(fusion_depth, offset + k)`` results, the fused ranking is cut to hits
-   ``offset .. offset + k``: within the fusion window the order never depends on k, and
-   pages of one query concatenate to the single request for ``offset + n``.
+   duplicates merge into one hit listing every channel that found it. The ranking is built
+   in windows of ``fusion_depth`` (D): ranks 1..D are the fusion of each channel's top D,
+   ranks D+1..2D the fusion of each channel's top 2D less the rows already placed, and so
+   on; every channel fetches ``D * ceil((offset + k) / D)`` results and hits
+   ``offset .. offset + k`` are cut from that ranking. So the order never depends on k or
+   on the page: pages of one query concatenate to the single request for ``offset + n``.
    Soft preferences (ambiguous mined terms) add ``soft_weight / (rrf_k + 1)`` to the
    fused score of each hit that matches them.
 5. Every hit is checked against the row mask: a result never violates an active constraint.
@@ -257,7 +259,7 @@ class Engine:
         timings: dict[str, float] = {}
         text, k, channels = self._check(text, self.config.default_k if k is None else k, channels, offset)
         offset = int(offset)
-        depth = max(self.config.fusion_depth, offset + k)  # what each channel fetches
+        depth = self._window_depth(offset + k)  # what each channel fetches
         if self.config.reload_check:
             self.reload_if_changed()
         state = self._state  # one version for the whole request
@@ -408,11 +410,34 @@ class Engine:
         constraints = {c.field: list(c.values) for c in active} or None
         return state.store.constrained_search(vec, k, constraints, mask, allowed)
 
+    def _window_depth(self, ranks: int) -> int:
+        """Results each channel fetches for the first ``ranks`` fused ranks: whole windows."""
+        window = self.config.fusion_depth
+        return window * max(1, -(-ranks // window))
+
+    def _fuse_window(self, unique: np.ndarray, entries, top: int, placed: np.ndarray,
+                     boosts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The next window of the ranking: the fusion of each channel's top ``top`` rows less the
+        rows ``placed`` by earlier windows, best ``fusion_depth`` first (ties: earliest rank,
+        then channel, then row). Returns their indices into ``unique`` and fused scores."""
+        cfg = self.config
+        rows, rank, contrib, channel = (a[entries[1] < top] for a in entries)
+        seen, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        fused = np.bincount(inverse, weights=contrib, minlength=len(seen))
+        for boost in boosts:  # soft preferences: a fraction of a rank-1 score per preference met
+            fused = fused + boost[seen] * (cfg.soft_weight / (cfg.rrf_k + 1))
+        slot = np.searchsorted(unique, seen)
+        fresh = ~placed[slot]
+        # first occurrence in channel order: the earliest channel that found the row
+        keys = (seen[fresh], channel[first][fresh], rank[first][fresh], -fused[fresh])
+        order = np.lexsort(keys)[:cfg.fusion_depth]
+        return slot[fresh][order], fused[fresh][order]
+
     def _merge(self, state: IndexVersion, lists, mask, offset: int, k: int,
                boosts: Sequence[np.ndarray] = ()) -> list[Hit]:
-        """Fuse the channel lists into one ranking (ties: earliest rank, then channel, then
-        row), soft preferences boosting the rows of their ``boosts`` masks, and cut hits
-        ``offset .. offset + k`` from it (vectorised: one pass in numpy)."""
+        """Fuse the channel lists into one ranking, window by window (see the module
+        docstring), soft preferences boosting the rows of their ``boosts`` masks, and cut hits
+        ``offset .. offset + k`` from it (vectorised in numpy)."""
         cfg = self.config
         weights = {"embedding": 1.0 - cfg.lexical_weight, "lexical": cfg.lexical_weight}
         parts_rows, parts_contrib, parts_rank, parts_channel = [], [], [], []
@@ -430,22 +455,28 @@ class Engine:
             parts_channel.append(np.full(len(rows), c_index))
         if not parts_rows or not sum(len(r) for r in parts_rows):
             return []
-        all_rows = np.concatenate(parts_rows)
-        unique, first, inverse = np.unique(all_rows, return_index=True, return_inverse=True)
-        fused = np.bincount(inverse, weights=np.concatenate(parts_contrib), minlength=len(unique))
-        for boost in boosts:  # soft preferences: a fraction of a rank-1 score per preference met
-            fused = fused + boost[unique] * (cfg.soft_weight / (cfg.rrf_k + 1))
-        first_rank = np.concatenate(parts_rank)[first]  # channels in order: first = earliest channel
-        first_channel = np.concatenate(parts_channel)[first]
-        order = np.lexsort((unique, first_channel, first_rank, -fused))[offset:offset + k]
+        all_rows, all_rank = np.concatenate(parts_rows), np.concatenate(parts_rank)
+        all_contrib, all_channel = np.concatenate(parts_contrib), np.concatenate(parts_channel)
+        unique = np.unique(all_rows)
+        placed_at = np.zeros(len(unique), dtype=np.int64)  # the window top a row was ranked in (0: not yet)
+        fused = np.zeros(len(unique))
+        ranking: list[np.ndarray] = []
+        window, end = cfg.fusion_depth, offset + k
+        for top in range(window, self._window_depth(end) + 1, window):
+            placed, scores_here = self._fuse_window(unique, (all_rows, all_rank, all_contrib, all_channel),
+                                                    top, placed_at > 0, boosts)
+            placed_at[placed], fused[placed] = top, scores_here
+            ranking.append(placed)
+        order = np.concatenate(ranking)[offset:end]
         if not len(order):
             return []
+        positions = [{r: i for i, r in enumerate(np.asarray(rows).tolist())} for _, rows in lists.values()]
         scores = [dict(zip(np.asarray(r).tolist(), np.asarray(sc).tolist())) for sc, r in lists.values()]
         names = list(lists)
         hits = []
         for idx in order.tolist():
-            r = int(unique[idx])
-            found = {names[c]: float(scores[c][r]) for c in range(len(names)) if r in scores[c]}
+            r, top = int(unique[idx]), int(placed_at[idx])
+            found = {names[c]: float(scores[c][r]) for c in range(len(names)) if positions[c].get(r, top) < top}
             hits.append(Hit(product_id=state.ids[r], score=float(fused[idx]), channels=tuple(found),
                             title=state.titles[r], brand=state.brands[r], category=state.categories[r],
                             row=r, channel_scores=found))
