@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to ../shared, the real fashion catalog (skipped when absent), the sample catalog."""
+"""Shared fixtures: paths to ../shared, the real fashion catalog (skipped when absent), the sample
+catalog; the deterministic Hypothesis profile."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (a failure reproduces; CI cannot flake)
+settings.register_profile("vlsearch", derandomize=True, database=None, print_blob=True)
+settings.load_profile("vlsearch")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
