@@ -225,15 +225,7 @@ def update_index(
 def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str], encoder,
            config: IndexConfig | None, problems: list[str], progress: bool,
            workdir: str | Path | None) -> tuple[UpdateReport, MilvusStore | None]:
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = seconds.get(name, 0.0) + now - clock
-        clock = now
-
+    lap = _Laps()
     manifest = read_json(base / "manifest.json")
     config = config or IndexConfig(**{k: v for k, v in manifest.get("config", {}).items()
                                       if k in IndexConfig.__dataclass_fields__})
@@ -249,7 +241,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
     report.qid_entries = len(QidTable.load(base / "qid"))
     lap("classify")
     if not (added or changed or del_rows):
-        report.seconds = seconds
+        report.seconds = lap.seconds
         return report, None
 
     store = open_store(base, manifest)
@@ -290,18 +282,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
             store = new_store = _new_collection(store, version, all_products, deleted)
         lap("ann")
 
-        shutil.copytree(base / "lexical", version / "lexical")
-        update_lexical(version / "lexical", del_rows, dict(zip(upsert_rows.tolist(), upsert_products)))
-        # the work directory's train/heldout split (for `vlsearch eval`) carries over; added rows have none
-        splits = table["split"] + [None] * len(added) if "split" in table else None
-        atomic_write(version / "products.parquet",
-                     lambda tmp: pq.write_table(products_to_table(all_products, deleted=deleted, splits=splits), tmp))
-        live = [p for p, d in zip(all_products, deleted) if not d]
-        lexicon = Lexicon.from_json(read_json(base / "lexicon.json")).with_catalog(build_lexicon(live))
-        atomic_write_json(version / "lexicon.json", lexicon.to_json())
-        save_vocabulary(version / SPELLING_FILE, build_vocabulary((p.title for p in live), lexicon.phrases))
-        if (base / "model").is_dir():
-            _link_files(base / "model", version / "model")
+        lexicon, live = _write_text_parts(base, version, table, all_products, deleted, upsert_rows,
+                                          upsert_products, del_rows)
         lap("lexical")
 
         # 4. qid table
@@ -315,31 +297,11 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("qid_table")
 
         # 5. drift and the manifest
-        drift = _drift(getattr(store, "ann", None), np.load(version / VECTORS_FILE, mmap_mode="r"), manifest,
-                       config, len(upsert_rows) + len(del_rows), vecs, deleted)
+        report.drift = _drift(getattr(store, "ann", None), np.load(version / VECTORS_FILE, mmap_mode="r"),
+                              manifest, config, len(upsert_rows) + len(del_rows), vecs, deleted)
         report.live_products, report.rows = len(live), n_new
-        report.qid_entries, report.qid_refreshed, report.drift = report.qid_entries, refreshed, drift
-        report.qid_patched, report.qid_dropped = patched, dropped
-        history = manifest.get("updates", [])[-99:] + [{
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "base": base.name,
-            "added": len(added), "changed": len(changed), "deleted": len(del_rows),
-            "qid_refreshed": refreshed, "qid_patched": patched, "qid_dropped": dropped,
-            "images_reused": report.images_reused, "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        }]
-        atomic_write_json(version / "manifest.json", {
-            **manifest, "products": len(live), "rows": n_new, "ann": {**manifest.get("ann", {}),
-                                                                       "n": store.count()},
-            **store.manifest_entry(),
-            "updates": history, "drift": drift, "built_products": drift["built_products"],
-            "changed_since_build": drift["changed_rows_since_build"],
-            "ivf_build_residual": drift.get("build_residual"),
-            "updated_residual_sum": drift["updated_residual_sum"],
-            "updated_residual_count": drift["updated_residual_count"],
-        })
-        normalize_modes(version)  # artifact permissions, as a build's (tantivy writes 0600)
-        atomic_write_text(version / COMPLETE, "complete\n")
-        (version / BUILDING).unlink(missing_ok=True)
-        fsync_dir(version)
+        report.qid_refreshed, report.qid_patched, report.qid_dropped = refreshed, patched, dropped
+        _finish_version(version, base, manifest, store, report, lap.seconds)
         lap("metadata")
     except BaseException:
         if new_store is not None:
@@ -347,8 +309,68 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         shutil.rmtree(version, ignore_errors=True)
         raise
     report.version = str(version)
-    report.seconds = seconds
+    report.seconds = lap.seconds
     return report, new_store
+
+
+class _Laps:
+    """Seconds per named stage, each lap ending where the previous one did."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._clock
+        self._clock = now
+
+
+def _write_text_parts(base: Path, version: Path, table: dict, all_products: list[Product], deleted: list[bool],
+                      upsert_rows: np.ndarray, upsert_products: list[Product], del_rows: list[int]):
+    """tantivy, products.parquet, lexicon, spelling vocabulary and the model link of the new
+    version; returns (lexicon, live products)."""
+    shutil.copytree(base / "lexical", version / "lexical")
+    update_lexical(version / "lexical", del_rows, dict(zip(upsert_rows.tolist(), upsert_products)))
+    # the work directory's train/heldout split (for `vlsearch eval`) carries over; added rows have none
+    n_added = len(all_products) - len(table["id"])
+    splits = table["split"] + [None] * n_added if "split" in table else None
+    atomic_write(version / "products.parquet",
+                 lambda tmp: pq.write_table(products_to_table(all_products, deleted=deleted, splits=splits), tmp))
+    live = [p for p, d in zip(all_products, deleted) if not d]
+    lexicon = Lexicon.from_json(read_json(base / "lexicon.json")).with_catalog(build_lexicon(live))
+    atomic_write_json(version / "lexicon.json", lexicon.to_json())
+    save_vocabulary(version / SPELLING_FILE, build_vocabulary((p.title for p in live), lexicon.phrases))
+    if (base / "model").is_dir():
+        _link_files(base / "model", version / "model")
+    return lexicon, live
+
+
+def _finish_version(version: Path, base: Path, manifest: dict, store, report: UpdateReport,
+                    seconds: dict[str, float]) -> None:
+    """The new version's manifest (update history, drift), permissions and completion marker."""
+    drift = report.drift
+    history = manifest.get("updates", [])[-99:] + [{
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "base": base.name,
+        "added": report.added, "changed": report.changed, "deleted": report.deleted,
+        "qid_refreshed": report.qid_refreshed, "qid_patched": report.qid_patched,
+        "qid_dropped": report.qid_dropped, "images_reused": report.images_reused,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }]
+    atomic_write_json(version / "manifest.json", {
+        **manifest, "products": report.live_products, "rows": report.rows,
+        "ann": {**manifest.get("ann", {}), "n": store.count()},
+        **store.manifest_entry(),
+        "updates": history, "drift": drift, "built_products": drift["built_products"],
+        "changed_since_build": drift["changed_rows_since_build"],
+        "ivf_build_residual": drift.get("build_residual"),
+        "updated_residual_sum": drift["updated_residual_sum"],
+        "updated_residual_count": drift["updated_residual_count"],
+    })
+    normalize_modes(version)  # artifact permissions, as a build's (tantivy writes 0600)
+    atomic_write_text(version / COMPLETE, "complete\n")
+    (version / BUILDING).unlink(missing_ok=True)
+    fsync_dir(version)
 
 
 def _classify(table: dict, dead: list[bool], delta: list[Product], delete: list[str],
