@@ -105,26 +105,11 @@ def update_qid_table(base: Path, version: Path, store: VectorStore, store_masks,
         holds = np.isin(rows[lo:hi], touched).any(axis=1) if len(touched) else np.zeros(hi - lo, bool)
         for i in np.flatnonzero((holds | beats.any(axis=1)) & ~research[lo:hi]):
             e = lo + i
-            keep = rows[e] >= 0
-            r_list, s_list = rows[e][keep].tolist(), scores[e][keep].tolist()
-            out: dict[int, float] = {}
-            hole = False
-            for r, sc in zip(r_list, s_list):
-                j = col_of.get(r)
-                if r in deleted_rows or (j is not None and not allowed[i, j]):
-                    hole = hole or bool(full[e])
-                elif j is not None:
-                    if full[e] and new_scores[i, j] < last[e]:
-                        hole = True
-                    out[r] = float(new_scores[i, j])
-                else:
-                    out[r] = sc
-            if hole:
+            best = _patched_list(rows[e], scores[e], bool(full[e]), last[e], col_of, deleted_rows,
+                                 allowed[i], new_scores[i], beats[i], upsert_rows, top_k)
+            if best is None:  # a hole only a search can fill
                 research[e] = True
                 continue
-            for j in np.flatnonzero(beats[i]):
-                out.setdefault(int(upsert_rows[j]), float(new_scores[i, j]))
-            best = sorted(out.items(), key=lambda item: (-item[1], item[0]))[:top_k]
             rows[e], scores[e] = -1, -np.inf
             rows[e, :len(best)] = [r for r, _ in best]
             scores[e, :len(best)] = [sc for _, sc in best]
@@ -145,31 +130,62 @@ def update_qid_table(base: Path, version: Path, store: VectorStore, store_masks,
         if lexical is not None:
             lex_scores[pick], lex_rows[pick] = got[3], got[4]
     if lexical is not None:
-        # terms through which a new or changed product can enter a BM25 list it is not in:
-        # all of a new product's; a changed one's new terms (all of them when it lost some,
-        # since a shorter document scores higher on the rest)
-        def terms_of(p) -> set[str]:
-            attrs = " ".join(v for v in (product_value(p, f) for f in FILTER_FIELDS) if v)
-            return set(lexical.terms(f"{p.title} {attrs}"))
-
-        delta_terms: set[str] = set()
-        for row, p in zip(upsert_rows.tolist(), upsert_products):
-            new_terms = terms_of(p)
-            was = old_products.get(row)
-            old_terms = terms_of(was) if was is not None else set()
-            delta_terms |= new_terms if (was is None or old_terms - new_terms) else new_terms - old_terms
-        stale = np.isin(lex_rows, touched).any(axis=1) if len(touched) else np.zeros(n, bool)
-        for e in np.flatnonzero(~research & keep):
-            query = old.queries[e]
-            if not (stale[e] or delta_terms.intersection(lexical.terms(query))):
-                continue
-            filters = {c.field: list(c.values) for c in constraints[e]} or None
-            s_, r_ = lexical.search(query, top_k, filters)
-            lex_scores[e], lex_rows[e] = -np.inf, -1
-            lex_scores[e, :len(r_)], lex_rows[e, :len(r_)] = s_, r_
+        _refresh_lexical(lexical, old.queries, constraints, lex_rows, lex_scores, ~research & keep, touched,
+                         upsert_rows, upsert_products, old_products, top_k)
     queries = [q for q, k in zip(old.queries, keep.tolist()) if k]
     QidTable(np.asarray(old.qids)[keep], rows[keep].astype(np.int32), scores[keep], queries, signatures[keep],
              None if lex_rows is None else lex_rows[keep].astype(np.int32),
              None if lex_scores is None else lex_scores[keep]).save(version / "qid")
     _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32)[keep])
     return len(todo), patched, int(n - keep.sum())
+
+
+def _patched_list(rows: np.ndarray, scores: np.ndarray, full: bool, last: float, col_of: dict[int, int],
+                  deleted_rows: set[int], allowed: np.ndarray, new_scores: np.ndarray, beats: np.ndarray,
+                  upsert_rows: np.ndarray, top_k: int) -> list[tuple[int, float]] | None:
+    """One entry's list patched in place, best first; None when a deleted, no-longer-allowed or
+    now-lower member leaves a hole in a full list (then only a search is exact)."""
+    keep = rows >= 0
+    out: dict[int, float] = {}
+    for r, sc in zip(rows[keep].tolist(), scores[keep].tolist()):
+        j = col_of.get(r)
+        if r in deleted_rows or (j is not None and not allowed[j]):
+            if full:
+                return None
+        elif j is not None:
+            if full and new_scores[j] < last:
+                return None
+            out[r] = float(new_scores[j])
+        else:
+            out[r] = sc
+    for j in np.flatnonzero(beats):
+        out.setdefault(int(upsert_rows[j]), float(new_scores[j]))
+    return sorted(out.items(), key=lambda item: (-item[1], item[0]))[:top_k]
+
+
+def _refresh_lexical(lexical: LexicalIndex, queries: list[str], constraints, lex_rows: np.ndarray,
+                     lex_scores: np.ndarray, candidates: np.ndarray, touched: np.ndarray, upsert_rows: np.ndarray,
+                     upsert_products: list[Product], old_products: dict[int, Product], top_k: int) -> None:
+    """Search again (in place) the stored BM25 lists of the ``candidates`` entries that list a
+    touched product or share a term through which a new or changed product can enter: all of
+    a new product's terms; a changed one's new terms (all of them when it lost some, since a
+    shorter document scores higher on the rest)."""
+    def terms_of(p) -> set[str]:
+        attrs = " ".join(v for v in (product_value(p, f) for f in FILTER_FIELDS) if v)
+        return set(lexical.terms(f"{p.title} {attrs}"))
+
+    delta_terms: set[str] = set()
+    for row, p in zip(upsert_rows.tolist(), upsert_products):
+        new_terms = terms_of(p)
+        was = old_products.get(row)
+        old_terms = terms_of(was) if was is not None else set()
+        delta_terms |= new_terms if (was is None or old_terms - new_terms) else new_terms - old_terms
+    stale = np.isin(lex_rows, touched).any(axis=1) if len(touched) else np.zeros(len(queries), bool)
+    for e in np.flatnonzero(candidates):
+        query = queries[e]
+        if not (stale[e] or delta_terms.intersection(lexical.terms(query))):
+            continue
+        filters = {c.field: list(c.values) for c in constraints[e]} or None
+        s_, r_ = lexical.search(query, top_k, filters)
+        lex_scores[e], lex_rows[e] = -np.inf, -1
+        lex_scores[e, :len(r_)], lex_rows[e, :len(r_)] = s_, r_
