@@ -35,7 +35,6 @@ class DataConfig:
     max_eval_queries: int = 2000  # cap on queries per BEIR eval split (sampled with the seed)
     brand_min_products: int = 2  # a title prefix must start this many titles to count as a brand
     sort_terms: bool = True  # sort query/title terms lexicographically (as in the papers)
-    max_query_chars: int = 256  # longer queries are refused at serving time
 
 
 @dataclass
