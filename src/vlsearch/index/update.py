@@ -244,14 +244,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         report.seconds = lap.seconds
         return report, None
 
-    store = open_store(base, manifest)
-    if isinstance(store, FaissStore) and store.kind == "hnsw" and (changed or del_rows):
-        raise InputError(f"{base}: an HNSW index cannot replace or remove products (FAISS HNSW has no "
-                         "remove_ids); rebuild with `vlsearch index`, or build kind ivf or flat")
-    if encoder is None:
-        if not (base / "model").is_dir():
-            raise WorkdirError(f"{base}: index version has no model/ to encode products with")
-        encoder = Retriever.load(base / "model")
+    store, encoder = _open_for_update(base, manifest, encoder, replaces=bool(changed or del_rows))
     lap("load")
 
     version = _new_version_dir(index_dir)
@@ -266,18 +259,10 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
 
         # 3. vectors, ANN, tantivy, products, lexicon, model
         n_new = n_old + len(added)
-        all_products = [product_from_columns(table, r) for r in range(n_old)] + added
-        for row, p in changed.items():
-            all_products[row] = p
-        deleted = dead + [False] * len(added)
-        for row in del_rows:
-            deleted[row] = True
+        all_products, deleted = _merged_catalog(table, dead, changed, added, del_rows)
         _write_vectors(base, version, n_new, upsert_rows, vecs, del_rows)
-        if isinstance(store, FaissStore):  # in place, by row id, then saved into the new version
-            store.delete(np.asarray(del_rows, np.int64))
-            store.upsert(upsert_rows, vecs, product_attributes(upsert_products))
-            store.save(version)
-            store.vectors = np.load(version / VECTORS_FILE, mmap_mode="r")  # the saved copy, not RAM
+        if isinstance(store, FaissStore):
+            _update_faiss(store, version, upsert_rows, vecs, upsert_products, del_rows)
         else:  # a new collection for the new version, filled from its vectors (nothing re-encoded)
             store = new_store = _new_collection(store, version, all_products, deleted)
         lap("ann")
@@ -289,8 +274,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         # 4. qid table
         refreshed, patched, dropped = update_qid_table(
             base, version, store, qid_masks(store, all_products, deleted), lexicon, encoder, set(del_rows),
-            upsert_rows, vecs, upsert_products, {r: product_from_columns(table, r) for r in changed}, config.export_batch_size,
-            config.update_qid_research_limit)
+            upsert_rows, vecs, upsert_products, {r: product_from_columns(table, r) for r in changed},
+            config.export_batch_size, config.update_qid_research_limit)
         if new_store is not None and manifest.get("milvus", {}).get("qid_collection"):
             write_backend_qid_table(new_store, QidTable.load(version / "qid"),
                                     np.load(version / QUERY_VECTORS), new_store.config, version.name)
@@ -311,6 +296,41 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
     report.version = str(version)
     report.seconds = lap.seconds
     return report, new_store
+
+
+def _open_for_update(base: Path, manifest: dict, encoder, replaces: bool):
+    """The version's vector store and the encoder (the version's own model unless given)."""
+    store = open_store(base, manifest)
+    if isinstance(store, FaissStore) and store.kind == "hnsw" and replaces:
+        raise InputError(f"{base}: an HNSW index cannot replace or remove products (FAISS HNSW has no "
+                         "remove_ids); rebuild with `vlsearch index`, or build kind ivf or flat")
+    if encoder is None:
+        if not (base / "model").is_dir():
+            raise WorkdirError(f"{base}: index version has no model/ to encode products with")
+        encoder = Retriever.load(base / "model")
+    return store, encoder
+
+
+def _merged_catalog(table: dict, dead: list[bool], changed: dict[int, Product], added: list[Product],
+                    del_rows: list[int]) -> tuple[list[Product], list[bool]]:
+    """Every row's product after the delta (rows never move; added ones at the end) and the
+    tombstone flags."""
+    all_products = [product_from_columns(table, r) for r in range(len(table["id"]))] + added
+    for row, p in changed.items():
+        all_products[row] = p
+    deleted = dead + [False] * len(added)
+    for row in del_rows:
+        deleted[row] = True
+    return all_products, deleted
+
+
+def _update_faiss(store: FaissStore, version: Path, upsert_rows: np.ndarray, vecs: np.ndarray,
+                  upsert_products: list[Product], del_rows: list[int]) -> None:
+    """FAISS in place, by row id, then saved into the new version (served from the saved copy)."""
+    store.delete(np.asarray(del_rows, np.int64))
+    store.upsert(upsert_rows, vecs, product_attributes(upsert_products))
+    store.save(version)
+    store.vectors = np.load(version / VECTORS_FILE, mmap_mode="r")  # the saved copy, not RAM
 
 
 class _Laps:

@@ -277,6 +277,30 @@ class Engine:
         qid = state.query_id(text)
         # a logged query is never encoded at request time: its embedding is in the version
         vector = state.query_vector(qid) if self.config.qid_table else None
+        lists, qid_hit, path = self._channel_lists(state, text, qid, vector, channels, depth, active, mask,
+                                                   allowed, timings)
+        boosts = [state.mask([p]) for p in preferences]
+        hits = self._merge(state, lists, mask, offset, k, boosts)
+        fill_relaxed: list[Constraint] = []
+        if mask is not None and allowed < offset + k and len(hits) < k and self.config.fill_relax_order:
+            t = time.perf_counter()
+            exact = {int(r) for _, rows in lists.values() for r in np.asarray(rows).tolist()
+                     if r >= 0 and mask[r] and state.live[r]}
+            fill_relaxed = self._fill(state, text, offset, k, active, exact, hits, channels, boosts, vector)
+            timings["fill_ms"] = (time.perf_counter() - t) * 1000
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
+                            timings=timings, channels=channels, version=state.name, allowed=allowed,
+                            embedding_path=path, relaxed=relaxed, offset=offset, preferences=preferences,
+                            fill_relaxed=fill_relaxed,
+                            corrected_from=correction.original if correction and correction.changed else None,
+                            unknown_terms=correction.unknown if correction else [])
+
+    def _channel_lists(self, state: IndexVersion, text: str, qid, vector, channels, depth: int,
+                       active: list[Constraint], mask, allowed, timings: dict[str, float]):
+        """Each channel's ranked (scores, rows) under the active constraints: from the qid
+        table where the query is logged under these constraints, else searched. Returns
+        (lists, qid hit, embedding path)."""
         signature = constraint_signature(active)
         qid_hit, path = False, ""
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -299,22 +323,7 @@ class Engine:
                 stored = state.lexical.search(text, depth, filt or None)
             lists["lexical"] = stored
             timings["lexical_ms"] = (time.perf_counter() - t) * 1000
-        boosts = [state.mask([p]) for p in preferences]
-        hits = self._merge(state, lists, mask, offset, k, boosts)
-        fill_relaxed: list[Constraint] = []
-        if mask is not None and allowed < offset + k and len(hits) < k and self.config.fill_relax_order:
-            t = time.perf_counter()
-            exact = {int(r) for _, rows in lists.values() for r in np.asarray(rows).tolist()
-                     if r >= 0 and mask[r] and state.live[r]}
-            fill_relaxed = self._fill(state, text, offset, k, active, exact, hits, channels, boosts, vector)
-            timings["fill_ms"] = (time.perf_counter() - t) * 1000
-        timings["total_ms"] = (time.perf_counter() - started) * 1000
-        return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
-                            timings=timings, channels=channels, version=state.name, allowed=allowed,
-                            embedding_path=path, relaxed=relaxed, offset=offset, preferences=preferences,
-                            fill_relaxed=fill_relaxed,
-                            corrected_from=correction.original if correction and correction.changed else None,
-                            unknown_terms=correction.unknown if correction else [])
+        return lists, qid_hit, path
 
     def _fill(self, state: IndexVersion, text: str, offset: int, k: int, active: list[Constraint],
               exact: set[int], hits: list[Hit], channels, boosts, vector=None) -> list[Constraint]:
