@@ -141,7 +141,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _engine_mean(row: dict, setting: str, split: str, metric: str) -> float | None:
+ENGINE_SETTINGS = (("alone", None), ("+ QU", "embedding+qu"), ("+ BM25", "both"), ("+ BM25 + QU", "both+qu"))
+
+
+def engine_value(row: dict, setting: str | None, split: str, metric: str) -> float | None:
+    """A report row's ``metric`` on ``split`` through the serving engine under ``setting``
+    (None: the row's own channel alone), the mean over its seeds; None where not measured.
+    The BM25 row has only its lexical channel alone and with query understanding."""
+    if setting is None:
+        return row["metrics"].get(split, {}).get(metric)
+    if row["kind"] == "bm25":
+        setting = {"embedding+qu": "lexical+qu"}.get(setting)
     values = [r["engine"][setting][split][metric] for r in row.get("runs", [])
               if setting in r.get("engine", {}) and r["engine"][setting][split].get(metric) is not None]
     return float(np.mean(values)) if values else None
@@ -150,27 +160,19 @@ def _engine_mean(row: dict, setting: str, split: str, metric: str) -> float | No
 def _engine_table(rows: list[dict]) -> list[str]:
     """The serving engine over each row's vectors: its own channel alone (the main table's
     exact search), with query-understanding constraints (QU), fused with BM25, and both."""
-    settings = (("alone", None), ("+ QU", "embedding+qu"), ("+ BM25", "both"), ("+ BM25 + QU", "both+qu"))
-    header = "| Method | " + " | ".join(f"{h} {name}" for h, _, _ in ENGINE_COLUMNS for name, _ in settings) + " |"
+    header = ("| Method | " + " | ".join(f"{h} {name}" for h, _, _ in ENGINE_COLUMNS for name, _ in ENGINE_SETTINGS)
+              + " |")
     lines = ["", "## Channels x query-understanding constraints (serving engine, exact search)", "",
              ("Each row's dense channel alone (as above), with the constraints query understanding "
               "derives from the query (QU, with the engine's relaxation), fused with the BM25 "
               "channel, and both; the BM25 row is the lexical channel alone and with QU."), "",
-             header, "|---|" + "---:|" * (len(ENGINE_COLUMNS) * len(settings))]
+             header, "|---|" + "---:|" * (len(ENGINE_COLUMNS) * len(ENGINE_SETTINGS))]
     for row in rows:
         if not any("engine" in r for r in row.get("runs", [])):
             continue
-        cells = []
-        for _, split, metric in ENGINE_COLUMNS:
-            for _, setting in settings:
-                if setting is None:
-                    value = row["metrics"].get(split, {}).get(metric)
-                else:
-                    if row["kind"] == "bm25":
-                        setting = {"embedding+qu": "lexical+qu"}.get(setting)
-                    value = _engine_mean(row, setting, split, metric) if setting else None
-                cells.append("—" if value is None else f"{value:.4f}")
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        values = (engine_value(row, setting, split, metric)
+                  for _, split, metric in ENGINE_COLUMNS for _, setting in ENGINE_SETTINGS)
+        lines.append(f"| {row['label']} | " + " | ".join("—" if v is None else f"{v:.4f}" for v in values) + " |")
     return lines
 
 

@@ -19,6 +19,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_report import ENGINE_SETTINGS, engine_value
+from quality_rows import ENGINE_COLUMNS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -33,9 +37,6 @@ QUALITY_COLUMNS = (
     ("colour probe R@10", "colour_probe", "recall@10", True),
     ("colour probe R@100", "colour_probe", "recall@100", True),
 )
-# engine settings of a quality row: (header, key in a run's "engine"; None: the row's own metrics)
-ENGINE_SETTINGS = (("alone", None), ("+ QU", "embedding+qu"), ("+ BM25", "both"), ("+ BM25 + QU", "both+qu"))
-ENGINE_METRICS = (("test", "recall@100"), ("colour_probe", "recall@100"), ("single_attribute", "strict_relevance@100"))
 BACKEND_FILTERS = (("encode_ann_ms", True), ("encode_ann_brand_ms", False), ("encode_ann_half_ms", False))
 
 
@@ -64,16 +65,6 @@ def quality_table(report: dict) -> list[str]:
     return _table(["method", *(c[0] for c in QUALITY_COLUMNS)], rows)
 
 
-def _engine_value(row: dict, setting: str | None, split: str, metric: str) -> float | None:
-    if setting is None:
-        return row["metrics"].get(split, {}).get(metric)
-    if row["kind"] == "bm25":  # the lexical channel alone: only its + QU setting exists
-        setting = {"embedding+qu": "lexical+qu"}.get(setting)
-    values = [r["engine"][setting][split][metric] for r in row.get("runs", [])
-              if setting in r.get("engine", {}) and r["engine"][setting][split].get(metric) is not None]
-    return sum(values) / len(values) if values else None
-
-
 def engine_table(report: dict) -> list[str]:
     """Finished rows of a quality report through the serving engine: test R@100 / colour
     probe R@100 / single-attribute Rel@100 per channel x constraints setting."""
@@ -83,7 +74,7 @@ def engine_table(report: dict) -> list[str]:
             continue
         cells = [row["label"]]
         for _, setting in ENGINE_SETTINGS:
-            values = [_engine_value(row, setting, split, metric) for split, metric in ENGINE_METRICS]
+            values = [engine_value(row, setting, split, metric) for _, split, metric in ENGINE_COLUMNS]
             cells.append("—" if all(v is None for v in values) else " / ".join(_number(v) for v in values))
         rows.append(cells)
     return _table(["row", *(name for name, _ in ENGINE_SETTINGS)], rows)
