@@ -50,7 +50,7 @@ class CachedImages:
         image = getattr(encoder, "image", None)
         if config is None or image is None or not config.model.use_images:
             return False
-        if getattr(config.model, "max_images", 1) > 1:  # several images per product: the backbone's
+        if config.model.max_images > 1:  # several images per product: the backbone's
             return False
         return (image.get("backbone") == self.cache.backbone and int(image["dim"]) == self.cache.dim
                 and int(np.prod(image["grid"])) == self.cache.num_patches)

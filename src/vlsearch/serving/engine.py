@@ -479,13 +479,15 @@ class Engine:
         order = np.concatenate(ranking)[offset:end]
         if not len(order):
             return []
-        positions = [{r: i for i, r in enumerate(np.asarray(rows).tolist())} for _, rows in lists.values()]
-        scores = [dict(zip(np.asarray(r).tolist(), np.asarray(sc).tolist())) for sc, r in lists.values()]
+        # per channel: row -> (rank in its list, its score); a channel counts for a hit only
+        # where it ranked the row inside the window the hit was placed in
+        ranked = [{r: (i, sc) for i, (r, sc) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(scores).tolist()))}
+                  for scores, rows in lists.values()]
         names = list(lists)
         hits = []
         for idx in order.tolist():
             r, top = int(unique[idx]), int(placed_at[idx])
-            found = {names[c]: float(scores[c][r]) for c in range(len(names)) if positions[c].get(r, top) < top}
+            found = {name: float(ranked[c][r][1]) for c, name in enumerate(names) if ranked[c].get(r, (top,))[0] < top}
             hits.append(Hit(product_id=state.ids[r], score=float(fused[idx]), channels=tuple(found),
                             title=state.titles[r], brand=state.brands[r], category=state.categories[r],
                             row=r, channel_scores=found))
