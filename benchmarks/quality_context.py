@@ -159,15 +159,31 @@ def build_context(args: argparse.Namespace, prepare: bool) -> Context:
     seeds = [args.seed + i for i in range(args.seeds)]
     selected = [ROW_BY_NAME[name] for name in args.rows]
     rows = [row for row in selected if not args.only or row.name in args.only]
-    return Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows, selected,
-                   previous_invocations(Path(args.out)))
+    ctx = Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows, selected)
+    old = previous_report(ctx.out_dir)
+    ctx.invocations = list(old.get("invocations", []))
+    if prepare and not args.fresh:
+        restore_row_files(ctx, old)
+    return ctx
 
 
-def previous_invocations(out_dir: Path) -> list[dict]:
-    """The runs recorded in an existing report (kept when rows are added or re-reported)."""
+def previous_report(out_dir: Path) -> dict:
+    """The existing report in ``out_dir`` ({} when there is none): its runs are kept when rows
+    are added or re-reported, and its finished rows restore a new machine's work dir."""
     try:
-        old = json.loads((out_dir / "quality.json").read_text())
+        return json.loads((out_dir / "quality.json").read_text())
     except (OSError, ValueError):
-        return []
-    return list(old.get("invocations", []))
+        return {}
+
+
+def restore_row_files(ctx: Context, report: dict) -> None:
+    """Write the report's finished runs back as row files where the work dir has none (a run
+    that continues on a fresh machine). They are reused only while their spec key matches."""
+    for entry in report.get("rows", []):
+        for record in entry.get("runs", []):
+            path = ctx.row_file(ROW_BY_NAME[record["row"]], record["seed"]) \
+                if record.get("row") in ROW_BY_NAME else None
+            if path is not None and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                common.write_json(path, record)
 

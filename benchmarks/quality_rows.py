@@ -53,6 +53,8 @@ ROWS: tuple[Row, ...] = (  # single-process rows first, then one torchrun group
     Row("no-ma", "full without Modal Adaptation", "no-ma", 2, "ablation"),
     Row("no-ke", "full without Keyword Enhancement", "no-ke", 2, "ablation"),
     Row("no-sort", "full, terms in natural order (not sorted)", "no-sort", 2, "ablation", smoke=False),
+    Row("no-sort+attrs", "full, terms in natural order, + attribute text", "no-sort+attrs", 2, "ablation",
+        smoke=False),
 )
 ROW_BY_NAME = {row.name: row for row in ROWS}
 # Bumped whenever the test bed (eval sets, metrics) changes; finished rows are then scored

@@ -127,6 +127,17 @@ def test_quality_rerun_reuses_finished_rows_in_parallel_workers(quality_out):
     assert [r["name"] for r in report["rows"]] == ["bm25", "make"] and report["complete"]
 
 
+def test_quality_fresh_work_dir_restores_finished_rows_from_the_report(quality_out):
+    """A run continued on a new machine (work dir gone, committed report kept) reuses the
+    report's finished rows instead of training them again (runs after the reuse test)."""
+    row_file = quality_out / "work" / "quality" / "rows" / "bm25-seed13.json"
+    saved = json.loads(row_file.read_text())
+    row_file.unlink()
+    result = _run("quality.py", quality_out, "--rows", "bm25,make")
+    assert result.stderr.count("reusing") == 2
+    assert json.loads(row_file.read_text()) == saved
+
+
 def test_quality_changed_test_bed_scores_saved_models_again(quality_out):
     """A new cut-off changes the test bed, not the models: trained rows are scored again
     from their saved models, with their training record kept (runs after the reuse test)."""

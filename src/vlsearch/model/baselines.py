@@ -66,6 +66,7 @@ BASELINES: dict[str, dict[str, Any]] = {
     "title-only+attrs": _with(_full(use_images=False), model={"product_text": list(ATTRIBUTE_TEXT)}),
     # terms reach the dense towers in natural order (the qid still sorts them)
     "no-sort": _with(_full(), data={"sort_terms": False}),
+    "no-sort+attrs": _with(_full(), data={"sort_terms": False}, model={"product_text": list(ATTRIBUTE_TEXT)}),
     "zero-shot-minilm": {
         "model": {
             "architecture": "dual-encoder", "init": "minilm", "use_images": False,
