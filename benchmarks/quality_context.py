@@ -46,6 +46,16 @@ class Context:
     invocations: list[dict] = dataclasses.field(default_factory=list)  # runs behind the report
     current: dict | None = None  # this process's entry of ``invocations`` (main run only)
     _evaluation: Evaluation | None = None
+    _data_digest: str | None = None
+
+    @property
+    def data_digest(self) -> str:
+        """Digest of the bytes of the prepared data (products, clicks, eval sets, image
+        features): a refactor that re-fingerprints the work dir's stages but writes the same
+        data keeps the finished rows."""
+        if self._data_digest is None:
+            self._data_digest = content_digest(self.workdir.path, skip=WORKDIR_METADATA)
+        return self._data_digest
 
     @property
     def evaluation(self) -> Evaluation:
@@ -118,7 +128,7 @@ class Context:
                        "st": overrides.get("sentence_transformers")}
         # the row fields that shape its model (label and table do not)
         fields = {k: v for k, v in dataclasses.asdict(row).items() if k in TRAIN_ROW_FIELDS}
-        return _digest({"row": fields, "config": shaping, "data": self.workdir.manifest.get("stages")})
+        return _digest({"row": fields, "config": shaping, "data": self.data_digest})
 
     def spec_key(self, row: Row, seed: int) -> str:
         """Changes whenever anything that affects the row's numbers changes: its model or
@@ -128,6 +138,24 @@ class Context:
         if self.args.engine_queries is not None:
             bed["engine_queries"] = self.args.engine_queries
         return _digest(bed)
+
+
+# Work-dir files that describe the data rather than hold it (left out of ``data_digest``).
+WORKDIR_METADATA = ("manifest.json", "prepare_report.json")
+
+
+def content_digest(folder: Path, skip: tuple[str, ...] = ()) -> str:
+    """blake2b over the relative path and bytes of every file under ``folder``, in path order."""
+    h = hashlib.blake2b(digest_size=8)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel in skip:
+            continue
+        h.update(rel.encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def _digest(payload: dict) -> str:
