@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_speed.py --workdir work/bench-epoch/subset-10000
     .venv/bin/python benchmarks/train_speed.py --smoke --out /tmp/ts     # sample catalog, tiny
 
-Every variant (``VARIANTS``: train-config overrides over the preset and baseline) trains the
+Every variant (``VARIANTS``: config overrides by section, over the preset and baseline) trains the
 same steps on the same pairs, one thread, in rounds: each round runs every variant for
 ``--steps`` steps, in a rotated order, so load changes on a shared machine hit all variants
 alike. Reported per variant: the median samples/s over rounds (first step of each run left
@@ -26,19 +26,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-# name -> [train] overrides; "default" is today's configuration
-VARIANTS: dict[str, dict[str, Any]] = {
+# name -> config overrides by section; "default" is today's configuration
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
-    "mlm-every-4": {"mlm_every": 4},
-    "mlm-fraction-0.25": {"mlm_fraction": 0.25},
-    "cpu-bf16": {"cpu_bf16": True},
-    "frozen-word-embeddings": {"freeze_word_embeddings": True},
-    "combined": {"mlm_every": 4, "cpu_bf16": True, "freeze_word_embeddings": True},
+    "mlm-every-4": {"train": {"mlm_every": 4}},
+    "mlm-fraction-0.25": {"train": {"mlm_fraction": 0.25}},
+    "cpu-bf16": {"train": {"cpu_bf16": True}},
+    "frozen-word-embeddings": {"train": {"freeze_word_embeddings": True}},
+    "length-groups-4": {"model": {"length_groups": 4}},
+    "combined": {"train": {"mlm_every": 4, "cpu_bf16": True, "freeze_word_embeddings": True},
+                 "model": {"length_groups": 4}},
 }
 
 
 def variant_config(workdir, preset: str, baseline: str, steps: int, batch_size: int,
-                   overrides: dict[str, Any]):
+                   overrides: dict[str, dict[str, Any]]):
     from vlsearch.config import preset as make_preset
     from vlsearch.config import update
     from vlsearch.model import apply_baseline
@@ -49,8 +51,8 @@ def variant_config(workdir, preset: str, baseline: str, steps: int, batch_size: 
     budget = {"steps": steps, "batch_size": batch_size, "num_threads": 1, "log_every": 1,
               "eval_every": 0, "eval_at_start": False, "checkpoint_every": 0,
               "keep_checkpoints": 1, "eval_max_products": 0, "device": "cpu",
-              "memory_bank": False, "cross_device": False, **overrides}
-    return update(config, {"train": budget}, source="train_speed")
+              "memory_bank": False, "cross_device": False, **overrides.get("train", {})}
+    return update(config, {**overrides, "train": budget}, source="train_speed")
 
 
 def run_variant(workdir, config) -> dict[str, Any]:

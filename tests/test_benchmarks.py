@@ -262,3 +262,15 @@ def test_live_update_smoke_applies_the_delta_under_a_search_loop(tmp_path, smoke
                                  "deleted_still_returned": 0, "examples": []}
     assert report["version"] != report["base_version"]
     assert report["update"]["products_per_s"] > 0 and report["export_same_products"]["products"] == 30
+
+
+def test_train_speed_smoke_reports_every_variant_against_the_default(tmp_path):
+    import train_speed
+
+    _run("train_speed.py", tmp_path)
+    report = json.loads((tmp_path / "train_speed.json").read_text())
+    assert set(report["variants"]) == set(train_speed.VARIANTS)
+    for name, variant in report["variants"].items():
+        assert variant["samples_per_s_median"] > 0 and variant["deterministic"], name
+        assert variant["overrides"] == train_speed.VARIANTS[name]
+    assert report["variants"]["default"]["ratio_to_default"] == 1.0

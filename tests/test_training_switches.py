@@ -1,5 +1,5 @@
 """Cheaper training steps (MLM every N steps / on a fraction of the batch, bf16 autocast on CPU,
-frozen word embeddings): each is deterministic and keeps the matching loss of 20 steps on the
+frozen word embeddings, text towers run in length groups): each is deterministic and keeps the matching loss of 20 steps on the
 sample catalog within tolerance of today's default."""
 
 from __future__ import annotations
@@ -104,3 +104,55 @@ def test_bad_switch_values_are_refused(workdir, field, value):
     config = _config(**{field: value})
     with pytest.raises(ConfigError, match=f"train.{field}"):
         PretrainingObjective(Retriever.build(config, Workdir.open(workdir)), config)
+
+
+def test_length_groups_give_the_same_tower_outputs(workdir):
+    """Rows run in groups of similar length, each trimmed to its widest: the same outputs at
+    every real position, pooled vectors equal, and the groups are narrower than the batch."""
+    from vlsearch.training import ClickStream
+    from vlsearch.workdir import Workdir
+
+    wd = Workdir.open(workdir)
+    config = _config()
+    retriever = Retriever.build(config, wd)
+    batch = ClickStream(wd, retriever, config, rank=0).batch(0)
+    tower = retriever.model.query_tower.eval()
+    lengths = batch.q_mask.sum(1)
+    assert len(set(lengths.tolist())) > 1  # the batch has rows of several lengths
+    widths = []
+    hook = tower.bert.register_forward_hook(lambda m, args, kwargs, out: widths.append(kwargs["input_ids"].shape),
+                                            with_kwargs=True)
+    with torch.inference_mode():
+        whole = tower.hidden(batch.q_ids, batch.q_mask, batch.q_types)
+        tower.length_groups = 4
+        grouped = tower.hidden(batch.q_ids, batch.q_mask, batch.q_types)
+    hook.remove()
+    assert widths[0] == batch.q_ids.shape and len(widths) == 5
+    assert sum(rows for rows, _ in widths[1:]) == batch.q_ids.shape[0]
+    assert min(width for _, width in widths[1:]) < batch.q_ids.shape[1]
+    with torch.inference_mode():
+        pooled = tower(batch.q_ids, batch.q_mask, batch.q_types)[0]
+        tower.length_groups = 1
+        reference = tower(batch.q_ids, batch.q_mask, batch.q_types)[0]
+    real = batch.q_mask.bool()
+    torch.testing.assert_close(grouped[real], whole[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pooled, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_length_groups_keep_the_training_loss(workdir, tmp_path, reference):
+    """Same batches; dropout draws its masks group by group, so the curve is that of another
+    dropout stream: deterministic and within the switches' tolerance."""
+    config = _config()
+    config.model.length_groups = 4
+    first = [r["loss_qpm"] for r in train(workdir, config, tmp_path / "a", progress=False).history if "loss" in r]
+    second = [r["loss_qpm"] for r in train(workdir, config, tmp_path / "b", progress=False).history if "loss" in r]
+    assert first == second and len(first) == STEPS
+    ref, got = np.mean(reference[STEPS // 2:]), np.mean(first[STEPS // 2:])
+    assert abs(got - ref) <= TOLERANCE * ref, (got, ref)
+
+
+def test_length_groups_must_be_positive():
+    config = _config()
+    config.model.length_groups = 0
+    with pytest.raises(ValueError, match="length_groups"):
+        Retriever.build(config)

@@ -88,6 +88,9 @@ class ModelConfig:
     keyword_min_pair_count: int = 2  # clicks a (query term, title term) pair needs to count
     keywords_per_term: int = 8  # top-PMI keywords stored per query term in keywords.json
     encode_batch_size: int = 128  # texts/products per forward pass in Retriever.encode_*
+    # text towers run a batch in up to N groups of rows of similar length, each trimmed to its
+    # own widest row: the same outputs up to float rounding, fewer padded tokens; 1 = one pass
+    length_groups: int = 1
 
 
 @dataclass

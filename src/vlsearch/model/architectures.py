@@ -76,8 +76,8 @@ class RetrievalModel(nn.Module):
         self.modalities = modalities(cfg)
         self.num_patches = num_patches
         hidden = text.hidden_size
-        self.text = TextEncoder(text, cfg.pooling, pretrained)  # titles (and queries unless make)
-        self.query = TextEncoder(text, cfg.pooling, pretrained) if cfg.architecture == "make" else None
+        self.text = TextEncoder(text, cfg.pooling, pretrained, cfg.length_groups)  # titles (and queries unless make)
+        self.query = TextEncoder(text, cfg.pooling, pretrained, cfg.length_groups) if cfg.architecture == "make" else None
 
         def projection() -> nn.Module:
             return nn.Linear(hidden, cfg.embed_dim) if cfg.project else nn.Identity()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
@@ -74,10 +75,13 @@ def pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
 class TextEncoder(nn.Module):
     """A BERT tower; ``forward`` gives (pooled [B, H], token outputs [B, T, H])."""
 
-    def __init__(self, config: BertConfig, pooling: str, pretrained: Path | None = None):
+    def __init__(self, config: BertConfig, pooling: str, pretrained: Path | None = None, length_groups: int = 1):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling: expected one of {POOLINGS}, got {pooling!r}")
+        if length_groups < 1:
+            raise ValueError(f"model.length_groups: expected 1 or more, got {length_groups}")
+        self.length_groups = length_groups
         if pretrained is not None:
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()
@@ -101,7 +105,22 @@ class TextEncoder(nn.Module):
         return self.bert.embeddings.word_embeddings
 
     def hidden(self, ids: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
-        return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        """Token outputs [B, T, H]. With ``length_groups`` > 1 the rows are sorted by length and
+        run in that many groups, each trimmed to its widest row; outputs past a group's width
+        are zeros (padded positions: every reader masks them, pooling, fusion and MLM)."""
+        groups = min(self.length_groups, ids.shape[0])
+        if groups <= 1:
+            return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths, stable=True)
+        pieces = []
+        for rows in torch.tensor_split(order, groups):
+            width = max(int(lengths[rows].max()), 1)
+            part_types = None if types is None else types[rows, :width]
+            out = self.bert(input_ids=ids[rows, :width], attention_mask=mask[rows, :width],
+                            token_type_ids=part_types).last_hidden_state
+            pieces.append(F.pad(out, (0, 0, 0, ids.shape[1] - width)))
+        return torch.cat(pieces)[torch.argsort(order)]
 
     def forward(self, ids: Tensor, mask: Tensor, types: Tensor | None = None) -> tuple[Tensor, Tensor]:
         hidden = self.hidden(ids, mask, types)
