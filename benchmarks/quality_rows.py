@@ -39,6 +39,8 @@ ROWS: tuple[Row, ...] = (  # single-process rows first, then one torchrun group
     Row("uni-encoder", "uni-encoder (FashionBERT-like)", "uni-encoder"),
     Row("dual-encoder", "dual-encoder (CLIP-like)", "dual-encoder"),
     Row("mixed-encoder", "mixed-encoder (CommerceMM-like)", "mixed-encoder"),
+    Row("dual-encoder+attrs", "dual-encoder + MA, QPM only (MNRL-like with the image), title + attribute text",
+        "dual-encoder+attrs", smoke=False),
     Row("make", "MAKE", "make"),
     Row("make+contrastive-mpm", "MAKE + contrastive MPM", "make+contrastive-mpm"),
     Row("make+mbns", "MAKE + MBNS", "make+mbns"),

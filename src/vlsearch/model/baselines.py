@@ -64,6 +64,13 @@ BASELINES: dict[str, dict[str, Any]] = {
     "make+attrs": _with(_make(), model={"product_text": list(ATTRIBUTE_TEXT)}),
     "full+attrs": _with(_full(), model={"product_text": list(ATTRIBUTE_TEXT)}),
     "title-only+attrs": _with(_full(use_images=False), model={"product_text": list(ATTRIBUTE_TEXT)}),
+    # in-batch matching only (MNRL-like) with the image: shared text tower + image tower,
+    # Modal Adaptation over the two vectors, title + attribute text
+    "dual-encoder+attrs": {
+        "model": {"architecture": "dual-encoder", "modal_adaptation": True, "keyword_enhancement": False,
+                  "product_text": list(ATTRIBUTE_TEXT)},
+        "train": {"w_mpm": 0.0, "w_mlm": 0.0, "w_qpc": 0.0, **_IN_BATCH},
+    },
     # terms reach the dense towers in natural order (the qid still sorts them)
     "no-sort": _with(_full(), data={"sort_terms": False}),
     "no-sort+attrs": _with(_full(), data={"sort_terms": False}, model={"product_text": list(ATTRIBUTE_TEXT)}),

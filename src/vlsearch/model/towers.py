@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import functional as F
 from transformers import BertConfig, BertModel
 from transformers.utils import logging as hf_logging
 
