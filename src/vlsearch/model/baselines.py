@@ -39,6 +39,13 @@ def _with(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
 
 _OTHER = {"modal_adaptation": False, "keyword_enhancement": False}
 
+
+def _dual(**model: Any) -> dict[str, Any]:
+    """The dual encoder trained by in-batch matching alone, with Modal Adaptation."""
+    return {"model": {"architecture": "dual-encoder", "modal_adaptation": True, "keyword_enhancement": False,
+                      **model},
+            "train": {"w_mpm": 0.0, "w_mlm": 0.0, "w_qpc": 0.0, **_IN_BATCH}}
+
 BASELINES: dict[str, dict[str, Any]] = {
     "uni-encoder": {
         "model": {"architecture": "uni-encoder", **_OTHER},
@@ -64,13 +71,11 @@ BASELINES: dict[str, dict[str, Any]] = {
     "make+attrs": _with(_make(), model={"product_text": list(ATTRIBUTE_TEXT)}),
     "full+attrs": _with(_full(), model={"product_text": list(ATTRIBUTE_TEXT)}),
     "title-only+attrs": _with(_full(use_images=False), model={"product_text": list(ATTRIBUTE_TEXT)}),
-    # in-batch matching only (MNRL-like) with the image: shared text tower + image tower,
-    # Modal Adaptation over the two vectors, title + attribute text
-    "dual-encoder+attrs": {
-        "model": {"architecture": "dual-encoder", "modal_adaptation": True, "keyword_enhancement": False,
-                  "product_text": list(ATTRIBUTE_TEXT)},
-        "train": {"w_mpm": 0.0, "w_mlm": 0.0, "w_qpc": 0.0, **_IN_BATCH},
-    },
+    # in-batch matching only (MNRL-like): shared text tower + image tower with Modal
+    # Adaptation over the two vectors; the image question asked of this training
+    "dual-encoder+ma": _dual(),
+    "dual-encoder-title-only": _dual(use_images=False),
+    "dual-encoder+attrs": _dual(product_text=list(ATTRIBUTE_TEXT)),
     # terms reach the dense towers in natural order (the qid still sorts them)
     "no-sort": _with(_full(), data={"sort_terms": False}),
     "no-sort+attrs": _with(_full(), data={"sort_terms": False}, model={"product_text": list(ATTRIBUTE_TEXT)}),
