@@ -16,6 +16,10 @@ from typing import Any
 import tomli_w
 import tomllib
 
+# The short-list fill's relaxation order: [serve] fill_relax_order, and the order the index
+# stores each logged query's fill lists in ([index] qid_fill_relax_order)
+FILL_RELAX_ORDER: tuple[str, ...] = ("colour", "usage", "gender")
+
 
 class ConfigError(ValueError):
     """A config file or value is invalid; the message names the file, section and key."""
@@ -157,6 +161,10 @@ class IndexConfig:
     export_dtype: str = "float32"  # float32 | float16 on disk
     export_device: str = "cpu"  # product encoding: cpu, or cuda (under torchrun: cuda:LOCAL_RANK)
     qid_top_k: int = 200  # products stored per logged query in the qid table
+    # a logged query whose constraints allow fewer than qid_top_k products also gets the lists
+    # of its short-list fill stored (index/fill_lists.py), relaxing these fields in this order
+    # as [serve] fill_relax_order does (empty: none stored, the fill searches live)
+    qid_fill_relax_order: tuple[str, ...] = FILL_RELAX_ORDER
     recall_sample_queries: int = 500  # queries used to report ANN recall@100 against exact
     lexical_stemmer: str = "english"  # tantivy Snowball stemmer of the BM25 fields ("" for none)
     onnx_query_encoder: bool = True  # export the query tower to model/query.onnx (needs onnxruntime)
@@ -232,7 +240,8 @@ class ServeConfig:
     # are the nearest products with the auto constraints on these fields dropped, one more
     # field at a time in this order (category, brand and caller filters are always kept);
     # such hits are marked relaxed. Empty: no fill.
-    fill_relax_order: tuple[str, ...] = ("colour", "usage", "gender")
+    fill_relax_order: tuple[str, ...] = FILL_RELAX_ORDER
+    qid_fill: bool = True  # a logged query's fill uses the lists stored with the qid table (False: searched live)
     reload_check: bool = True  # each search checks whether a new index version was published
     qid_table: bool = True  # answer logged queries from the qid table (False: always encode + ANN)
     torch_threads: int = 1  # torch intra-op threads in `vlsearch serve` (1 is fastest for one short query)

@@ -3,15 +3,15 @@
 ``OUT/versions/<vNNNNNN-stamp>/`` gets: ``vectors.npy`` (exported product vectors),
 the vector store's files (FAISS backend: ``ann.faiss`` + ``attributes.parquet``; Milvus
 backend: a collection ``<prefix>_<version>``, see ``index/milvus.py``), ``qid/`` (qid
-table) and ``query_vectors.npy`` (its query vectors, for live updates), ``lexical/``
-(tantivy), ``lexicon.json`` (query understanding), ``evidence.json``
-(the mined phrases with their support and confidence),
-``products.parquet`` (product metadata incl. image paths), ``model/`` (the Retriever the
-engine encodes queries with), ``manifest.json`` and last the ``COMPLETE`` marker.
-Publishing points ``OUT/current`` (a relative symlink) at the new version by renaming a
-temporary symlink over it, so a reader resolving ``current`` sees the old complete version
-or the new complete one, never a half-written one (the Milvus backend first switches the
-alias ``<prefix>_current`` to the new collection). Old versions beyond
+table, with the short-list fill lists of narrow logged queries: ``index/fill_lists.py``)
+and ``query_vectors.npy`` (its query vectors, for live updates), ``lexical/`` (tantivy),
+``lexicon.json`` (query understanding), ``evidence.json`` (the mined phrases with their
+support and confidence), ``products.parquet`` (product metadata incl. image paths),
+``model/`` (the Retriever the engine encodes queries with), ``manifest.json`` and last the
+``COMPLETE`` marker. Publishing points ``OUT/current`` (a relative symlink) at the new
+version by renaming a temporary symlink over it, so a reader resolving ``current`` sees the
+old complete version or the new complete one, never a half-written one (the Milvus backend
+first switches the alias ``<prefix>_current`` to the new collection). Old versions beyond
 ``IndexConfig.keep_versions`` are removed (never the current one), and so are the
 half-written versions of killed builds: a ``BUILDING`` marker names the process writing a
 version, and a version whose process is gone is removed by the next build. The vector
@@ -48,6 +48,7 @@ from vlsearch.errors import WorkdirError
 from vlsearch.index.ann import AnnReport
 from vlsearch.index.evidence import mine_terms
 from vlsearch.index.export import export_sharded, export_vectors, shard_rows
+from vlsearch.index.fill_lists import build_fill_lists, fill_searches
 from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
@@ -89,6 +90,7 @@ class IndexReport:
     qid_queries: int
     qid_top_k: int
     lexicon_phrases: int
+    qid_fill_lists: int = 0  # stored short-list fill steps (index/fill_lists.py)
     mined_phrases: dict[str, int] = field(default_factory=dict)  # mined phrases by kind
     seconds: dict[str, float] = field(default_factory=dict)
     removed_versions: list[str] = field(default_factory=list)
@@ -106,7 +108,8 @@ class IndexReport:
             f"ANN              {a.kind}" + (f" nlist={a.nlist}" if a.nlist else "")
             + f", recall@100 vs exact {a.recall_at_100:.4f} on {a.recall_queries} queries, "
             f"{a.size_bytes / 1e6:.2f} MB",
-            f"qid table        {self.qid_queries} logged queries x top {self.qid_top_k}",
+            (f"qid table        {self.qid_queries} logged queries x top {self.qid_top_k}, "
+             f"{self.qid_fill_lists} fill lists"),
             f"lexicon          {self.lexicon_phrases} catalog phrases, mined "
             + (", ".join(f"{n} {k}" for k, n in self.mined_phrases.items()) or "none"),
             "seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
@@ -388,6 +391,7 @@ def build_index_from_parts(
     return IndexReport(
         version=version.name, path=str(version), products=len(products), dim=store.dim, ann=ann_report,
         qid_queries=len(table), qid_top_k=top_k, lexicon_phrases=len(lexicon.phrases),
+        qid_fill_lists=len(table.fill) if table.fill is not None else 0,
         mined_phrases=dict(sorted(Counter(t.kind for t in mined).items())),
         seconds=watch.seconds, removed_versions=removed,
     )
@@ -468,17 +472,22 @@ def _build_language(products, queries, clicks, synonyms, config: IndexConfig, ve
 
 def _build_qid_table(store, products, lexicon, encode_queries, queries, qids, config: IndexConfig,
                      version: Path, progress: bool) -> tuple[QidTable, int]:
-    """Every logged query answered under its own constraints (both channels), saved with its
-    query vectors (and as a collection on the Milvus backend); returns (table, its K)."""
+    """Every logged query answered under its own constraints (both channels) and, where those
+    allow fewer than K products, its short-list fill's relaxed sets; saved with its query
+    vectors (and as a collection on the Milvus backend); returns (table, its K)."""
     top_k = min(config.qid_top_k, len(products))
     query_vectors: list[np.ndarray] = []
-    answer = _constrained_answers(store, ConstraintMasks.from_products(products), lexicon, encode_queries,
-                                  top_k, LexicalIndex.open(version / "lexical"), record=query_vectors)
+    masks, lexical = ConstraintMasks.from_products(products), LexicalIndex.open(version / "lexical")
+    answer = _constrained_answers(store, masks, lexicon, encode_queries, top_k, lexical, record=query_vectors)
     table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size, progress=progress)
+    vectors = np.concatenate(query_vectors) if query_vectors else np.zeros((0, store.dim), np.float32)
+    if config.qid_fill_relax_order:  # the short lists' fill, searched offline
+        table.fill = build_fill_lists(table.queries, table.qids, vectors, fill_searches(
+            store, masks, lexicon, top_k, config.qid_fill_relax_order, lexical), progress)
     table.save(version / "qid")
     save_query_vectors(version, query_vectors, store.dim)
     if query_vectors:
-        write_backend_qid_table(store, table, np.concatenate(query_vectors), config, version.name)
+        write_backend_qid_table(store, table, vectors, config, version.name)
     return table, top_k
 
 

@@ -6,7 +6,9 @@ Layout (a directory of numpy ``.npy`` files, memory-mapped on load):
 was computed under, see ``understanding.constraint_signature``; 0: none), ``queries.json``
 the query text kept for each qid, and optionally the lexical channel's answer under the same
 constraints: ``lexical_rows.npy`` int32 [n, K] and ``lexical_scores.npy`` float32 [n, K]
-(BM25; -1 padded), so a logged query does no BM25 at request time.
+(BM25; -1 padded), so a logged query does no BM25 at request time; and optionally the
+lists of its short-list fill (``fill_*.npy``, ``index.fill_lists``; a table without them
+loads as before and its fills are searched live).
 Lookup is a binary search (``np.searchsorted``) on the sorted qid array: O(log n), a few
 microseconds for millions of queries, and no hash table to build at load time.
 Two logged queries with the same qid (same sorted terms, or a 32-bit collision) keep the
@@ -22,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vlsearch.errors import WorkdirError
+from vlsearch.index.fill_lists import FillLists
 from vlsearch.io import atomic_write, atomic_write_json, read_json
 
 
@@ -36,10 +39,11 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 class QidTable:
     def __init__(self, qids: np.ndarray, rows: np.ndarray, scores: np.ndarray, queries: list[str],
                  signatures: np.ndarray | None = None, lexical_rows: np.ndarray | None = None,
-                 lexical_scores: np.ndarray | None = None):
+                 lexical_scores: np.ndarray | None = None, fill: FillLists | None = None):
         self.qids, self.rows, self.scores, self.queries = qids, rows, scores, queries
         self.signatures = np.zeros(len(qids), np.uint64) if signatures is None else signatures
         self.lexical_rows, self.lexical_scores = lexical_rows, lexical_scores
+        self.fill = fill  # the stored short-list fill lists, or None
 
     @property
     def has_lexical(self) -> bool:
@@ -126,6 +130,10 @@ class QidTable:
         if self.has_lexical:
             _save_npy(directory / "lexical_rows.npy", self.lexical_rows)
             _save_npy(directory / "lexical_scores.npy", self.lexical_scores)
+        if self.fill is not None:
+            self.fill.save(directory)
+        else:
+            FillLists.remove(directory)
         atomic_write_json(directory / "queries.json", {"queries": self.queries})
 
     @classmethod
@@ -149,4 +157,4 @@ class QidTable:
         # per slice on the request path
         views = [np.asarray(a) for a in (qids, rows, scores, signatures)]
         lexical = tuple(None if a is None else np.asarray(a) for a in lexical)
-        return cls(views[0], views[1], views[2], queries, views[3], *lexical)
+        return cls(views[0], views[1], views[2], queries, views[3], *lexical, fill=FillLists.load(directory))

@@ -41,7 +41,9 @@
    ``fill_relax_order``'s fields dropped, one more field at a time; category, brand and
    caller filters are kept. Those hits rank after every exact one, are marked ``relaxed``
    and satisfy every kept constraint; ``SearchResult.fill_relaxed`` lists the constraints
-   they were allowed to break.
+   they were allowed to break. A logged query's relaxed lists come from the qid table
+   where the build stored them for that constraint set (``index.fill_lists``; deep enough
+   for any page of up to its K results), so a filled logged query does no search.
 
 ``reload_if_changed()`` (called per request) compares the ``current`` link target with the
 loaded version (one readlink) and swaps in a new version under a lock (requests arriving
@@ -66,6 +68,7 @@ from vlsearch.catalog import Product
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.errors import InputError, WorkdirError
 from vlsearch.index.builder import current_version
+from vlsearch.index.fill_lists import fill_steps
 from vlsearch.index.lexical import FILTER_FIELDS, check_filter
 from vlsearch.index.store import FilterPolicy
 from vlsearch.index.understanding import Constraint, constraint_signature
@@ -286,7 +289,8 @@ class Engine:
             t = time.perf_counter()
             exact = {int(r) for _, rows in lists.values() for r in np.asarray(rows).tolist()
                      if r >= 0 and mask[r] and state.live[r]}
-            fill_relaxed = self._fill(state, text, offset, k, active, exact, hits, channels, boosts, vector)
+            fill_relaxed = self._fill(state, text, offset, k, active, exact, hits, channels, boosts, vector,
+                                      qid)
             timings["fill_ms"] = (time.perf_counter() - t) * 1000
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         return SearchResult(query=text, hits=hits, constraints=active, qid=qid, qid_hit=qid_hit,
@@ -326,32 +330,22 @@ class Engine:
         return lists, qid_hit, path
 
     def _fill(self, state: IndexVersion, text: str, offset: int, k: int, active: list[Constraint],
-              exact: set[int], hits: list[Hit], channels, boosts, vector=None) -> list[Constraint]:
+              exact: set[int], hits: list[Hit], channels, boosts, vector=None, qid=None) -> list[Constraint]:
         """Short-list fill (module docstring, step 6): appends the relaxed hits of ranks
         offset .. offset + k to ``hits`` (in place); returns the constraints they may break.
         The relaxed ranking continues the exact one: first the nearest products with the
         first field of ``fill_relax_order`` dropped, then those with the next one dropped too."""
-        order = self.config.fill_relax_order
         ranked: list[Hit] = []  # relaxed ranking, in order, rows not exact
         seen = set(exact)
         dropped: list[Constraint] = []
         need = offset + k - len(exact)  # relaxed ranks up to the end of this page
-        for step in range(len(order)):
-            fields_ = set(order[:step + 1])
-            kept = [c for c in active if c.source != "auto" or c.field not in fields_]
-            if len(kept) == len(active) - len(dropped):
-                continue  # nothing more to drop at this step
-            dropped = [c for c in active if c not in kept]
+        for kept, dropped in fill_steps(active, self.config.fill_relax_order):
             mask = state.mask(kept) if kept else None
             allowed = int(mask.sum()) if mask is not None else state.n
             # every step fetches what the exact search fetched plus the rows it skips, so
             # the relaxed ranking, like the exact one, does not depend on k within the depth
             depth = max(self.config.fusion_depth, offset + k) + len(seen)
-            lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            if "embedding" in channels:
-                _, *lists["embedding"] = self._embedding(state, text, depth, mask, allowed, kept, vector)
-            if "lexical" in channels:
-                lists["lexical"] = state.lexical.search(text, depth, {c.field: list(c.values) for c in kept} or None)
+            lists = self._fill_lists(state, text, qid, vector, channels, depth, kept, mask, allowed)
             for hit in self._merge(state, lists, mask, 0, depth, boosts):
                 if hit.row not in seen:
                     seen.add(hit.row)
@@ -369,6 +363,23 @@ class Engine:
             hit.relaxed = True
         hits.extend(page)
         return dropped if page else []
+
+    def _fill_lists(self, state: IndexVersion, text: str, qid, vector, channels, depth: int,
+                    kept: list[Constraint], mask, allowed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each channel's list of one fill step: stored with the qid table for this logged
+        query and constraint set when deep enough (``index.fill_lists``), else searched."""
+        stored = state.fill_list(qid, constraint_signature(kept)) \
+            if qid is not None and self.config.qid_table and self.config.qid_fill else None
+        lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if "embedding" in channels:
+            found = stored.lists("embedding", depth) if stored is not None else None
+            lists["embedding"] = found if found is not None else \
+                tuple(self._embedding(state, text, depth, mask, allowed, kept, vector)[1:])
+        if "lexical" in channels:
+            found = stored.lists("lexical", depth) if stored is not None else None
+            lists["lexical"] = found if found is not None else \
+                state.lexical.search(text, depth, {c.field: list(c.values) for c in kept} or None)
+        return lists
 
     def _relax(self, state: IndexVersion, active: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
         """Null-result recovery (see ``ServeConfig.relax_below``): the constraints kept and

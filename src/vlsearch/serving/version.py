@@ -1,8 +1,9 @@
 """One loaded index version: everything the engine reads from a version directory.
 
 ``IndexVersion(path, config)`` opens the vector store, the qid table (and its stored query
-vectors), the lexical channel, the lexicon, the product table (tombstones of live updates
-masked out), the constraint bitmaps, the query encoder (ONNX or torch; kept from the
+vectors and short-list fill lists, read from the version's files on either backend), the
+lexical channel, the lexicon, the product table (tombstones of live updates masked out),
+the constraint bitmaps, the query encoder (ONNX or torch; kept from the
 previous version when a live update linked the same model in) and the spelling corrector,
 and caches query understanding and constraint masks per request text / constraint set.
 Image paths are confined to the directories the version's images were in (``_inside``).
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from vlsearch.config import ServeConfig
 from vlsearch.errors import WorkdirError
 from vlsearch.index.builder import QUERY_VECTORS
+from vlsearch.index.fill_lists import FillList
 from vlsearch.index.lexical import LexicalIndex
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
@@ -97,14 +99,25 @@ def inside_dirs(path: str, dirs: frozenset[str]) -> bool:
     return True
 
 
-def _query_vectors(path: Path, qid, dim: int) -> np.ndarray | None:
+def _table_files(path: Path, qid) -> QidTable | None:
+    """The qid table's files in the version: the table itself, or (Milvus backend: the
+    collection serves the stored lists) the same table's files, which every build and live
+    update writes too; None when there are none (the engine then encodes and searches live)."""
+    if isinstance(qid, QidTable):
+        return qid
+    if not (path / "qid" / "qids.npy").is_file():
+        return None
+    return load_part(path / "qid", "qid table files", QidTable.load)
+
+
+def _query_vectors(path: Path, table: QidTable | None, dim: int) -> np.ndarray | None:
     """The qid table's query vectors (row i = entry i), memory-mapped; None when the version
-    has none that match its table (an older build, or the qid table in Milvus)."""
+    has none that match its table (an older build)."""
     file = path / QUERY_VECTORS
-    if not isinstance(qid, QidTable) or not file.is_file():
+    if table is None or not file.is_file():
         return None
     vectors = load_part(file, "query vectors", lambda p: np.load(p, mmap_mode="r"))
-    return np.asarray(vectors) if vectors.shape == (len(qid), dim) else None
+    return np.asarray(vectors) if vectors.shape == (len(table), dim) else None
 
 
 class IndexVersion:
@@ -123,7 +136,9 @@ class IndexVersion:
         # logged queries' BM25 lists were computed with tantivy: usable when it serves the channel
         self.stored_lexical = isinstance(self.lexical, LexicalIndex) and \
             bool(getattr(self.qid, "has_lexical", False))
-        self.query_vectors = _query_vectors(path, self.qid, self.store.dim)
+        self._table = _table_files(path, self.qid)  # positions of the query vectors, fill lists
+        self.query_vectors = _query_vectors(path, self._table, self.store.dim)
+        self.fill = self._table.fill if self._table is not None else None  # index.fill_lists
         self.lexicon = load_part(path / "lexicon.json", "lexicon",
                                  lambda p: Lexicon.from_json(read_json(p)))
         table = load_part(path / "products.parquet", "product table", _load_products)
@@ -203,8 +218,17 @@ class IndexVersion:
         """A logged query's embedding as the build encoded it (``query_vectors.npy``), or None."""
         if self.query_vectors is None:
             return None
-        pos = self.qid.position(qid)
+        pos = self._table.position(qid)
         return None if pos is None else np.asarray(self.query_vectors[pos], np.float32)
+
+    def fill_list(self, qid: int, signature: int) -> FillList | None:
+        """The short-list fill's lists stored for ``qid`` under the constraint set with
+        ``signature`` (lexical ones only where tantivy, which computed them, serves the
+        channel), or None."""
+        found = self.fill.find(qid, signature) if self.fill is not None else None
+        if found is None or self.stored_lexical or "lexical" not in found.channels:
+            return found
+        return FillList(found.depth, {"embedding": found.channels["embedding"]})
 
     def product(self, row: int) -> dict:
         return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
