@@ -17,6 +17,7 @@ from vlsearch.catalog import Product
 from vlsearch.config import IndexConfig, ServeConfig
 from vlsearch.index.builder import current_version
 from vlsearch.index.fill_lists import FillLists
+from vlsearch.index.update import update_index
 from vlsearch.serving.engine import Engine
 
 N_REAL = 1500  # real-catalog rows indexed
@@ -158,6 +159,38 @@ def test_a_table_without_fill_lists_loads_and_serves_as_before(real, tmp_path):
     stored = Engine.open(index_dir, retriever=HashEncoder(64))
     for q in queries[::4]:
         _same(old.search(q, k=100), stored.search(q, k=100))
+
+
+def test_update_touching_filled_entries_still_equals_the_live_fill_and_a_fresh_build(real, tmp_path):
+    _, products, queries = real
+    _build(tmp_path / "live", products, queries)
+    engine = Engine.open(tmp_path / "live", retriever=HashEncoder(64))
+    fill = engine._state.fill
+    relaxed = list(dict.fromkeys(h.product_id for q in queries[:200] for h in engine.search(q, k=100).hits
+                                 if h.relaxed))
+    gone = relaxed[0]  # a product in stored fill lists, deleted
+    twin = next(p for p in products if p.id == relaxed[1])  # a new copy enters them
+    changed = next(p for p in products if p.id == relaxed[2])
+    new = [dataclasses.replace(twin, id="new-twin"),
+           dataclasses.replace(changed, title=changed.title + " Limited Edition")]
+    report = update_index(tmp_path / "live", new, [gone], HashEncoder(64))
+    assert 0 < report.qid_fill_dropped < len(fill)
+
+    # the final catalog in the updated version's row order (changed in place, new appended)
+    final = [new[1] if p.id == changed.id else p for p in products if p.id != gone] + [new[0]]
+    _build(tmp_path / "fresh", final, queries)
+    stored, live = _stored_and_live(tmp_path / "live")
+    fresh = Engine.open(tmp_path / "fresh", ServeConfig(qid_fill=False), retriever=HashEncoder(64))
+    assert stored._state.fill is not None and len(stored._state.fill) == len(fill) - report.qid_fill_dropped
+    entered = 0
+    for q in queries:
+        a = stored.search(q, k=100)
+        _same(a, live.search(q, k=100))
+        dense, rebuilt = stored.search(q, k=100, channels=["embedding"]), fresh.search(q, k=100, channels=["embedding"])
+        _same_up_to_ties(dense, rebuilt)
+        assert gone not in {h.product_id for h in a.hits}
+        entered += any(h.product_id == "new-twin" and h.relaxed for h in a.hits)
+    assert entered  # the new product is in some filled query's relaxed hits
 
 
 def test_milvus_logged_queries_use_stored_vectors_and_fill_lists(tmp_path):

@@ -23,6 +23,8 @@ index without a rebuild, as a new version published like a build.
    in place where that is exact, else answered again by a search from its stored query
    vector (``query_vectors.npy``, no encoding); see ``_update_qid_table``. Entries whose
    query the new lexicon understands differently are answered again; the rest are copied.
+   Stored short-list fill lists are copied where the delta cannot change them, else dropped
+   (those fills are searched live until the next build; ``update_qid._kept_fill``).
 5. Drift: the share of the catalog changed since the last full build and (IVF) the ratio of
    the mean distance to the nearest centroid of every vector written since the build over
    the build's own (once enough were written); either past its ``IndexConfig`` threshold
@@ -114,6 +116,7 @@ class UpdateReport:
     qid_refreshed: int = 0  # entries answered again by a search
     qid_patched: int = 0  # entries brought up to date in place (exact, no search)
     qid_dropped: int = 0  # entries invalidated (past IndexConfig.update_qid_research_limit)
+    qid_fill_dropped: int = 0  # stored fill steps the delta may change, dropped (their fill is searched live)
     images_reused: int = 0  # encoded products whose image features came from the feature cache
     drift: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -129,7 +132,8 @@ class UpdateReport:
              f"{self.unchanged} unchanged; {self.live_products} live in {self.rows} rows; "
              f"{self.images_reused} images from the feature cache"),
             (f"qid table        {self.qid_entries} entries: {self.qid_refreshed} answered again, "
-             f"{self.qid_patched} patched in place, {self.qid_dropped} invalidated"),
+             f"{self.qid_patched} patched in place, {self.qid_dropped} invalidated, "
+             f"{self.qid_fill_dropped} fill lists dropped"),
         ]
         if self.drift:
             d = self.drift
@@ -272,10 +276,10 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("lexical")
 
         # 4. qid table
-        refreshed, patched, dropped = update_qid_table(
+        refreshed, patched, dropped, report.qid_fill_dropped = update_qid_table(
             base, version, store, qid_masks(store, all_products, deleted), lexicon, encoder, set(del_rows),
             upsert_rows, vecs, upsert_products, {r: product_from_columns(table, r) for r in changed},
-            config.export_batch_size, config.update_qid_research_limit)
+            config.export_batch_size, config.update_qid_research_limit, config.qid_fill_relax_order)
         if new_store is not None and manifest.get("milvus", {}).get("qid_collection"):
             write_backend_qid_table(new_store, QidTable.load(version / "qid"),
                                     np.load(version / QUERY_VECTORS), new_store.config, version.name)
@@ -374,7 +378,8 @@ def _finish_version(version: Path, base: Path, manifest: dict, store, report: Up
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "base": base.name,
         "added": report.added, "changed": report.changed, "deleted": report.deleted,
         "qid_refreshed": report.qid_refreshed, "qid_patched": report.qid_patched,
-        "qid_dropped": report.qid_dropped, "images_reused": report.images_reused,
+        "qid_dropped": report.qid_dropped, "qid_fill_dropped": report.qid_fill_dropped,
+        "images_reused": report.images_reused,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }]
     atomic_write_json(version / "manifest.json", {

@@ -1,17 +1,20 @@
 """The qid table of a live update (``index.update``, step 4): every logged query's stored
 lists brought up to date with the delta, patched in place where that is exact, else answered
-again from its stored query vector, or invalidated past the research limit; see
-``update_qid_table``. ``qid_masks`` gives the constraint masks over the new version's live
-rows that it filters with."""
+again from its stored query vector, or invalidated past the research limit, and its stored
+fill lists kept where still exact, else dropped; see ``update_qid_table``. ``qid_masks``
+gives the constraint masks over the new version's live rows that it filters with."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vlsearch.catalog import Product
 from vlsearch.index.builder import QUERY_VECTORS, answer_vectors, save_query_vectors
+from vlsearch.index.fill_lists import FillLists, FillRecord, fill_steps
 from vlsearch.index.lexical import FILTER_FIELDS, LexicalIndex, product_value
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
@@ -20,6 +23,7 @@ from vlsearch.index.understanding import constraint_signature, understand
 from vlsearch.io import atomic_write
 
 SCORE_CHUNK_QUERIES = 8192  # qid entries scored against the delta at once
+SCORE_TOLERANCE = 1e-5  # a new product this close below a fill list's last score may still enter it
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -55,7 +59,7 @@ class _StoreMasks:
 def update_qid_table(base: Path, version: Path, store: VectorStore, store_masks, lexicon, encoder, deleted_rows: set[int],
                       upsert_rows: np.ndarray, vecs: np.ndarray, upsert_products: list[Product],
                       old_products: dict[int, Product], batch_size: int,
-                      research_limit: int = 0) -> tuple[int, int, int]:
+                      research_limit: int = 0, fill_order: Sequence[str] = ()) -> tuple[int, int, int, int]:
     """Bring every entry up to date (module docstring, step 4). An entry is *patched* in
     place when that is exact: new scores of its changed members that stay above its last
     stored score, new or changed products that now beat that score and satisfy its
@@ -67,7 +71,9 @@ def update_qid_table(base: Path, version: Path, store: VectorStore, store_masks,
     the new index) when they list a changed or deleted product or share a term with a new or
     changed one; an entry answered again gets both lists. Past ``research_limit`` entries to
     answer again (0: none), the rest are invalidated (dropped: their queries are answered
-    live until the next build). Returns (answered again, patched, dropped)."""
+    live until the next build). Stored fill lists are kept where still exact, else dropped
+    (``_kept_fill``; ``fill_order``: the build's ``qid_fill_relax_order``). Returns (answered
+    again, patched, dropped, fill steps dropped)."""
     old = QidTable.load(base / "qid")
     rows, scores = np.array(old.rows), np.array(old.scores)
     signatures = np.array(old.signatures)
@@ -79,7 +85,7 @@ def update_qid_table(base: Path, version: Path, store: VectorStore, store_masks,
     if n == 0:
         old.save(version / "qid")
         save_query_vectors(version, [np.asarray(qv, np.float32)], store.dim)
-        return 0, 0, 0
+        return 0, 0, 0, 0
 
     constraints = [understand(q, lexicon).constraints for q in old.queries]
     new_sigs = np.asarray([constraint_signature(c) for c in constraints], np.uint64)
@@ -129,15 +135,18 @@ def update_qid_table(base: Path, version: Path, store: VectorStore, store_masks,
         scores[pick], rows[pick], signatures[pick] = got[0], got[1], np.asarray(got[2], np.uint64)
         if lexical is not None:
             lex_scores[pick], lex_rows[pick] = got[3], got[4]
+    delta_terms = _delta_terms(lexical, upsert_rows, upsert_products, old_products) if lexical is not None else None
     if lexical is not None:
         _refresh_lexical(lexical, old.queries, constraints, lex_rows, lex_scores, ~research & keep, touched,
-                         upsert_rows, upsert_products, old_products, top_k)
+                         delta_terms, top_k)
+    fill, fill_dropped = _kept_fill(old, constraints, keep & (new_sigs == old.signatures), fill_order, qv,
+                                    _FillDelta(store_masks, touched, upsert_rows, vecs, delta_terms, lexical))
     queries = [q for q, k in zip(old.queries, keep.tolist()) if k]
     QidTable(np.asarray(old.qids)[keep], rows[keep].astype(np.int32), scores[keep], queries, signatures[keep],
              None if lex_rows is None else lex_rows[keep].astype(np.int32),
-             None if lex_scores is None else lex_scores[keep]).save(version / "qid")
+             None if lex_scores is None else lex_scores[keep], fill).save(version / "qid")
     _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32)[keep])
-    return len(todo), patched, int(n - keep.sum())
+    return len(todo), patched, int(n - keep.sum()), fill_dropped
 
 
 def _patched_list(rows: np.ndarray, scores: np.ndarray, full: bool, last: float, col_of: dict[int, int],
@@ -163,12 +172,10 @@ def _patched_list(rows: np.ndarray, scores: np.ndarray, full: bool, last: float,
     return sorted(out.items(), key=lambda item: (-item[1], item[0]))[:top_k]
 
 
-def _refresh_lexical(lexical: LexicalIndex, queries: list[str], constraints, lex_rows: np.ndarray,
-                     lex_scores: np.ndarray, candidates: np.ndarray, touched: np.ndarray, upsert_rows: np.ndarray,
-                     upsert_products: list[Product], old_products: dict[int, Product], top_k: int) -> None:
-    """Search again (in place) the stored BM25 lists of the ``candidates`` entries that list a
-    touched product or share a term through which a new or changed product can enter: all of
-    a new product's terms; a changed one's new terms (all of them when it lost some, since a
+def _delta_terms(lexical: LexicalIndex, upsert_rows: np.ndarray, upsert_products: list[Product],
+                 old_products: dict[int, Product]) -> set[str]:
+    """The terms through which a new or changed product can enter a BM25 list: all of a new
+    product's terms; a changed one's new terms (all of them when it lost some, since a
     shorter document scores higher on the rest)."""
     def terms_of(p) -> set[str]:
         attrs = " ".join(v for v in (product_value(p, f) for f in FILTER_FIELDS) if v)
@@ -180,6 +187,14 @@ def _refresh_lexical(lexical: LexicalIndex, queries: list[str], constraints, lex
         was = old_products.get(row)
         old_terms = terms_of(was) if was is not None else set()
         delta_terms |= new_terms if (was is None or old_terms - new_terms) else new_terms - old_terms
+    return delta_terms
+
+
+def _refresh_lexical(lexical: LexicalIndex, queries: list[str], constraints, lex_rows: np.ndarray,
+                     lex_scores: np.ndarray, candidates: np.ndarray, touched: np.ndarray, delta_terms: set[str],
+                     top_k: int) -> None:
+    """Search again (in place) the stored BM25 lists of the ``candidates`` entries that list a
+    touched product or share one of ``delta_terms`` (``_delta_terms``)."""
     stale = np.isin(lex_rows, touched).any(axis=1) if len(touched) else np.zeros(len(queries), bool)
     for e in np.flatnonzero(candidates):
         query = queries[e]
@@ -189,3 +204,66 @@ def _refresh_lexical(lexical: LexicalIndex, queries: list[str], constraints, lex
         s_, r_ = lexical.search(query, top_k, filters)
         lex_scores[e], lex_rows[e] = -np.inf, -1
         lex_scores[e, :len(r_)], lex_rows[e, :len(r_)] = s_, r_
+
+
+@dataclass(frozen=True)
+class _FillDelta:
+    """What a stored fill list is checked against (``_kept_fill``): the new version's masks,
+    the touched rows (upserted or deleted), the upserted rows and their vectors, and the
+    delta's BM25 terms (None: no lexical lists) in ``lexical``'s analysis."""
+
+    masks: object
+    touched: np.ndarray
+    upsert_rows: np.ndarray
+    vecs: np.ndarray
+    delta_terms: set[str] | None
+    lexical: LexicalIndex | None
+
+
+def _kept_fill(old: QidTable, constraints, same: np.ndarray, order, qv, delta: _FillDelta) -> tuple[FillLists | None, int]:
+    """The stored fill lists (``index.fill_lists``) the update leaves exact, and how many
+    steps it dropped (those fills are searched live until the next build). Dropped: the
+    steps of an entry invalidated or whose constraints changed (``same`` false), of a
+    constraint set that is not one of the entry's fill steps under ``order``, and every step
+    whose lists a touched product is in, whose embedding list a new or changed product
+    satisfying the step's constraints can enter (the list holds every match, or the product
+    scores at least its last), or whose BM25 list one can enter through a query term."""
+    fill = old.fill
+    if fill is None or not len(fill):
+        return fill, 0
+    entry = np.searchsorted(old.qids, fill.qids)  # every fill qid is in its table
+    ok = same[entry].copy()
+    steps: dict[int, dict[int, list]] = {}
+    masks: dict[int, np.ndarray | None] = {}
+    for i in np.flatnonzero(ok).tolist():
+        e, sig = int(entry[i]), int(fill.signatures[i])
+        if e not in steps:
+            steps[e] = {constraint_signature(kept): kept for kept, _ in fill_steps(constraints[e], order)}
+        kept = steps[e].get(sig)
+        if kept is None:
+            ok[i] = False
+            continue
+        if sig not in masks:
+            masks[sig] = delta.masks.mask_canonical((c.field, c.values) for c in kept) if kept else None
+        ok[i] = _fill_step_exact(fill.record(i), masks[sig], qv[e], old.queries[e], delta)
+    return FillLists.from_records(fill.records(ok)), int((~ok).sum())
+
+
+def _fill_step_exact(record: FillRecord, mask: np.ndarray | None, query_vector: np.ndarray, query: str,
+                     delta: _FillDelta) -> bool:
+    """One stored fill step is still what a search of the new version returns (``_kept_fill``)."""
+    if len(delta.touched) and any(np.isin(rows, delta.touched).any() for _, rows in record.channels.values()):
+        return False
+    scores, rows = record.channels["embedding"]
+    entering = np.ones(len(delta.upsert_rows), bool) if mask is None else mask[delta.upsert_rows]
+    if entering.any():
+        if len(rows) < record.depth:  # the list held every match: a new one enters
+            return False
+        new_scores = delta.vecs[entering] @ np.asarray(query_vector, np.float32)
+        if (new_scores >= scores[-1] - SCORE_TOLERANCE).any():
+            return False
+    if "lexical" in record.channels:
+        if delta.lexical is None:
+            return False
+        return not (delta.delta_terms and delta.delta_terms.intersection(delta.lexical.terms(query)))
+    return True
