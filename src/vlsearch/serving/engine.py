@@ -346,7 +346,9 @@ class Engine:
             # the relaxed ranking, like the exact one, does not depend on k within the depth
             depth = max(self.config.fusion_depth, offset + k) + len(seen)
             lists = self._fill_lists(state, text, qid, vector, channels, depth, kept, mask, allowed)
-            for hit in self._merge(state, lists, mask, 0, depth, boosts):
+            # the ranking does not depend on k: its first len(seen) + (need - len(ranked)) hits
+            # hold every relaxed hit this page can take from the step
+            for hit in self._merge(state, lists, mask, 0, len(seen) + need - len(ranked), boosts):
                 if hit.row not in seen:
                     seen.add(hit.row)
                     ranked.append(hit)
