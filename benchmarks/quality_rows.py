@@ -49,6 +49,7 @@ ROWS: tuple[Row, ...] = (  # single-process rows first, then one torchrun group
     Row("make+contrastive-mpm", "MAKE + contrastive MPM", "make+contrastive-mpm"),
     Row("make+mbns", "MAKE + MBNS", "make+mbns"),
     Row("make+attrs", "MAKE, title + attribute text", "make+attrs"),
+    Row("make+bf16", "MAKE, bf16 autocast on CPU (train.cpu_bf16)", "make+bf16", table="ablation", smoke=False),
     Row("make-2proc", "MAKE, 2 processes, no CDNS (CDNS control)", "make", 2),
     Row("make+cdns", "MAKE + CDNS", "make+cdns", 2),
     Row("full", "full: MAKE + contrastive MPM + MBNS + CDNS", "full", 2),

@@ -94,11 +94,22 @@ def backends_table(report: dict) -> list[str]:
                    "recall@100 vs exact", "build s", "bytes/product"], rows)
 
 
+def train_speed_table(report: dict) -> list[str]:
+    rows = [[name, _overrides(v["overrides"]), f"{v['samples_per_s_median']:.2f}", f"{v['ratio_to_default']:.2f}×",
+             f"{v['qpm_loss_ratio_to_default']:.3f}"] for name, v in report["variants"].items()]
+    return _table(["variant", "overrides", "samples/s (median)", "vs default", "QPM loss vs default"], rows, 2)
+
+
+def _overrides(sections: dict) -> str:
+    return ", ".join(f"{section}.{k} = {v}" for section, values in sections.items() for k, v in values.items()) or "—"
+
+
 TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "quality": ("quality.json", quality_table),
     "one-epoch-quality": ("one-epoch/quality.json", quality_table),
     "one-epoch-engine": ("one-epoch/quality.json", engine_table),
     "backends": ("backends-44k.json", backends_table),
+    "train-speed": ("train_speed.json", train_speed_table),
 }
 REGION = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.DOTALL)
 

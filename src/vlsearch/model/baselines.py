@@ -63,6 +63,8 @@ BASELINES: dict[str, dict[str, Any]] = {
     "make+contrastive-mpm": _make(mpm_kind="contrastive"),
     "make+mbns": _make(memory_bank=True),
     "make+cdns": _make(cross_device=True),
+    # the cheaper step: bf16 autocast on CPU (fp32 logits), to be judged against "make"
+    "make+bf16": _make(cpu_bf16=True),
     "full": _full(),
     "title-only": _full(use_images=False),
     "no-ma": _full(modal_adaptation=False),
