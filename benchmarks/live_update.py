@@ -195,6 +195,31 @@ def export_rates(workdir: Path, index_version: Path, rows: list[int], batch: int
             "from_images_s": round(images, 2), "from_images_per_s": round(len(order) / images, 1)}
 
 
+def export_rates_process(workdir: Path, version: Path, rows: list[int], env: dict) -> dict[str, Any]:
+    """``export_rates`` in its own process, as the update ran (so both share the machine with
+    the search loop alike)."""
+    code = ("import json, sys, torch; torch.set_num_threads(1); sys.path.insert(0, sys.argv[1]); "
+            "import live_update as lu; from pathlib import Path; from vlsearch.config import IndexConfig; "
+            "print(json.dumps(lu.export_rates(Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4]), "
+            "IndexConfig().export_batch_size)))")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(workdir), str(version),
+                           json.dumps([int(r) for r in rows])], check=True, env=env, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def before_figures(path: Path) -> dict[str, Any]:
+    """The update and export figures of an earlier results file (kept beside the new ones)."""
+    old = json.loads(path.read_text())
+    update = old.get("update", {})
+    return {"file": path.name, "git_commit": old.get("machine", {}).get("git_commit"), "started": old.get("started"),
+            "products_per_s": update.get("products_per_s"), "library_s": update.get("library_s"),
+            "in_process_seconds": update.get("in_process_seconds"),
+            "overhead_beyond_encoding_s": update.get("overhead_beyond_encoding_s"),
+            "export_cached_features_per_s": old.get("export_same_products", {}).get("cached_features_per_s"),
+            "update_vs_export": old.get("update_vs_export"), "load_average": old.get("load_average"),
+            "update_stdout": old.get("update_stdout")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", default=common.default_shared(), help="shared folder (recorded only)")
@@ -214,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="milvus: the copy is rebuilt on a milvus-lite server (started here: the update "
                         "runs in its own process) from --index's vectors (no encoding)")
     p.add_argument("--results-name", default="live_update.json", help="file name under the results folder")
+    p.add_argument("--before", help="an earlier results file of the same run: its figures are kept as `before`")
     args = p.parse_args(argv)
 
     import torch
@@ -279,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     update_s = time.perf_counter() - t
     during = len(stats["latency"]) - before
+    version = current_version(live)
+    if done.returncode == 0:  # the export beside the same search loop the update ran beside
+        rates_loaded = export_rates_process(Path(args.workdir), version, changed_rows, env)
     time.sleep(1.0)
     stop.set()
     loop.join()
@@ -289,7 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         print(done.stderr, file=sys.stderr)
         return 1
     engine.reload_if_changed()
-    version = current_version(live)
     entry = read_json(version / "manifest.json")["updates"][-1]
 
     # every change visible
@@ -313,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if line.startswith("seconds"):
             seconds.update({k: float(v) for k, v in (part.split() for part in line[7:].split(","))})
     encode_s, total_s = seconds.get("encode"), seconds.get("total", update_s)
+    seconds["qid_table"] = round(sum(v for k, v in seconds.items() if k.startswith("qid_")), 2)  # all qid stages
     results.update({
         "base_version": base, "version": version.name, "update_stdout": done.stdout.splitlines(),
         "update": {"process_wall_s": round(update_s, 2), "library_s": round(total_s, 2),
@@ -321,13 +350,21 @@ def main(argv: list[str] | None = None) -> int:
                            "process_wall_s adds the `vlsearch update` process start (imports, model load)",
                    "in_process_seconds": seconds, "qid_refreshed": entry.get("qid_refreshed"),
                    "qid_patched": entry.get("qid_patched"), "qid_dropped": entry.get("qid_dropped"),
+                   "qid_lexical_refreshed": entry.get("qid_lexical_refreshed"),
                    "images_reused": entry.get("images_reused"),
                    "encode_products_per_s": round(n_products / encode_s, 1) if encode_s else None,
                    "overhead_beyond_encoding_s": round(total_s - (encode_s or 0), 2)},
         "export_same_products": rates,
+        "export_same_products_beside_search_loop": {
+            **rates_loaded, "note": "measured right after the update, the search loop still running (as during "
+                                    "the update); export_same_products: after the loop stopped"},
         "update_vs_export": {
             "update_per_s_over_export_from_images_per_s": round(n_products / total_s / rates["from_images_per_s"], 3),
-            "update_per_s_over_export_cached_per_s": round(n_products / total_s / rates["cached_features_per_s"], 3)},
+            "update_per_s_over_export_cached_per_s": round(n_products / total_s / rates["cached_features_per_s"], 3),
+            "beside_search_loop_update_per_s_over_export_cached_per_s":
+                round(n_products / total_s / rates_loaded["cached_features_per_s"], 3),
+            "beside_search_loop_update_per_s_over_export_from_images_per_s":
+                round(n_products / total_s / rates_loaded["from_images_per_s"], 3)},
         "search_loop": {"searches": len(stats["latency"]), "during_update": during,
                         "errors": len(stats["errors"]), "first_errors": stats["errors"][:5],
                         "versions_served": sorted(stats["versions"]),
@@ -336,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                     "deleted_still_returned": len(set(still_there)), "examples": (wrong_title + not_found + still_there)[:10]},
         "load_average": common.load_average(), "elapsed_s": round(time.time() - started, 1),
     })
+    if args.before:
+        results["before"] = before_figures(Path(args.before))
     results.pop("_server", None)
     common.write_json(out_dir / args.results_name, results)
     common.log(json.dumps({k: results[k] for k in ("update", "update_vs_export", "visible")}, indent=1))

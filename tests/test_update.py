@@ -31,6 +31,12 @@ from vlsearch.config import IndexConfig, preset
 from vlsearch.errors import InputError
 from vlsearch.index.builder import BUILDING, COMPLETE, build_index, current_version
 from vlsearch.index.qid_table import QidTable
+from vlsearch.index.understanding import (
+    Lexicon,
+    differing_phrases,
+    may_read_differently,
+    understand,
+)
 from vlsearch.index.update import update_index
 from vlsearch.index.update_delta import read_delete_ids, update_from_files
 from vlsearch.serving.engine import Engine
@@ -360,3 +366,66 @@ def test_unchanged_images_reuse_the_feature_cache(tmp_path, tmp_path_factory, sa
     vectors = np.load(current_version(tmp_path / "index") / "vectors.npy")
     from_files = retriever.encode_products(delta)
     np.testing.assert_allclose(vectors[rows].astype(np.float32), from_files, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_untouched_entries_are_carried_over_byte_for_byte(tmp_path, backend):
+    """The qid update's skip rules: an entry whose dense list holds no changed or deleted row
+    and that no upserted product beats keeps its dense list unchanged, byte for byte; a BM25
+    list holding a product whose document did not change (another season: not a lexical
+    field) is not searched again; a deleted member of a BM25 list that held every match is
+    removed in place (the others' scores kept); understanding is the base version's."""
+    products = synthetic_products(N)
+    queries = list(dict.fromkeys(synthetic_queries(products)))
+    _build(tmp_path, "flat", products, queries, backend)
+    base = current_version(tmp_path)
+    before = QidTable.load(base / "qid")
+    qv = np.load(base / "query_vectors.npy")
+    season = dataclasses.replace(products[0], attributes={**products[0].attributes, "season": "Winter"})
+    retitled = dataclasses.replace(products[1], title=products[1].title + " Glittery")
+    report = update_index(tmp_path, [season, retitled], [products[2].id], HashEncoder())
+    assert report.changed == 2 and report.deleted == 1
+    after = QidTable.load(current_version(tmp_path) / "qid")
+    assert np.array_equal(np.asarray(after.qids), np.asarray(before.qids))
+    assert np.array_equal(np.asarray(after.signatures), np.asarray(before.signatures))
+
+    vec = HashEncoder().encode_products([season, retitled])
+    old_rows, old_scores = np.asarray(before.rows), np.asarray(before.scores)
+    last = np.where(old_rows[:, -1] >= 0, old_scores[:, -1], -np.inf)
+    untouched = ~np.isin(old_rows, [0, 1, 2]).any(axis=1) & ((qv @ vec.T) <= last[:, None]).all(axis=1)
+    assert untouched.sum() > 0
+    for name in ("rows", "scores"):
+        assert np.asarray(getattr(after, name))[untouched].tobytes() == \
+            np.asarray(getattr(before, name))[untouched].tobytes()
+
+    lex_rows, lex_scores = np.asarray(before.lexical_rows), np.asarray(before.lexical_scores)
+    new_lex_rows, new_lex_scores = np.asarray(after.lexical_rows), np.asarray(after.lexical_scores)
+    glitter = np.asarray(["glitter" in q for q in before.queries])
+    holds_season = np.isin(lex_rows, [0]).any(axis=1) & ~np.isin(lex_rows, [1, 2]).any(axis=1) & ~glitter
+    assert holds_season.sum() > 0
+    assert new_lex_rows[holds_season].tobytes() == lex_rows[holds_season].tobytes()
+    assert new_lex_scores[holds_season].tobytes() == lex_scores[holds_season].tobytes()
+    partial = np.isin(lex_rows, [2]).any(axis=1) & ~np.isin(lex_rows, [1]).any(axis=1) \
+        & (lex_rows[:, -1] < 0) & ~glitter
+    assert partial.sum() > 0
+    for e in np.flatnonzero(partial):
+        stay = (lex_rows[e] >= 0) & (lex_rows[e] != 2)
+        n = int(stay.sum())
+        assert new_lex_rows[e, :n].tolist() == lex_rows[e][stay].tolist() and (new_lex_rows[e, n:] == -1).all()
+        assert new_lex_scores[e, :n].tobytes() == lex_scores[e][stay].tobytes()
+
+
+def test_only_queries_a_changed_phrase_can_match_are_understood_again():
+    old = Lexicon()
+    old.add(("nike",), "brand", ["nike"])
+    old.add(("shoe",), "category", ["shoes"])
+    new = Lexicon(phrases=dict(old.phrases))
+    new.add(("zorblax",), "brand", ["zorblax"])
+    new.add(("red", "tape"), "brand", ["red tape"])
+    changed = differing_phrases(old, new)
+    assert changed == {("zorblax",), ("red", "tape")}
+    texts = ["nike shoes", "zorblax shoes", "red tape shoes", "red shoes", "tape"]
+    assert may_read_differently(texts, changed) == [False, True, True, False, False]
+    for text, differs in zip(texts, may_read_differently(texts, changed)):
+        if not differs:  # the rule's promise
+            assert understand(text, old).constraints == understand(text, new).constraints

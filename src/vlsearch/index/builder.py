@@ -54,7 +54,12 @@ from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.spelling import SPELLING_FILE, build_vocabulary, save_vocabulary
 from vlsearch.index.store import build_store, publish_store, sweep_stores, write_backend_qid_table
-from vlsearch.index.understanding import build_lexicon, constraint_signature, understand
+from vlsearch.index.understanding import (
+    LEXICON_FILE,
+    build_lexicon,
+    constraint_signature,
+    understand_many,
+)
 from vlsearch.io import (
     atomic_write,
     atomic_write_json,
@@ -271,8 +276,8 @@ def answer_vectors(store, constraint_masks: ConstraintMasks, lexicon, top_k: int
         lex_scores = np.full((len(texts), top_k), -np.inf, np.float32)
         lex_rows = np.full((len(texts), top_k), -1, np.int64)
         sigs = []
-        for text in texts:
-            constraints = understand(text, lexicon).constraints
+        for got in understand_many(texts, lexicon):
+            constraints = got.constraints
             sig = constraint_signature(constraints)
             if sig and sig not in masks:
                 filters[sig] = {c.field: list(c.values) for c in constraints}
@@ -463,7 +468,7 @@ def _build_language(products, queries, clicks, synonyms, config: IndexConfig, ve
     lexicon = build_lexicon(products, synonyms)
     mined = mine_terms(products, clicks, config, known=lexicon.phrases)
     lexicon.add_mined(mined)
-    atomic_write_json(version / "lexicon.json", lexicon.to_json())
+    atomic_write_json(version / LEXICON_FILE, lexicon.to_json())
     atomic_write_json(version / "evidence.json", {"terms": [t.to_dict() for t in mined]})
     save_vocabulary(version / SPELLING_FILE, build_vocabulary(
         (p.title for p in products), lexicon.phrases, queries, config.spell_min_query_count))

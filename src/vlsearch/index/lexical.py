@@ -98,11 +98,17 @@ def _prepare_text(text: str, analysis: dict | None) -> str:
     return text
 
 
+def lexical_fields(product) -> tuple[str, list[str | None]]:
+    """What a product's document is made of: its title and its canonical value of each
+    filter field (``FILTER_FIELDS`` order). Products with equal fields have the same document."""
+    return product.title or "", [product_value(product, f) for f in FILTER_FIELDS]
+
+
 def _document(row: int, product, analysis: dict | None) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_unsigned(ROW, row)
-    doc.add_text(TITLE, _prepare_text(product.title or "", analysis))
-    attrs = [product_value(product, f) for f in FILTER_FIELDS]
+    title, attrs = lexical_fields(product)
+    doc.add_text(TITLE, _prepare_text(title, analysis))
     doc.add_text(ATTRS, _prepare_text(" ".join(a for a in attrs if a), analysis))
     for field, value in zip(FILTER_FIELDS, attrs):
         if value:

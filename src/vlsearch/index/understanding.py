@@ -40,6 +40,7 @@ FIELD_PRIORITY = ("gender", "colour", "category", "brand")  # exact-phrase ties 
 LAYERS = ("catalog", "synonyms", "mined")  # lookup order at equal phrase length
 Phrases = dict[tuple[str, ...], dict[str, set[str]]]
 MIN_INFLECT_CHARS = 4  # singular/plural variants only for words at least this long
+LEXICON_FILE = "lexicon.json"  # an index version's lexicon (``Lexicon.to_json``)
 
 
 @dataclass(frozen=True)
@@ -247,9 +248,19 @@ class Understanding:
 def understand(text: str, lexicon: Lexicon, synonyms: bool = False) -> Understanding:
     """Greedy leftmost-longest phrase matching over the catalog, (with ``synonyms``) the
     hand-table and the mined layers; one constraint per field (values OR-ed)."""
-    terms = terms_of(text)
+    return understand_many([text], lexicon, synonyms)[0]
+
+
+def understand_many(texts: Iterable[str], lexicon: Lexicon, synonyms: bool = False) -> list[Understanding]:
+    """:func:`understand` of each text; the lexicon's longest phrase is measured once (that
+    scan over every phrase costs more than matching a short query)."""
     layers = [(n, lexicon.layer(n)) for n in LAYERS if synonyms or n != "synonyms"]
     longest = max((len(p) for _, layer in layers for p in layer), default=0)
+    return [_match(terms_of(text), lexicon, layers, longest) for text in texts]
+
+
+def _match(terms: list[str], lexicon: Lexicon, layers: list[tuple[str, Phrases]], longest: int) -> Understanding:
+    """One query's terms matched against ``layers`` (phrases of at most ``longest`` terms)."""
     hard: dict[str, tuple[set[str], list[str]]] = {}
     soft: dict[str, tuple[set[str], list[str]]] = {}
     free: list[str] = []
@@ -282,6 +293,34 @@ def understand(text: str, lexicon: Lexicon, synonyms: bool = False) -> Understan
 
     preferences = build({f: v for f, v in soft.items() if f not in hard}, "soft")
     return Understanding(constraints=build(hard, "auto"), terms=terms, free_terms=free, preferences=preferences)
+
+
+def differing_phrases(old: Lexicon, new: Lexicon, synonyms: bool = False) -> set[tuple[str, ...]]:
+    """The phrases of the layers ``understand`` reads whose lookup differs between ``old``
+    and ``new``: added, removed, other fields or values, or other soft membership."""
+    out = set(old.soft ^ new.soft)
+    for name in LAYERS:
+        if synonyms or name != "synonyms":
+            a, b = old.layer(name), new.layer(name)
+            out |= {p for p in a.keys() | b.keys() if a.get(p) != b.get(p)}
+    return out
+
+
+def may_read_differently(texts: Iterable[str], phrases: Iterable[tuple[str, ...]]) -> list[bool]:
+    """For each text: whether one of ``phrases`` (``differing_phrases``) can match in it. A
+    phrase matches only where each of its terms is a query term or the fold of one, so a
+    text where none can is understood the same under both lexicons."""
+    by_first: dict[str, list[set[str]]] = defaultdict(list)
+    for phrase in phrases:
+        by_first[phrase[0]].append(set(phrase))
+    if not by_first:
+        return [False for _ in texts]
+    out = []
+    for text in texts:
+        terms = terms_of(text)
+        present = set(terms) | set(fold(terms))
+        out.append(any(phrase <= present for t in present for phrase in by_first.get(t, ())))
+    return out
 
 
 def constraint_signature(constraints: Iterable[Constraint]) -> int:

@@ -15,14 +15,16 @@ index without a rebuild, as a new version published like a build.
    ``vectors.npy`` is copied with the rows replaced; the FAISS index gets ``remove`` and
    ``upsert`` by row id (IVF keeps its centroids); the Milvus backend gets a new collection
    for the new version filled with its live rows (row numbers kept; the qid-table collection
-   too), published by the alias switch before the ``current`` swap; tantivy deletes and re-adds the rows' documents in
+   too; the server fills the product collection while this process writes the text parts and
+   the qid table), published by the alias switch before the ``current`` swap; tantivy deletes and re-adds the rows' documents in
    one commit; the lexicon's catalog layer is rebuilt from the live products (the synonym and
    mined layers are kept until the next build, which mines the click log again); the model is hard-linked.
 4. qid table: each entry touched by the update (it lists a changed or deleted product, or a
    new or changed product now beats its last stored score under its constraints) is patched
    in place where that is exact, else answered again by a search from its stored query
-   vector (``query_vectors.npy``, no encoding); see ``_update_qid_table``. Entries whose
-   query the new lexicon understands differently are answered again; the rest are copied.
+   vector (``query_vectors.npy``, no encoding); see ``update_qid.update_qid_table``. Entries
+   whose query the new lexicon understands differently are answered again; the rest are
+   copied. On Milvus the searches run on a flat FAISS copy of the new vectors (exact).
    Stored short-list fill lists are copied where the delta cannot change them, else dropped
    (those fills are searched live until the next build; ``update_qid._kept_fill``).
 5. Drift: the share of the catalog changed since the last full build and (IVF) the ratio of
@@ -44,6 +46,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,8 +85,8 @@ from vlsearch.index.store import (
     sweep_stores,
     write_backend_qid_table,
 )
-from vlsearch.index.understanding import Lexicon, build_lexicon
-from vlsearch.index.update_qid import qid_masks, update_qid_table
+from vlsearch.index.understanding import LEXICON_FILE, Lexicon, build_lexicon
+from vlsearch.index.update_qid import qid_store, update_qid_table
 from vlsearch.io import (
     atomic_write,
     atomic_write_json,
@@ -117,6 +120,7 @@ class UpdateReport:
     qid_patched: int = 0  # entries brought up to date in place (exact, no search)
     qid_dropped: int = 0  # entries invalidated (past IndexConfig.update_qid_research_limit)
     qid_fill_dropped: int = 0  # stored fill steps the delta may change, dropped (their fill is searched live)
+    qid_lexical_refreshed: int = 0  # BM25 searches made for stored lexical lists (the rest copied or patched)
     images_reused: int = 0  # encoded products whose image features came from the feature cache
     drift: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -133,7 +137,7 @@ class UpdateReport:
              f"{self.images_reused} images from the feature cache"),
             (f"qid table        {self.qid_entries} entries: {self.qid_refreshed} answered again, "
              f"{self.qid_patched} patched in place, {self.qid_dropped} invalidated, "
-             f"{self.qid_fill_dropped} fill lists dropped"),
+             f"{self.qid_fill_dropped} fill lists dropped; {self.qid_lexical_refreshed} BM25 searches"),
         ]
         if self.drift:
             d = self.drift
@@ -252,7 +256,7 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
     lap("load")
 
     version = _new_version_dir(index_dir)
-    new_store = None
+    new_store = filling = None
     try:
         # 2. encode only what is new or changed
         upsert_rows = np.asarray(sorted(changed) + list(range(n_old, n_old + len(added))), np.int64)
@@ -265,10 +269,11 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         n_new = n_old + len(added)
         all_products, deleted = _merged_catalog(table, dead, changed, added, del_rows)
         _write_vectors(base, version, n_new, upsert_rows, vecs, del_rows)
+        filling = None
         if isinstance(store, FaissStore):
             _update_faiss(store, version, upsert_rows, vecs, upsert_products, del_rows)
         else:  # a new collection for the new version, filled from its vectors (nothing re-encoded)
-            store = new_store = _new_collection(store, version, all_products, deleted)
+            filling = _CollectionFill(store, version, all_products, deleted)
         lap("ann")
 
         lexicon, live = _write_text_parts(base, version, table, all_products, deleted, upsert_rows,
@@ -276,14 +281,19 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         lap("lexical")
 
         # 4. qid table
-        refreshed, patched, dropped, report.qid_fill_dropped = update_qid_table(
-            base, version, store, qid_masks(store, all_products, deleted), lexicon, encoder, set(del_rows),
+        qid_search_store = qid_store(store, version, all_products, deleted)
+        lap("qid_store")
+        refreshed, patched, dropped, report.qid_fill_dropped, report.qid_lexical_refreshed = update_qid_table(
+            base, version, qid_search_store, lexicon, encoder, set(del_rows),
             upsert_rows, vecs, upsert_products, {r: product_from_columns(table, r) for r in changed},
-            config.export_batch_size, config.update_qid_research_limit, config.qid_fill_relax_order)
-        if new_store is not None and manifest.get("milvus", {}).get("qid_collection"):
-            write_backend_qid_table(new_store, QidTable.load(version / "qid"),
-                                    np.load(version / QUERY_VECTORS), new_store.config, version.name)
-        lap("qid_table")
+            config.export_batch_size, config.update_qid_research_limit, config.qid_fill_relax_order, lap)
+        if filling is not None:
+            store = new_store = filling.result()
+            lap("collection_wait")
+            if manifest.get("milvus", {}).get("qid_collection"):
+                write_backend_qid_table(new_store, QidTable.load(version / "qid"),
+                                        np.load(version / QUERY_VECTORS), new_store.config, version.name)
+                lap("qid_collection")
 
         # 5. drift and the manifest
         report.drift = _drift(getattr(store, "ann", None), np.load(version / VECTORS_FILE, mmap_mode="r"),
@@ -293,6 +303,8 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         _finish_version(version, base, manifest, store, report, lap.seconds)
         lap("metadata")
     except BaseException:
+        if new_store is None and filling is not None:
+            new_store = filling.settle()
         if new_store is not None:
             new_store.drop()
         shutil.rmtree(version, ignore_errors=True)
@@ -362,8 +374,8 @@ def _write_text_parts(base: Path, version: Path, table: dict, all_products: list
     atomic_write(version / "products.parquet",
                  lambda tmp: pq.write_table(products_to_table(all_products, deleted=deleted, splits=splits), tmp))
     live = [p for p, d in zip(all_products, deleted) if not d]
-    lexicon = Lexicon.from_json(read_json(base / "lexicon.json")).with_catalog(build_lexicon(live))
-    atomic_write_json(version / "lexicon.json", lexicon.to_json())
+    lexicon = Lexicon.from_json(read_json(base / LEXICON_FILE)).with_catalog(build_lexicon(live))
+    atomic_write_json(version / LEXICON_FILE, lexicon.to_json())
     save_vocabulary(version / SPELLING_FILE, build_vocabulary((p.title for p in live), lexicon.phrases))
     if (base / "model").is_dir():
         _link_files(base / "model", version / "model")
@@ -379,6 +391,7 @@ def _finish_version(version: Path, base: Path, manifest: dict, store, report: Up
         "added": report.added, "changed": report.changed, "deleted": report.deleted,
         "qid_refreshed": report.qid_refreshed, "qid_patched": report.qid_patched,
         "qid_dropped": report.qid_dropped, "qid_fill_dropped": report.qid_fill_dropped,
+        "qid_lexical_refreshed": report.qid_lexical_refreshed,
         "images_reused": report.images_reused,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }]
@@ -462,6 +475,26 @@ def _new_collection(store: MilvusStore, version: Path, products: list[Product], 
                              version.name, product_ids=[str(p.id) for p in live],
                              texts=product_texts(live) if store.has_lexical else None, rows=rows,
                              n=len(products))
+
+
+class _CollectionFill:
+    """``_new_collection`` in a thread: the Milvus server fills the new collection while this
+    process writes the text parts and the qid table (which search a local copy, not Milvus)."""
+
+    def __init__(self, store: MilvusStore, version: Path, products: list[Product], deleted: list[bool]):
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus-fill")
+        self._future = pool.submit(_new_collection, store, version, products, deleted)
+        pool.shutdown(wait=False)
+
+    def result(self) -> MilvusStore:
+        return self._future.result()
+
+    def settle(self) -> MilvusStore | None:
+        """After a failure elsewhere: the collection once its fill has ended (None if it failed)."""
+        try:
+            return self._future.result()
+        except BaseException:  # noqa: BLE001 - the update is failing already; its error is raised
+            return None
 
 
 def _encode(encoder, products: list[Product], batch_size: int, progress: bool, dim: int,
