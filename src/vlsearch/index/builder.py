@@ -63,6 +63,7 @@ from vlsearch.index.understanding import (
 from vlsearch.io import (
     atomic_write,
     atomic_write_json,
+    atomic_write_npy,
     atomic_write_text,
     fsync_dir,
     normalize_modes,
@@ -253,12 +254,7 @@ def save_query_vectors(version: Path, parts: Sequence[np.ndarray], dim: int) -> 
     """``QUERY_VECTORS``: the qid table's query vectors, row i = table entry i (live updates
     re-answer affected entries from them without encoding again)."""
     array = np.concatenate(parts) if len(parts) else np.zeros((0, dim), np.float32)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.asarray(array, dtype=np.float32))
-
-    atomic_write(version / QUERY_VECTORS, write)
+    atomic_write_npy(version / QUERY_VECTORS, np.asarray(array, dtype=np.float32))
 
 
 def answer_vectors(store, constraint_masks: ConstraintMasks, lexicon, top_k: int, lexical=None):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from vlsearch.errors import WorkdirError
 from vlsearch.index.understanding import Constraint, constraint_signature, understand
-from vlsearch.io import atomic_write
+from vlsearch.io import atomic_write_npy
 
 CHANNEL_PREFIX = {"embedding": "fill_", "lexical": "fill_lexical_"}
 Lists = tuple[np.ndarray, np.ndarray]  # (scores, rows), best first
@@ -83,14 +83,6 @@ class FillRecord:
     signature: int
     depth: int
     channels: dict[str, Lists]
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-    atomic_write(path, write)
 
 
 class FillLists:
@@ -146,14 +138,14 @@ class FillLists:
         return None
 
     def save(self, directory: Path) -> None:
-        _save_npy(directory / "fill_qids.npy", self.qids)
-        _save_npy(directory / "fill_signatures.npy", self.signatures)
-        _save_npy(directory / "fill_depths.npy", self.depths)
+        atomic_write_npy(directory / "fill_qids.npy", self.qids)
+        atomic_write_npy(directory / "fill_signatures.npy", self.signatures)
+        atomic_write_npy(directory / "fill_depths.npy", self.depths)
         for name, (offsets, rows, scores) in self.channels.items():
             prefix = CHANNEL_PREFIX[name]
-            _save_npy(directory / f"{prefix}offsets.npy", offsets)
-            _save_npy(directory / f"{prefix}rows.npy", rows)
-            _save_npy(directory / f"{prefix}scores.npy", scores)
+            atomic_write_npy(directory / f"{prefix}offsets.npy", offsets)
+            atomic_write_npy(directory / f"{prefix}rows.npy", rows)
+            atomic_write_npy(directory / f"{prefix}scores.npy", scores)
 
     @staticmethod
     def remove(directory: Path) -> None:

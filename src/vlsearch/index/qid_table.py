@@ -25,15 +25,7 @@ from tqdm import tqdm
 
 from vlsearch.errors import WorkdirError
 from vlsearch.index.fill_lists import FillLists
-from vlsearch.io import atomic_write, atomic_write_json, read_json
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-    atomic_write(path, write)
+from vlsearch.io import atomic_write_json, atomic_write_npy, read_json
 
 
 class QidTable:
@@ -123,13 +115,13 @@ class QidTable:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _save_npy(directory / "qids.npy", self.qids)
-        _save_npy(directory / "rows.npy", self.rows)
-        _save_npy(directory / "scores.npy", self.scores)
-        _save_npy(directory / "signatures.npy", self.signatures)
+        atomic_write_npy(directory / "qids.npy", self.qids)
+        atomic_write_npy(directory / "rows.npy", self.rows)
+        atomic_write_npy(directory / "scores.npy", self.scores)
+        atomic_write_npy(directory / "signatures.npy", self.signatures)
         if self.has_lexical:
-            _save_npy(directory / "lexical_rows.npy", self.lexical_rows)
-            _save_npy(directory / "lexical_scores.npy", self.lexical_scores)
+            atomic_write_npy(directory / "lexical_rows.npy", self.lexical_rows)
+            atomic_write_npy(directory / "lexical_scores.npy", self.lexical_scores)
         if self.fill is not None:
             self.fill.save(directory)
         else:

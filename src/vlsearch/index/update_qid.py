@@ -29,18 +29,10 @@ from vlsearch.index.understanding import (
     may_read_differently,
     understand_many,
 )
-from vlsearch.io import atomic_write, read_json
+from vlsearch.io import atomic_write_npy, read_json
 
 SCORE_CHUNK_QUERIES = 8192  # qid entries scored against the delta at once
 SCORE_TOLERANCE = 1e-5  # a new product this close below a fill list's last score may still enter it
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-    atomic_write(path, write)
 
 
 def qid_store(store: VectorStore, version: Path, products: list[Product], deleted: list[bool]) -> FaissStore:
@@ -238,7 +230,7 @@ def _save(version: Path, old: QidTable, lists: _Lists, keep: np.ndarray, qv: np.
     QidTable(np.asarray(old.qids)[keep], lists.rows[keep].astype(np.int32), lists.scores[keep], queries,
              lists.signatures[keep], lists.lex_rows[keep].astype(np.int32) if lex else None,
              lists.lex_scores[keep] if lex else None, fill).save(version / "qid")
-    _write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32)[keep])
+    atomic_write_npy(version / QUERY_VECTORS, np.asarray(qv, np.float32)[keep])
 
 
 def _patched_list(rows: np.ndarray, scores: np.ndarray, full: bool, last: float, col_of: dict[int, int],
