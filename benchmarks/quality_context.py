@@ -209,9 +209,9 @@ def restore_row_files(ctx: Context, report: dict) -> None:
     that continues on a fresh machine). They are reused only while their spec key matches."""
     for entry in report.get("rows", []):
         for record in entry.get("runs", []):
-            path = ctx.row_file(ROW_BY_NAME[record["row"]], record["seed"]) \
-                if record.get("row") in ROW_BY_NAME else None
-            if path is not None and not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if record.get("row") not in ROW_BY_NAME:  # a row this code no longer has
+                continue
+            path = ctx.row_file(ROW_BY_NAME[record["row"]], record["seed"])
+            if not path.exists():
                 common.write_json(path, record)
 

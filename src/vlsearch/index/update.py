@@ -269,7 +269,6 @@ def _apply(index_dir: Path, base: Path, delta: list[Product], delete: list[str],
         n_new = n_old + len(added)
         all_products, deleted = _merged_catalog(table, dead, changed, added, del_rows)
         _write_vectors(base, version, n_new, upsert_rows, vecs, del_rows)
-        filling = None
         if isinstance(store, FaissStore):
             _update_faiss(store, version, upsert_rows, vecs, upsert_products, del_rows)
         else:  # a new collection for the new version, filled from its vectors (nothing re-encoded)

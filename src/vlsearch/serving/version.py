@@ -30,7 +30,7 @@ from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.spelling import SPELLING_FILE, SpellCorrector, build_vocabulary
 from vlsearch.index.store import FilterPolicy, open_lexical, open_qid_table, open_store
-from vlsearch.index.understanding import Constraint, Lexicon, understand
+from vlsearch.index.understanding import LEXICON_FILE, Constraint, Lexicon, understand
 from vlsearch.io import load_part, read_json
 from vlsearch.model import Retriever
 from vlsearch.model.onnx_query import load_query_encoder
@@ -139,7 +139,7 @@ class IndexVersion:
         self._table = _table_files(path, self.qid)  # positions of the query vectors, fill lists
         self.query_vectors = _query_vectors(path, self._table, self.store.dim)
         self.fill = self._table.fill if self._table is not None else None  # index.fill_lists
-        self.lexicon = load_part(path / "lexicon.json", "lexicon",
+        self.lexicon = load_part(path / LEXICON_FILE, "lexicon",
                                  lambda p: Lexicon.from_json(read_json(p)))
         table = load_part(path / "products.parquet", "product table", _load_products)
         self.ids: list[str] = table["id"]
