@@ -45,6 +45,8 @@ ROWS: tuple[Row, ...] = (  # single-process rows first, then one torchrun group
         "dual-encoder-title-only", table="ablation", smoke=False),
     Row("dual-encoder+attrs", "dual-encoder + MA, in-batch matching only, title + attribute text",
         "dual-encoder+attrs", smoke=False),
+    Row("dual-encoder+tia", "dual-encoder + MA + title-image alignment (image vector finds its title)",
+        "dual-encoder+tia"),
     Row("make", "MAKE", "make"),
     Row("make+contrastive-mpm", "MAKE + contrastive MPM", "make+contrastive-mpm"),
     Row("make+mbns", "MAKE + MBNS", "make+mbns"),

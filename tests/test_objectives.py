@@ -270,3 +270,21 @@ def test_am_softmax_hand_value_margin_and_unknown_labels():
     assert unknown.item() == 0.0 and unknown.requires_grad
     with pytest.raises(ValueError, match="labels"):
         am_softmax(m)(vectors, torch.tensor([2]))
+
+
+def test_title_image_alignment_is_qpm_both_ways_over_products_with_an_image():
+    from vlsearch.objectives import TitleImageAlignment
+
+    title = F.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.7, 0.7]]), dim=-1)
+    image = F.normalize(torch.tensor([[0.9, 0.1], [0.3, 1.0], [-1.0, 0.5]]), dim=-1)
+    ids = torch.tensor([5, 6, 7])
+    tia = TitleImageAlignment(TAU)
+    has = torch.tensor([True, True, False])  # the third row has no image: not in the loss
+    expected = 0.5 * (qpm()(image[:2], title[:2], ids[:2]).loss + qpm()(title[:2], image[:2], ids[:2]).loss)
+    assert tia(title, image, ids, has).item() == pytest.approx(expected.item(), abs=1e-6)
+    swapped = tia(title, image[[1, 0, 2]], ids, has)  # mismatched pairs cost more
+    assert swapped.item() > expected.item()
+    # another row of the same product is not a negative: two rows of one product, nothing to tell apart
+    same = tia(title[:2], image[:2], torch.tensor([5, 5]), has[:2])
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    assert tia(title, image, ids, torch.tensor([True, False, False])).item() == 0.0  # one image: no loss

@@ -156,3 +156,26 @@ def test_length_groups_must_be_positive():
     config.model.length_groups = 0
     with pytest.raises(ValueError, match="length_groups"):
         Retriever.build(config)
+
+
+def test_title_image_alignment_trains_the_image_tower_and_needs_both_views(workdir):
+    from vlsearch.training import ClickStream
+    from vlsearch.workdir import Workdir
+
+    wd = Workdir.open(workdir)
+    config = _config(w_tia=0.5)
+    retriever = Retriever.build(config, wd)
+    trainer = PretrainingObjective(retriever, config)
+    batch = ClickStream(wd, retriever, config, rank=0).batch(0)
+    out = trainer(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.terms["tia"]) and out.terms["tia"].item() > 0
+    out.terms["tia"].backward()
+    image_weight = trainer.model.image.patches.project.weight
+    assert image_weight.grad is not None and image_weight.grad.abs().sum() > 0
+    assert trainer.tia.match.tau.log_tau.grad is not None  # its own temperature learns
+    without = PretrainingObjective(Retriever.build(_config(), wd), _config())
+    assert "tia" not in without(batch, torch.Generator().manual_seed(0)).terms  # off by default
+    title_only = _config(w_tia=0.5)
+    title_only.model.use_images = False
+    with pytest.raises(ConfigError, match="train.w_tia"):
+        PretrainingObjective(Retriever.build(title_only, wd), title_only)

@@ -114,6 +114,7 @@ class TrainConfig:
     w_mpm: float = 0.1  # masked patch modeling
     w_mlm: float = 0.1  # masked language modeling on queries and titles
     w_qpc: float = 0.1  # query-product classification (AM-Softmax over categories)
+    w_tia: float = 0.0  # title-image alignment (contrastive; beyond the papers, vlsearch.objectives.alignment)
     mpm_kind: str = "contrastive"  # contrastive (Delving) | regression (MAKE)
     mpm_mask_ratio: float = 0.25  # share of image patches masked for MPM
     mpm_init_temperature: float = 0.1  # initial tau_m of contrastive MPM (learnable)

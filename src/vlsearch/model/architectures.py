@@ -50,10 +50,13 @@ def modalities(cfg: ModelConfig) -> tuple[str, ...]:
 
 @dataclass
 class ProductOutput:
-    """Product vectors [B, E] (normalised) and the weight each modality got [B, K]."""
+    """Product vectors [B, E] (normalised), the weight each modality got [B, K] and, when the
+    product is combined from several, the normalised modality vectors themselves [B, K, E]
+    (in ``RetrievalModel.modalities`` order; None for a single view)."""
 
     vectors: Tensor
     weights: Tensor
+    views: Tensor | None = None
 
 
 class RetrievalModel(nn.Module):
@@ -164,7 +167,7 @@ class RetrievalModel(nn.Module):
         else:
             weights = uniform_weights(available)
         combined = (weights.unsqueeze(-1) * vectors).sum(1)
-        return ProductOutput(F.normalize(combined, dim=-1), weights)
+        return ProductOutput(F.normalize(combined, dim=-1), weights, vectors)
 
     def _image_masks(self, has_image: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         """``has_image`` [B] or [B, N] -> (the per-image mask [B, N] or None, any image [B],

@@ -40,11 +40,15 @@ def _with(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
 _OTHER = {"modal_adaptation": False, "keyword_enhancement": False}
 
 
-def _dual(**model: Any) -> dict[str, Any]:
+def _dual(train: dict[str, Any] | None = None, **model: Any) -> dict[str, Any]:
     """The dual encoder trained by in-batch matching alone, with Modal Adaptation."""
     return {"model": {"architecture": "dual-encoder", "modal_adaptation": True, "keyword_enhancement": False,
                       **model},
-            "train": {"w_mpm": 0.0, "w_mlm": 0.0, "w_qpc": 0.0, **_IN_BATCH}}
+            "train": {"w_mpm": 0.0, "w_mlm": 0.0, "w_qpc": 0.0, **_IN_BATCH, **(train or {})}}
+
+
+# weight of title-image alignment in the rows that add it (vlsearch.objectives.alignment)
+_TIA = {"w_tia": 0.5}
 
 BASELINES: dict[str, dict[str, Any]] = {
     "uni-encoder": {
@@ -78,6 +82,8 @@ BASELINES: dict[str, dict[str, Any]] = {
     "dual-encoder+ma": _dual(),
     "dual-encoder-title-only": _dual(use_images=False),
     "dual-encoder+attrs": _dual(product_text=list(ATTRIBUTE_TEXT)),
+    # + title-image alignment: the image vector must pick out its own title (beyond the papers)
+    "dual-encoder+tia": _dual(_TIA),
     # terms reach the dense towers in natural order (the qid still sorts them)
     "no-sort": _with(_full(), data={"sort_terms": False}),
     "no-sort+attrs": _with(_full(), data={"sort_terms": False}, model={"product_text": list(ATTRIBUTE_TEXT)}),

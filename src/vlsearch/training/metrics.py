@@ -22,7 +22,7 @@ from vlsearch.model import Retriever
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
-LOSS_TERMS = ("qpm", "mpm", "mlm", "qpc")
+LOSS_TERMS = ("qpm", "mpm", "mlm", "qpc", "tia")
 
 
 class TrainingError(VlsearchError):

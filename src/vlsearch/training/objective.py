@@ -2,7 +2,8 @@
 
 :class:`PretrainingObjective` holds the retrieval model (``.model``, the same module as
 ``Retriever.model``) plus the training-only heads (query-product matching, masked patch /
-language modelling, category classification); ``forward`` gives one step's weighted loss.
+language modelling, category classification, title-image alignment); ``forward`` gives one
+step's weighted loss.
 ``make_optimizer`` and ``lr_factor`` are the AdamW groups and the warm-up/decay schedule.
 """
 
@@ -16,12 +17,14 @@ from torch import Tensor, nn
 
 from vlsearch.config import Config, ConfigError, TrainConfig
 from vlsearch.model import Retriever
+from vlsearch.model.architectures import ProductOutput
 from vlsearch.model.towers import TextEncoder
 from vlsearch.negatives import NegativeSet, gather_across_devices
 from vlsearch.objectives import (
     AMSoftmaxClassifier,
     MaskedLanguageModeling,
     QueryProductMatching,
+    TitleImageAlignment,
     mask_tokens,
     masked_patch_objective,
 )
@@ -53,7 +56,14 @@ class PretrainingObjective(nn.Module):
         t, m = config.train, config.model
         self.model = retriever.model
         self.weights = {"qpm": t.w_qpm, "mpm": t.w_mpm if m.use_images else 0.0, "mlm": t.w_mlm,
-                        "qpc": t.w_qpc if retriever.categories else 0.0}
+                        "qpc": t.w_qpc if retriever.categories else 0.0,
+                        "tia": t.w_tia if {"title", "image"} <= set(self.model.modalities) else 0.0}
+        if t.w_tia and not self.weights["tia"]:
+            raise ConfigError(
+                f"train.w_tia = {t.w_tia}: title-image alignment needs a product tower with title and "
+                f"image vectors (model.architecture make or dual-encoder, use_images), "
+                f"this one has {self.model.modalities}"
+            )
         self.qpm = QueryProductMatching(
             m.init_temperature, t.logq_correction, t.memory_bank_weight, t.cross_device_weight
         )
@@ -82,6 +92,7 @@ class PretrainingObjective(nn.Module):
         self.qpc = None
         if self.weights["qpc"]:
             self.qpc = AMSoftmaxClassifier(retriever.embed_dim, len(retriever.categories), t.qpc_margin, t.qpc_scale)
+        self.tia = TitleImageAlignment(m.init_temperature) if self.weights["tia"] else None
 
     def forward(self, batch: Batch, generator: torch.Generator, memory: NegativeSet | None = None,
                 cross_device: bool = False, with_mlm: bool = True) -> StepOutput:
@@ -90,7 +101,8 @@ class PretrainingObjective(nn.Module):
         # the towers may run under bf16 autocast; the vectors and the similarity logits are
         # fp32 (a bf16 logit of 20 has a resolution of 0.125, too coarse for the softmax)
         q = model.encode_query(batch.q_ids, batch.q_mask, batch.q_types).float()
-        p = model.encode_product(batch.t_ids, batch.t_mask, batch.patches, batch.has_image).vectors.float()
+        product = model.encode_product(batch.t_ids, batch.t_mask, batch.patches, batch.has_image)
+        p = product.vectors.float()
         others = gather_across_devices(p, batch.product_ids, batch.log_q) if cross_device else None
         terms: dict[str, Tensor] = {}
         out = StepOutput(p.new_zeros(()), terms, p.detach())
@@ -102,12 +114,24 @@ class PretrainingObjective(nn.Module):
                 out.neg_memory, out.neg_cross_device = match.neg_memory, match.neg_cross_device
             if self.qpc is not None:
                 terms["qpc"] = 0.5 * (self.qpc(q, batch.labels) + self.qpc(p, batch.labels))
+            if self.tia is not None:
+                terms["tia"] = self._tia(product, batch)
         if self.mpm is not None:
             terms["mpm"] = self._mpm(batch, generator).float()
         if self.mlm_title is not None and with_mlm:
             terms["mlm"] = self._mlm(batch, generator).float()
         out.loss = sum(self.weights[name] * value for name, value in terms.items())
         return out
+
+    def _tia(self, product: ProductOutput, batch: Batch) -> Tensor:
+        """Title-image alignment over the batch's products that have an image."""
+        names = self.model.modalities
+        views = product.views.float()
+        has_image = batch.has_image.bool()
+        if has_image.dim() == 2:  # several images per product: any of them
+            has_image = has_image.any(1)
+        return self.tia(views[:, names.index("title")], views[:, names.index("image")],
+                        batch.product_ids, has_image)
 
     def _mlm(self, batch: Batch, generator: torch.Generator) -> Tensor:
         """MLM on titles (title tower) and queries (query tower; the same tower when shared)."""
