@@ -152,9 +152,11 @@ def _train_record(result) -> dict[str, Any]:
     }
 
 
-def _worker_command(rows: list[Row]) -> list[str]:
+def _worker_command(rows: list[Row], seed: int | None = None) -> list[str]:
+    """This command as a worker for ``rows`` (only ``seed`` of them when given)."""
+    only_seed = [] if seed is None else ["--only-seed", str(seed)]
     return [str(Path(__file__).resolve()), *sys.argv[1:], "--worker",
-            "--only", ",".join(row.name for row in rows)]
+            "--only", ",".join(row.name for row in rows), *only_seed]
 
 
 def launch_workers(rows: list[Row]) -> int:
@@ -166,18 +168,21 @@ def launch_workers(rows: list[Row]) -> int:
 
 
 def run_parallel(ctx: Context, rows: list[Row]) -> int:
-    """Single-process rows, ``--parallel`` at a time, each in its own process; failures."""
-    pending, running, failures = list(rows), [], 0
+    """Single-process rows, one (row, seed) per process, ``--parallel`` at a time; failures."""
+    pending = [(row, seed) for row in rows for seed in ctx.seeds_of(row)]
+    running, failures = [], 0
     while pending or running:
         while pending and len(running) < ctx.args.parallel:
-            row = pending.pop(0)
-            running.append((row, subprocess.Popen([sys.executable, *_worker_command([row])])))
+            row, seed = pending.pop(0)
+            command = [sys.executable, *_worker_command([row], seed)]
+            running.append((row, seed, subprocess.Popen(command)))
         time.sleep(1)
-        for row, proc in list(running):
+        for job in list(running):
+            row, seed, proc = job
             if proc.poll() is not None:
-                running.remove((row, proc))
+                running.remove(job)
                 if proc.returncode:
-                    common.log(f"{row.name}: worker exited with status {proc.returncode}")
+                    common.log(f"{row.name} seed {seed}: worker exited with status {proc.returncode}")
                     failures += 1
     return failures
 
@@ -188,7 +193,8 @@ def worker_main(args: argparse.Namespace) -> None:
         ctx = build_context(args, prepare=False)
         for row in ctx.rows:
             for seed in ctx.seeds_of(row):
-                run_row(ctx, row, seed)
+                if args.only_seed is None or seed == args.only_seed:
+                    run_row(ctx, row, seed)
     finally:
         cleanup()
 
@@ -262,6 +268,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each row's final checkpoint")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--only", help=argparse.SUPPRESS)
+    p.add_argument("--only-seed", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.ks = tuple(int(k) for k in args.ks.split(","))
     if args.rows is None:
