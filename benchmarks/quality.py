@@ -257,6 +257,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "the rows marked smoke)")
     p.add_argument("--preset", help=f"model preset (default {d.preset}; tiny with --smoke)")
     p.add_argument("--backbone", default=d.backbone, help="image backbone of the prepared subset")
+    p.add_argument("--colour-levels", type=int, default=d.colour_levels,
+                   help="per-patch colour histograms appended to the subset's image features "
+                   "(images.colour_levels; the subset gets its own folder)")
     p.add_argument("--work", help="cache folder (default work/bench; with --smoke, OUT/work)")
     p.add_argument("--out", help="results folder (default benchmarks/results; with --smoke, "
                    "work/bench/smoke)")

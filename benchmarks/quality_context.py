@@ -172,12 +172,13 @@ def build_context(args: argparse.Namespace, prepare: bool) -> Context:
         if prepare:
             common.prepare_smoke_workdir(work, data)
     else:
-        path = work / f"subset-{args.products}"
+        path = work / (f"subset-{args.products}" + (f"-colour{args.colour_levels}" if args.colour_levels else ""))
         if prepare:
             config = preset(args.preset)
             config.data.limit = args.products
             config.data.max_eval_queries = args.eval_queries
             config.images.backbone = args.backbone
+            config.images.colour_levels = args.colour_levels
             catalog = Path(args.shared) / common.REAL_CATALOG
             common.log(f"preparing {path} from the first {args.products} products of {catalog}")
             print(prepare_workdir(catalog, path, config, progress=False).format(), file=sys.stderr)

@@ -64,6 +64,7 @@ def write_report(ctx: Context, finished: bool = False) -> None:
         "seed_rows": sorted(a.seed_rows) if a.seed_rows else "every trained row",
         "threads": a.threads, "parallel_rows": a.parallel, "eval_queries_per_split": a.eval_queries, "ks": list(a.ks),
         "search": "exact inner product over the whole subset", "backbone": ctx.base.images.backbone,
+        **({"colour_levels": ctx.base.images.colour_levels} if ctx.base.images.colour_levels else {}),
         "engine_queries_per_split": a.engine_queries or "all",
     }
     report = {

@@ -112,6 +112,7 @@ class Defaults:
     batch_size: int = 32  # (query, product) pairs per step, all processes together
     preset: str = "minilm"  # model size (vlsearch.config.PRESETS)
     backbone: str = "efficientnet-lite0"  # image backbone of the prepared subset
+    colour_levels: int = 0  # per-patch colour histograms of the prepared subset (images.colour_levels)
     eval_queries: int = 1000  # queries per eval split (test, heldout)
     log_every: int = 10  # steps between metrics.jsonl lines
     threads: int = 2  # CPU threads per row (both cores of this machine)

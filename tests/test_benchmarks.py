@@ -127,6 +127,17 @@ def test_quality_rerun_reuses_finished_rows_in_parallel_workers(quality_out):
     assert [r["name"] for r in report["rows"]] == ["bm25", "make"] and report["complete"]
 
 
+def test_quality_parallel_workers_split_the_seeds_of_one_row(tmp_path):
+    result = _run("quality.py", tmp_path, "--rows", "dual-encoder+tia", "--seeds", "2", "--parallel", "2")
+    assert "dual-encoder+tia seed 13: start" in result.stderr and "dual-encoder+tia seed 14: start" in result.stderr
+    report = json.loads((tmp_path / "quality.json").read_text())
+    [row] = report["rows"]
+    assert sorted(run["seed"] for run in row["runs"]) == [13, 14] and row["status"] == "done"
+    assert all(run["train"]["steps"] > 0 for run in row["runs"])
+    curves = [json.loads(line) for line in Path(row["runs"][0]["train"]["metrics_jsonl"]).read_text().splitlines()]
+    assert any(c.get("loss_tia") for c in curves)  # the alignment term was trained and logged
+
+
 def test_quality_fresh_work_dir_restores_finished_rows_from_the_report(quality_out):
     """A run continued on a new machine (work dir gone, committed report kept) reuses the
     report's finished rows instead of training them again (runs after the reuse test)."""

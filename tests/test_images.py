@@ -333,3 +333,50 @@ def test_open_validates(drawn, tmp_path):
     index.write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(WorkdirError, match="n = 2 but 2 ids and 1 has_image"):
         FeatureCache.open(tmp_path / "f")
+
+
+# --- colour histograms --------------------------------------------------------------------
+
+
+def test_colour_histogram_of_solid_and_split_images():
+    from vlsearch.images.colour import colour_histograms
+
+    red = torch.zeros(1, 3, 8, 6)
+    red[:, 0] = 1.0
+    hist = colour_histograms(red, 4, (2, 3))
+    assert hist.shape == (1, 64, 2, 3)
+    assert torch.allclose(hist[0, 3 * 16], torch.ones(2, 3))  # cell (r=3, g=0, b=0) holds every pixel
+    assert torch.allclose(hist.square().sum(1), torch.ones(1, 2, 3))  # unit norm per patch
+    half = torch.zeros(1, 3, 8, 6)
+    half[:, :, :, :3] = 1.0  # white left half, black right half; a 1 x 2 grid tells them apart
+    left, right = colour_histograms(half, 4, (1, 2))[0, :, 0].T
+    assert left[63] == pytest.approx(1.0) and right[0] == pytest.approx(1.0)
+    grey = torch.full((1, 3, 4, 4), 0.5)  # between levels 1/3 and 2/3: shared by the 8 cells around it
+    values = colour_histograms(grey, 4, (1, 1)).flatten().square()
+    assert int((values > 0).sum()) == 8 and values.sum().item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="colour_levels"):
+        colour_histograms(red, 1, (1, 1))
+
+
+def test_backbone_appends_colour_histograms_and_caches_record_them(drawn, tmp_path):
+    plain = get_backbone("random-cnn", RANDOM)
+    coloured = get_backbone("random-cnn", ImageConfig(**{**RANDOM.__dict__, "colour_levels": 3}))
+    assert coloured.dim == plain.dim + 27 and coloured.describe()["colour_levels"] == 3
+    assert "colour_levels" not in plain.describe()  # off: the description (and caches) as before
+    pixels = torch.stack([plain.preprocess(load_image(drawn["p0"])), plain.preprocess(load_image(drawn["p1"]))])
+    a, b = plain(pixels), coloured(pixels)
+    assert torch.equal(b[..., :plain.dim], a)  # the CNN part is untouched
+    assert torch.allclose(b[..., plain.dim:].square().sum(-1), torch.ones(2, plain.num_patches), atol=1e-5)
+    with pytest.raises(ConfigError, match="colour_levels"):
+        get_backbone("random-cnn", ImageConfig(**{**RANDOM.__dict__, "colour_levels": 1}))
+
+    ids, paths = _ids_paths(drawn, ["p0", "p1"])
+    config = ImageConfig(**{**RANDOM.__dict__, "colour_levels": 3})
+    cache = extract_features(ids, paths, tmp_path / "f", config, progress=False)
+    assert cache.dim == coloured.dim and cache.colour_levels == 3
+    np.testing.assert_allclose(cache.patches(np.array([0, 1])), b.numpy(), atol=2e-3)  # float16 rows
+    with pytest.raises(WorkdirError, match="colour_levels 3 \\(wanted 0\\)"):
+        extract_features(ids, paths, tmp_path / "f", RANDOM, progress=False)
+    plain_cache = extract_features(ids, paths, tmp_path / "plain", RANDOM, progress=False)
+    assert plain_cache.colour_levels == 0
+    assert "colour_levels" not in json.loads((tmp_path / "plain" / "index.json").read_text())

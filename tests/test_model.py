@@ -225,13 +225,15 @@ def test_keyword_enhancement_applies_to_short_queries_only(tmp_path):
     assert off.tokenize_queries(["red"]).token_type_ids.max() == 0
 
 
-def test_encode_products_runs_the_backbone_when_no_patches_are_given(tmp_path):
+@pytest.mark.parametrize("colour_levels", [0, 3])
+def test_encode_products_runs_the_backbone_when_no_patches_are_given(tmp_path, colour_levels):
     from PIL import Image
 
     from vlsearch.images import extract_product_features
 
     config = preset("tiny")
     config.images.backbone = "random-cnn"
+    config.images.colour_levels = colour_levels
     paths = []
     for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
         paths.append(tmp_path / f"{i}.png")
@@ -245,3 +247,12 @@ def test_encode_products_runs_the_backbone_when_no_patches_are_given(tmp_path):
     live = retriever.encode_products(products)
     cached = retriever.encode_products(products, cache.patches().astype(np.float32), cache.has_image())
     np.testing.assert_allclose(live, cached, atol=1e-6)
+    if colour_levels:  # the histograms are part of the patches, live and cached alike
+        assert retriever.image["colour_levels"] == colour_levels
+        retriever.save(tmp_path / "model")
+        loaded = Retriever.load(tmp_path / "model")
+        config.images.colour_levels = 0  # a later images setting does not change what the model reads
+        np.testing.assert_allclose(loaded.encode_products(products), live, atol=1e-6)
+        wrong = Retriever.build(config, patch_dim=cache.dim, grid=cache.grid)
+        with pytest.raises(WorkdirError, match="trained on .*-d ones"):
+            wrong.encode_products(products)

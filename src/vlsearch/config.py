@@ -48,6 +48,9 @@ class ImageConfig:
     backbone: str = "efficientnet-lite0"  # name in the backbone registry (vlsearch.images)
     width: int = 96  # input width in pixels (images are resized to width x height)
     height: int = 128  # input height in pixels; 96x128 gives 4 rows x 3 cols at stride 32
+    # a colour histogram of each patch's pixels appended to its vector: levels per RGB channel
+    # (soft bins, levels**3 values, square-rooted; vlsearch.images.colour); 0 = CNN features only
+    colour_levels: int = 0
     batch_size: int = 16  # images per forward pass during extraction (16-32 fastest on CPU)
     chunk_size: int = 512  # images between two durable progress records (resume granularity)
     num_threads: int = 1  # torch threads for extraction (0: torch default; 1 best on shared CPUs)

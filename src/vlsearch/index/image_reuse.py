@@ -53,7 +53,8 @@ class CachedImages:
         if config.model.max_images > 1:  # several images per product: the backbone's
             return False
         return (image.get("backbone") == self.cache.backbone and int(image["dim"]) == self.cache.dim
-                and int(np.prod(image["grid"])) == self.cache.num_patches)
+                and int(np.prod(image["grid"])) == self.cache.num_patches
+                and image.get("colour_levels", 0) == self.cache.colour_levels)
 
     def rows(self, products: Sequence) -> np.ndarray:
         """Cache row per product (-1: encode its image with the backbone)."""

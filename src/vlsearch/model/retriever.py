@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class Retriever:
         self.tokenizer = tokenizer
         self.keywords = keywords
         self.categories = list(categories)
-        self.image = dict(image)  # backbone, grid, dim
+        self.image = dict(image)  # backbone, grid, dim (and colour_levels when on)
         self._backbone = None
 
     # --- construction ---------------------------------------------------------------------
@@ -96,13 +97,15 @@ class Retriever:
             if config.model.use_images:
                 features = workdir.features()
                 image = {"backbone": features.backbone, "grid": list(features.grid), "dim": features.dim}
+                if features.colour_levels:
+                    image["colour_levels"] = features.colour_levels
             if keywords is None and config.model.keyword_enhancement:
                 keywords = mine_from_workdir(workdir, config.model)
         if image["dim"] is None or not image["grid"]:
             from vlsearch.images import get_backbone
 
             backbone = get_backbone(config.images.backbone, config.images)
-            image = {"backbone": backbone.name, "grid": list(backbone.grid), "dim": backbone.dim}
+            image = {k: v for k, v in backbone.describe().items() if k not in ("width", "height")}
         template_fields(config.model.product_text)  # a bad template fails before any work
         tokenizer = _tokenizer_for(config)
         text = text_config(config.model, tokenizer.vocab_size)
@@ -325,7 +328,14 @@ class Retriever:
         from vlsearch.images import get_backbone, load_image
 
         if self._backbone is None:
-            self._backbone = get_backbone(self.image["backbone"], self.config.images)
+            # the patches the model was trained on: its backbone, with their colour histograms
+            images = replace(self.config.images, colour_levels=self.image.get("colour_levels", 0))
+            self._backbone = get_backbone(self.image["backbone"], images)
+            if self._backbone.dim != int(self.image["dim"]):
+                raise WorkdirError(
+                    f"image backbone {self.image['backbone']!r} gives {self._backbone.dim}-d patches, the model "
+                    f"was trained on {self.image['dim']}-d ones (images settings differ from the work dir's)"
+                )
         backbone = self._backbone
         images = max(1, self.config.model.max_images)
         num_patches = int(np.prod(self.image["grid"]))
