@@ -261,9 +261,9 @@ def _add_train(command: Command) -> None:
     p.add_argument("--preset", default="minilm", choices=["tiny", "minilm", "paper"],
                    help="model size: tiny (smoke tests), minilm (CPU), paper (the papers' size, for GPUs)")
     p.add_argument("--baseline", metavar="NAME",
-                   help="train a named baseline or ablation instead of the full model: uni-encoder, "
-                        "dual-encoder, mixed-encoder, make, make+mbns, make+cdns, full, title-only, no-ma, "
-                        "no-ke, zero-shot-minilm")
+                   help="train a named baseline or ablation instead of the full model (vlsearch.model."
+                        "BASELINES: e.g. make, make+cdns, dual-encoder+ma, dual-encoder+tia, title-only, "
+                        "no-ke, zero-shot-minilm; an unknown name lists them all)")
     p.add_argument("--steps", type=_count, metavar="N",
                    help=f"optimiser steps (default: {d.train.steps}, or the preset's)")
     p.add_argument("--batch-size", type=_count, metavar="N",
