@@ -163,6 +163,8 @@ def server_process(cmd: list[str], url: str, *, timeout_s: float, log_path: Path
                    stop_timeout_s: float = 30.0) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` until ``url/health`` answers 200, wait ``settle_s`` more (other worker
     processes finish loading), yield the process; always stopped (SIGTERM, then kill)."""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     sink = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd, env=dict(os.environ))
     name = " ".join(cmd[:4])

@@ -554,6 +554,20 @@ def real_inputs(args: argparse.Namespace) -> Inputs:
     return Inputs(workdir, model, index, smoke=False)
 
 
+def _kept_run(path: Path, wanted: list[str], fresh: dict[str, Any]) -> dict[str, Any]:
+    """The run in ``path`` with ``wanted`` sections cleared for measuring again; the new
+    invocation is recorded under ``reruns`` (its command, start, machine and sections)."""
+    if not path.is_file():
+        raise SystemExit(f"--keep-sections: {path} does not exist")
+    kept = json.loads(path.read_text())
+    for name in wanted:
+        kept["sections"].pop(name, None)
+        kept["errors"].pop(name, None)
+    kept.setdefault("reruns", []).append({key: fresh[key] for key in ("command", "started", "machine")}
+                                         | {"sections": wanted})
+    return kept
+
+
 SECTIONS = ("compute", "training", "encoding", "search", "serving", "synthetic", "build", "http",
             "http_wrk", "backends")
 
@@ -572,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                    f"{Sizes.threads}; use 1 while another process keeps a core busy: 2 threads "
                    "on a contended 2-core machine thrash)")
     p.add_argument("--wrk-seconds", type=float, help=f"seconds per http_wrk workload (default {Sizes.wrk_seconds})")
+    p.add_argument("--keep-sections", action="store_true",
+                   help="measure --sections again into the existing speed.json, keeping its other "
+                   "sections (a section that failed in a run is rerun without repeating the rest)")
     args = p.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
     if args.wrk_seconds:
@@ -592,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": dataclasses.asdict(sizes), "inputs": {k: str(v) for k, v in vars(inputs).items()},
         "sections": {}, "errors": {},
     }
+    if args.keep_sections:
+        results = _kept_run(out_dir / "speed.json", wanted, results)
     jobs = {
         "compute": lambda: matmul_peak(sizes),
         "training": lambda: training_speed(sizes, inputs, results["sections"].get("compute")),
@@ -622,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - one failing section must not lose the others
             traceback.print_exc()
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
-        results["elapsed_s"] = round(time.time() - started, 1)
+        (results["reruns"][-1] if args.keep_sections else results)["elapsed_s"] = round(time.time() - started, 1)
         common.write_json(out_dir / "speed.json", results)
     plot_nprobe(results, out_dir / "speed_nprobe.png")
     common.log(f"done in {results['elapsed_s']} s: {out_dir / 'speed.json'}")

@@ -221,6 +221,17 @@ def test_speed_figures_are_sane(speed_out):
         assert wrk["workloads"][name]["errors"] == 0 and wrk["workloads"][name]["qps"] > 0, name
 
 
+def test_speed_rerun_of_one_section_keeps_the_others(speed_out):
+    before = json.loads((speed_out / "speed.json").read_text())
+    _run("speed.py", speed_out, "--sections", "compute", "--keep-sections")
+    after = json.loads((speed_out / "speed.json").read_text())
+    assert set(after["sections"]) == set(before["sections"]) and after["errors"] == {}
+    for name in set(before["sections"]) - {"compute"}:
+        assert after["sections"][name] == before["sections"][name]  # kept as measured
+    assert after["started"] == before["started"] and after["reruns"][-1]["sections"] == ["compute"]
+    assert after["reruns"][-1]["elapsed_s"] >= 0
+
+
 def test_quality_train_key_follows_model_settings_only(quality_out):
     """Serving and index settings never retrain a row; a training setting does."""
     ctx = quality.build_context(quality.parse_args(["--smoke", "--out", str(quality_out)]), prepare=False)
