@@ -302,3 +302,13 @@ def test_publish_while_searches_run(tmp_path):
     errors = search_while(engine, publish_four, check)
     assert not errors, errors[:3]
     assert len(versions) >= 2 and engine.version == max(p.name for p in (tmp_path / "versions").iterdir())
+
+
+def test_hit_attributes_are_the_catalog_attributes_parsed_once(engine, products):
+    ids = [p.id for p in products[:5]]
+    got = engine.attributes_of(ids + ["no-such-id"])
+    assert got[:5] == [dict(p.attributes) for p in products[:5]] and got[5] == {}
+    assert engine.attributes_of(ids)[0] is got[0]  # parsed once, then served from the LRU
+    copy = engine.product(ids[0])
+    copy["attributes"]["colour"] = "changed"  # a caller's copy: the cached row is untouched
+    assert engine.attributes_of(ids[:1])[0] == dict(products[0].attributes)

@@ -238,6 +238,7 @@ class ServeConfig:
                                     "category", "brand")
     filter_cache_size: int = 256  # constraint sets whose row masks are kept (LRU)
     understanding_cache_size: int = 4096  # normalised query texts whose auto constraints are kept (LRU)
+    product_cache_size: int = 65536  # product rows whose parsed attributes are kept (LRU; hits' metadata)
     synonyms: bool = False  # also use the hand-written phrase tables stored in the lexicon
     soft_weight: float = 0.5  # fused-score boost of a hit matching a soft preference, in units of a rank-1 RRF score
     # Short lists filled: when the hard constraints allow fewer than k products, the rest

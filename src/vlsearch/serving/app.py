@@ -135,10 +135,11 @@ def run_search(request: Request, q: str, k: int | None, filters: dict, channels,
     result = engine.search(q, k=k, filters=filters, channels=channels,
                            auto_constraints=auto, off=off, offset=offset, spelling=spell)
     out = result.to_dict()
-    weights = engine.modal_weights([h["product_id"] for h in out["hits"]]) if explain else None
-    for i, hit in enumerate(out["hits"]):
+    ids = [h["product_id"] for h in out["hits"]]
+    weights = engine.modal_weights(ids) if explain else None
+    for i, (hit, attributes) in enumerate(zip(out["hits"], engine.attributes_of(ids))):
         hit["image"] = f"/products/{hit['product_id']}/image"
-        hit["attributes"] = engine.product(hit["product_id"])["attributes"]
+        hit["attributes"] = attributes
         if weights is not None:
             hit["modal_weights"] = weights[i]
     out["facets"] = facet_counts(out["hits"], FILTER_FIELDS)

@@ -171,6 +171,13 @@ class Engine:
             raise KeyError(product_id)
         return state.product(row)
 
+    def attributes_of(self, product_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Each product's catalog attributes ({} for an id not served); the dicts are shared
+        (parsed once per row, ``ServeConfig.product_cache_size``): read them, do not change them."""
+        state = self._state
+        rows = [state.row_of.get(str(pid)) for pid in product_ids]
+        return [state.product_attributes(row) if row is not None else {} for row in rows]
+
     def image_path(self, product_id: str) -> Path | None:
         """The catalog image of ``product_id``, resolved now and confined to the directories
         the version's images were in: None when it has none, is gone, or now resolves (a link

@@ -181,6 +181,7 @@ class IndexVersion:
                                                                  self.lexicon.phrases), config))
         self._masks: _Lru = _Lru(config.filter_cache_size)
         self._understood: _Lru = _Lru(config.understanding_cache_size)
+        self._attributes: _Lru = _Lru(config.product_cache_size)
         self._synonyms = config.synonyms
 
     def mask(self, constraints: Sequence[Constraint]) -> np.ndarray:
@@ -232,5 +233,14 @@ class IndexVersion:
 
     def product(self, row: int) -> dict:
         return {"id": self.ids[row], "title": self.titles[row], "brand": self.brands[row],
-                "category": self.categories[row], "attributes": json.loads(self.attributes[row] or "{}"),
+                "category": self.categories[row], "attributes": dict(self.product_attributes(row)),
                 "has_image": bool(self.image_paths[row])}
+
+    def product_attributes(self, row: int) -> dict[str, str]:
+        """Row ``row``'s attributes, parsed once (LRU): every hit of every page reads them.
+        The dict is shared: read it, do not change it."""
+        found = self._attributes.get(row)
+        if found is None:
+            found = json.loads(self.attributes[row] or "{}")
+            self._attributes.put(row, found)
+        return found
