@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+import numpy as np
 import pytest
 from index_helpers import HashEncoder, build_synthetic_index, synthetic_products, synthetic_queries
 
@@ -61,16 +62,21 @@ def _same(a, b) -> None:
     assert [str(c) for c in a.fill_relaxed] == [str(c) for c in b.fill_relaxed], a.query
 
 
+SCORE_ATOL = 1e-4  # float32 inner products of two engines (FAISS, Milvus) agree to about 1e-5
+
+
 def _same_up_to_ties(a, b) -> None:
     """Embedding-channel results: the same product scores and relaxed flags rank by rank, and
     the same products within every run of tied scores but the last (a product tied with the
     last one may sit just outside the page): products of one title have one vector, and two
     indexes may order them differently."""
-    runs = [[(round(h.channel_scores["embedding"], 5), h.relaxed) for h in r.hits] for r in (a, b)]
-    assert runs[0] == runs[1], a.query
+    scores = [np.array([h.channel_scores["embedding"] for h in r.hits]) for r in (a, b)]
+    assert [h.relaxed for h in a.hits] == [h.relaxed for h in b.hits], a.query
+    np.testing.assert_allclose(scores[0], scores[1], atol=SCORE_ATOL, err_msg=a.query)
     groups: list[list[int]] = []
-    for i, key in enumerate(runs[0]):
-        if groups and runs[0][groups[-1][0]] == key:
+    for i, (score, hit) in enumerate(zip(scores[0], a.hits)):
+        first = groups[-1][0] if groups else None
+        if first is not None and abs(scores[0][first] - score) <= SCORE_ATOL and a.hits[first].relaxed == hit.relaxed:
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -203,11 +209,15 @@ def test_milvus_logged_queries_use_stored_vectors_and_fill_lists(tmp_path):
     engine = Engine.open(tmp_path, retriever=HashEncoder())
     assert type(engine._state.qid).__name__ == "MilvusQidTable"
     assert engine._state.fill is not None and engine._state.query_vectors is not None
-    served = {q: engine.search(q, k=30) for q in queries}
+    # the stored lists were searched on an exact FAISS copy (builder.exact_store), the live
+    # ones on the Milvus flat collection: the same up to the order of tied scores
+    served = {q: engine.search(q, k=30, channels=["embedding"]) for q in queries}
     engine.config = dataclasses.replace(engine.config, qid_fill=False)
     filled = 0
     for q, res in served.items():
-        _same(res, engine.search(q, k=30))
+        live = engine.search(q, k=30, channels=["embedding"])
+        _same_up_to_ties(res, live)
+        assert [str(c) for c in res.fill_relaxed] == [str(c) for c in live.fill_relaxed], q
         filled += bool(res.fill_relaxed)
     assert filled >= 10 and len(engine._state.fill) > 0
     engine.config = dataclasses.replace(engine.config, qid_fill=True)

@@ -53,7 +53,14 @@ from vlsearch.index.lexical import LexicalIndex, build_lexical
 from vlsearch.index.masks import ConstraintMasks
 from vlsearch.index.qid_table import QidTable
 from vlsearch.index.spelling import SPELLING_FILE, build_vocabulary, save_vocabulary
-from vlsearch.index.store import build_store, publish_store, sweep_stores, write_backend_qid_table
+from vlsearch.index.store import (
+    FaissStore,
+    build_store,
+    exact_store,
+    publish_store,
+    sweep_stores,
+    write_backend_qid_table,
+)
 from vlsearch.index.understanding import (
     LEXICON_FILE,
     build_lexicon,
@@ -369,8 +376,8 @@ def build_index_from_parts(
         watch.lap("ann")
         lexicon, mined = _build_language(products, queries, clicks, synonyms, config, version, progress)
         watch.lap("lexical")
-        table, top_k = _build_qid_table(store, products, lexicon, encode_queries, queries, qids, config, version,
-                                 progress)
+        table, top_k = _build_qid_table(store, vectors, products, lexicon, encode_queries, queries, qids, config,
+                                        version, progress)
         watch.lap("qid_table")
         atomic_write(version / "products.parquet",
                      lambda tmp: pq.write_table(products_to_table(products, splits=splits), tmp))
@@ -471,24 +478,27 @@ def _build_language(products, queries, clicks, synonyms, config: IndexConfig, ve
     return lexicon, mined
 
 
-def _build_qid_table(store, products, lexicon, encode_queries, queries, qids, config: IndexConfig,
+def _build_qid_table(store, vectors, products, lexicon, encode_queries, queries, qids, config: IndexConfig,
                      version: Path, progress: bool) -> tuple[QidTable, int]:
     """Every logged query answered under its own constraints (both channels) and, where those
     allow fewer than K products, its short-list fill's relaxed sets; saved with its query
-    vectors (and as a collection on the Milvus backend); returns (table, its K)."""
+    vectors (and as a collection on the Milvus backend); returns (table, its K). The answers
+    come from ``store`` when it is FAISS, else from an exact FAISS copy of ``vectors``
+    (``exact_store``)."""
     top_k = min(config.qid_top_k, len(products))
     query_vectors: list[np.ndarray] = []
+    searched = store if isinstance(store, FaissStore) else exact_store(vectors, products)
     masks, lexical = ConstraintMasks.from_products(products), LexicalIndex.open(version / "lexical")
-    answer = _constrained_answers(store, masks, lexicon, encode_queries, top_k, lexical, record=query_vectors)
+    answer = _constrained_answers(searched, masks, lexicon, encode_queries, top_k, lexical, record=query_vectors)
     table = QidTable.build(queries, qids, answer, batch_size=config.export_batch_size, progress=progress)
-    vectors = np.concatenate(query_vectors) if query_vectors else np.zeros((0, store.dim), np.float32)
+    query_matrix = np.concatenate(query_vectors) if query_vectors else np.zeros((0, store.dim), np.float32)
     if config.qid_fill_relax_order:  # the short lists' fill, searched offline
-        table.fill = build_fill_lists(table.queries, table.qids, vectors, fill_searches(
-            store, masks, lexicon, top_k, config.qid_fill_relax_order, lexical), progress)
+        table.fill = build_fill_lists(table.queries, table.qids, query_matrix, fill_searches(
+            searched, masks, lexicon, top_k, config.qid_fill_relax_order, lexical), progress)
     table.save(version / "qid")
     save_query_vectors(version, query_vectors, store.dim)
     if query_vectors:
-        write_backend_qid_table(store, table, vectors, config, version.name)
+        write_backend_qid_table(store, table, query_matrix, config, version.name)
     return table, top_k
 
 

@@ -382,6 +382,14 @@ def open_store(version_dir: str | Path, manifest: Mapping, policy: FilterPolicy 
     return FaissStore.open(version_dir, config, policy)
 
 
+def exact_store(vectors: np.ndarray, products: Sequence) -> FaissStore:
+    """An exact (flat) FAISS store over ``vectors`` with ``products``' attributes: what the
+    qid table is answered from when the serving store is another backend (a Milvus round
+    trip per logged query made the 44k build take hours on milvus-lite; exact lists are
+    what a flat collection returns, and what the update's in-place patches assume)."""
+    return FaissStore.build(np.asarray(vectors, np.float32), product_attributes(products), IndexConfig(kind="flat"))
+
+
 def build_store(vectors: np.ndarray, products: Sequence, config: IndexConfig,
                 version_dir: Path, recall_queries: np.ndarray | None = None,
                 seed: int = 0) -> tuple[VectorStore, AnnReport]:

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from vlsearch.catalog import Product
-from vlsearch.config import IndexConfig
 from vlsearch.index.builder import QUERY_VECTORS, answer_vectors, save_query_vectors
 from vlsearch.index.fill_lists import FillLists, FillRecord, fill_steps
 from vlsearch.index.lexical import LexicalIndex, lexical_fields
 from vlsearch.index.qid_table import QidTable
-from vlsearch.index.store import VECTORS_FILE, FaissStore, VectorStore, product_attributes
+from vlsearch.index.store import VECTORS_FILE, FaissStore, VectorStore, exact_store
 from vlsearch.index.understanding import (
     LEXICON_FILE,
     Constraint,
@@ -41,8 +40,7 @@ def qid_store(store: VectorStore, version: Path, products: list[Product], delete
     ``vectors.npy`` without its tombstones (exact, the scores the in-place patches use)."""
     if isinstance(store, FaissStore):
         return store
-    vectors = np.asarray(np.load(version / VECTORS_FILE, mmap_mode="r"), np.float32)
-    flat = FaissStore.build(vectors, product_attributes(products), IndexConfig(kind="flat"))
+    flat = exact_store(np.load(version / VECTORS_FILE, mmap_mode="r"), products)
     flat.delete(np.flatnonzero(np.asarray(deleted, bool)))
     return flat
 
