@@ -108,6 +108,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "quality": ("quality.json", quality_table),
     "one-epoch-quality": ("one-epoch/quality.json", quality_table),
     "one-epoch-engine": ("one-epoch/quality.json", engine_table),
+    "one-epoch-colour4-quality": ("one-epoch-colour4/quality.json", quality_table),
     "backends": ("backends-44k.json", backends_table),
     "train-speed": ("train_speed.json", train_speed_table),
 }
