@@ -260,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--colour-levels", type=int, default=d.colour_levels,
                    help="per-patch colour histograms appended to the subset's image features "
                    "(images.colour_levels; the subset gets its own folder)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting of every vlsearch row, after its baseline, e.g. "
+                   "train.cpu_bf16=true (repeatable; part of each row's reuse key)")
     p.add_argument("--work", help="cache folder (default work/bench; with --smoke, OUT/work)")
     p.add_argument("--out", help="results folder (default benchmarks/results; with --smoke, "
                    "work/bench/smoke)")

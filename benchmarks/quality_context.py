@@ -25,7 +25,7 @@ from quality_rows import (
     Row,
 )
 
-from vlsearch.config import Config, preset, update
+from vlsearch.config import Config, apply_overrides, preset, update
 from vlsearch.model import BASELINES, apply_baseline
 from vlsearch.workdir import Workdir
 from vlsearch.workdir import prepare as prepare_workdir
@@ -110,6 +110,9 @@ class Context:
             config = apply_baseline(config, row.baseline)
         overrides = {"preset": self.args.preset, "budget": budget,
                      "baseline": BASELINES.get(row.baseline) if row.baseline else None}
+        if row.kind == "vlsearch" and self.args.set:  # after the baseline: the run's own settings
+            config = apply_overrides(config, self.args.set, source="quality --set")
+            overrides["set"] = list(self.args.set)
         if row.kind == "st":
             overrides["sentence_transformers"] = dataclasses.asdict(st_baseline.StSettings())
         return config, overrides

@@ -66,6 +66,7 @@ def write_report(ctx: Context, finished: bool = False) -> None:
         "search": "exact inner product over the whole subset", "backbone": ctx.base.images.backbone,
         **({"colour_levels": ctx.base.images.colour_levels} if ctx.base.images.colour_levels else {}),
         "engine_queries_per_split": a.engine_queries or "all",
+        **({"set": list(a.set)} if a.set else {}),
     }
     report = {
         "benchmark": "quality", "complete": all(r["status"] == "done" for r in rows),
@@ -110,6 +111,8 @@ def markdown(report: dict) -> str:
     b = report["budget"]
     header = "| Method | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " | train s |"
     rule = "|---|" + "---:|" * (len(TABLE_COLUMNS) + 1)
+    settings = ", ".join(f"`{item}`" for item in b.get("set", ()))
+    overrides = f"Every vlsearch row trained with {settings}. " if settings else ""
     lines = [
         "# Quality benchmark",
         "",
@@ -119,7 +122,7 @@ def markdown(report: dict) -> str:
          f"others the first; ± is the std over seeds), {b['threads']} threads "
          f"({b['parallel_rows']} single-process rows at a time, threads split evenly); "
          f"{b['eval_queries_per_split']} queries per split; {b['search']}. "
-         "R@K: hit rate of the clicked product; Rel: strict attribute relevance; Cate: category "
+         + overrides + "R@K: hit rate of the clicked product; Rel: strict attribute relevance; Cate: category "
          "consistency. Columns 1-7 on the test split; held-out: queries about products never "
          "trained on; colour probe: one query (colour, category, gender) per product whose "
          "title names no colour, so only the image shows it."),

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+from vlsearch.config import ConfigError
+
 BENCHMARKS = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
@@ -242,6 +244,24 @@ def test_quality_train_key_follows_model_settings_only(quality_out):
     assert (ctx.train_key(row, 13), ctx.spec_key(row, 13)) == before
     ctx.base.train.weight_decay += 0.1
     assert ctx.train_key(row, 13) != before[0] and ctx.train_key(row, 14) != ctx.train_key(row, 13)
+
+
+def test_quality_set_reaches_vlsearch_rows_and_their_reuse_key(quality_out):
+    """``--set`` changes every vlsearch row's config (after its baseline) and so its train key;
+    BM25 and sentence-transformers rows ignore it; a bad override names itself."""
+    def context(*extra):
+        args = quality.parse_args(["--smoke", "--out", str(quality_out), *extra])
+        return quality.build_context(args, prepare=False)
+    plain, bf16 = context(), context("--set", "train.cpu_bf16=true", "--set", "train.w_tia=0.25")
+    make, bm25 = quality.ROW_BY_NAME["make"], quality.ROW_BY_NAME["bm25"]
+    config, overrides = bf16.row_config(make, 13)
+    assert config.train.cpu_bf16 and config.train.w_tia == 0.25 and not plain.row_config(make, 13)[0].train.cpu_bf16
+    assert config.model.architecture == "make"  # the baseline still applies
+    assert overrides["set"] == ["train.cpu_bf16=true", "train.w_tia=0.25"]
+    assert bf16.train_key(make, 13) != plain.train_key(make, 13)
+    assert bf16.train_key(bm25, 13) == plain.train_key(bm25, 13)
+    with pytest.raises(ConfigError, match="train.no_such_field"):
+        context("--set", "train.no_such_field=1").row_config(make, 13)
 
 
 def test_quality_report_folds_interrupted_attempts_into_the_run_that_finished():
