@@ -17,7 +17,7 @@ model is trained but whose test bed changed is scored again from its saved model
 the lexical channel of the index alone (tantivy, no filters).
 
 Results are written row by row: ``work/bench/quality/rows/*.json`` (one file per row and
-seed; a rerun reuses rows whose settings did not change) and, after each row,
+seed; ``quality-set-<digest>/`` for a run with ``--set``; a rerun reuses rows whose settings did not change) and, after each row,
 ``benchmarks/results/quality.json`` (rows not finished yet have ``"status": "pending"``),
 ``quality.md`` and ``quality_curves.png``.
 

@@ -191,7 +191,9 @@ def build_context(args: argparse.Namespace, prepare: bool) -> Context:
     seeds = [args.seed + i for i in range(args.seeds)]
     selected = [ROW_BY_NAME[name] for name in args.rows]
     rows = [row for row in selected if not args.only or row.name in args.only]
-    ctx = Context(args, workdir, base, work / "quality", Path(args.out), seeds, rows, selected)
+    # runs with other --set settings keep their rows and models apart (and can run side by side)
+    run_dir = work / (f"quality-set-{_digest({'set': sorted(args.set)})[:8]}" if args.set else "quality")
+    ctx = Context(args, workdir, base, run_dir, Path(args.out), seeds, rows, selected)
     old = previous_report(ctx.out_dir)
     ctx.invocations = list(old.get("invocations", []))
     if prepare and not args.fresh:

@@ -260,6 +260,7 @@ def test_quality_set_reaches_vlsearch_rows_and_their_reuse_key(quality_out):
     assert overrides["set"] == ["train.cpu_bf16=true", "train.w_tia=0.25"]
     assert bf16.train_key(make, 13) != plain.train_key(make, 13)
     assert bf16.train_key(bm25, 13) == plain.train_key(bm25, 13)
+    assert bf16.row_file(make, 13) != plain.row_file(make, 13)  # side by side in one work folder
     with pytest.raises(ConfigError, match="train.no_such_field"):
         context("--set", "train.no_such_field=1").row_config(make, 13)
 
